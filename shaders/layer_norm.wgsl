@@ -1,0 +1,92 @@
+// LayerNorm forward: y = (x - mean) * rstd * weight + bias, rstd = 1 / sqrt(var + eps), with
+// the biased variance. One workgroup per row. CPU mirror: `wgpu_norm::reference::layer_norm`.
+//
+// Accuracy: all sums run over x - p, where p is the row's first element. For data far from
+// zero (1e4 +- 1, say) the mean itself is not representable to better than half an ulp of 1e4
+// (5e-4), but the shifted values are exact (the difference of nearby floats is) and small, so
+// the shifted mean m and the centred values (x - p) - m keep f32 precision. The variance is
+// a second pass over those centred values, never E[x^2] - mean^2.
+
+@compute @workgroup_size(WG)
+fn main(ids: Ids) {
+    reduce_init(ids);
+    let row = grid_row(ids);
+    if row >= params.rows {
+        return;
+    }
+    let lid = ids.lid;
+    let n = params.dim / VW;
+    let xb = (params.x_off + row * params.dim) / VW;
+    let yb = (params.y_off + row * params.dim) / VW;
+    let inv_dim = 1.0 / f32(params.dim);
+    let p = first_lane(x[xb]);
+    let pv = V(p);
+
+//#if cached
+    // The row stays in registers: one read of x, two exact passes over it.
+    var c: array<V, CACHE>;
+    var s = V(0.0);
+    for (var k = 0u; k < CACHE; k++) {
+        let i = lid + k * WG;
+        if i < n {
+            c[k] = x[xb + i] - pv;
+            s += c[k];
+        }
+    }
+    let m = wg_sum(hsum(s), lid) * inv_dim;
+    let mv = V(m);
+    var q = V(0.0);
+    for (var k = 0u; k < CACHE; k++) {
+        let i = lid + k * WG;
+        if i < n {
+            c[k] -= mv;
+            q += c[k] * c[k];
+        }
+    }
+    let rstd = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_dim + params.eps);
+    for (var k = 0u; k < CACHE; k++) {
+        let i = lid + k * WG;
+        if i < n {
+            y[yb + i] = affine(c[k] * rstd, i);
+        }
+    }
+//#else
+    // Rows too long for registers: three passes over x, the later two mostly from cache.
+    var s = V(0.0);
+    for (var i = lid; i < n; i += WG) {
+        s += x[xb + i] - pv;
+    }
+    let m = wg_sum(hsum(s), lid) * inv_dim;
+    let mv = V(m);
+    var q = V(0.0);
+    for (var i = lid; i < n; i += WG) {
+        let d = (x[xb + i] - pv) - mv;
+        q += d * d;
+    }
+    let rstd = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_dim + params.eps);
+    for (var i = lid; i < n; i += WG) {
+        y[yb + i] = affine(((x[xb + i] - pv) - mv) * rstd, i);
+    }
+//#endif
+
+    if lid == 0u {
+        if has_flag(FLAG_MEAN) {
+            mean_out[params.mean_off + row] = p + m;
+        }
+        if has_flag(FLAG_RSTD) {
+            rstd_out[params.rstd_off + row] = rstd;
+        }
+    }
+}
+
+// xhat * weight + bias for the i-th V of the row.
+fn affine(xhat: V, i: u32) -> V {
+    var o = xhat;
+    if has_flag(FLAG_WEIGHT) {
+        o *= weight[params.w_off / VW + i];
+    }
+    if has_flag(FLAG_BIAS) {
+        o += bias[params.b_off / VW + i];
+    }
+    return o;
+}

@@ -1,0 +1,62 @@
+// RMSNorm forward: y = x * rrms * weight, rrms = 1 / sqrt(mean(x^2) + eps). One workgroup per
+// row. CPU mirror: `wgpu_norm::reference::rms_norm`.
+//
+// The sum of squares is accumulated in f32: beyond |x| ~ 1.8e19 a square overflows to inf and
+// the row's output becomes 0 (or NaN where x is inf); see the README.
+
+@compute @workgroup_size(WG)
+fn main(ids: Ids) {
+    reduce_init(ids);
+    let row = grid_row(ids);
+    if row >= params.rows {
+        return;
+    }
+    let lid = ids.lid;
+    let n = params.dim / VW;
+    let xb = (params.x_off + row * params.dim) / VW;
+    let yb = (params.y_off + row * params.dim) / VW;
+    let inv_dim = 1.0 / f32(params.dim);
+
+//#if cached
+    // The row stays in registers: x is read once.
+    var c: array<V, CACHE>;
+    var q = V(0.0);
+    for (var k = 0u; k < CACHE; k++) {
+        let i = lid + k * WG;
+        if i < n {
+            c[k] = x[xb + i];
+            q += c[k] * c[k];
+        }
+    }
+    let rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_dim + params.eps);
+    for (var k = 0u; k < CACHE; k++) {
+        let i = lid + k * WG;
+        if i < n {
+            y[yb + i] = scale(c[k] * rrms, i);
+        }
+    }
+//#else
+    // Rows too long for registers: two passes over x, the second mostly from cache.
+    var q = V(0.0);
+    for (var i = lid; i < n; i += WG) {
+        let v = x[xb + i];
+        q += v * v;
+    }
+    let rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_dim + params.eps);
+    for (var i = lid; i < n; i += WG) {
+        y[yb + i] = scale(x[xb + i] * rrms, i);
+    }
+//#endif
+
+    if lid == 0u && has_flag(FLAG_RSTD) {
+        rstd_out[params.rstd_off + row] = rrms;
+    }
+}
+
+// xhat * weight for the i-th V of the row.
+fn scale(xhat: V, i: u32) -> V {
+    if has_flag(FLAG_WEIGHT) {
+        return xhat * weight[params.w_off / VW + i];
+    }
+    return xhat;
+}

@@ -1,0 +1,57 @@
+//! # wgpu-norm
+//!
+//! LayerNorm and RMSNorm as WGSL compute kernels on any GPU wgpu reaches.
+//!
+//! - **LayerNorm**: `y = (x - mean) * rstd * weight + bias`, `rstd = 1 / sqrt(var + eps)`,
+//!   biased variance, as `torch.nn.functional.layer_norm` and ONNX `LayerNormalization`.
+//! - **RMSNorm**: `y = x * rrms * weight`, `rrms = 1 / sqrt(mean(x^2) + eps)`, as
+//!   `torch.nn.functional.rms_norm` and ONNX `RMSNormalization`.
+//!
+//! Both normalise the last `dim` elements of each row of a row-major f32 `[rows, dim]` tensor.
+//!
+//! Two layers:
+//! - [`Norms`] for runtimes that own the device: built once per device (it is `Send + Sync`),
+//!   it records into the caller's `wgpu::CommandEncoder` with the caller's buffers
+//!   ([`TensorRef`]s with byte offsets), validates everything first and returns
+//!   [`Error`] instead of letting wgpu raise a validation error. It never submits.
+//! - [`Gpu`] for data in slices: picks an adapter ([`pick_adapter`]), uploads, runs, reads
+//!   back.
+//!
+//! [`reference`] holds the CPU mirrors of the kernels (f64, two-pass) they are tested against.
+//!
+//! ## Non-finite input
+//! Rows are independent. A NaN or ±Inf anywhere in a row makes that row's statistics and its
+//! whole output NaN (an Inf in x gives NaN, not Inf); every other row is unaffected. Squares
+//! are summed in f32, so RMSNorm of a row with |x| beyond about 1.8e19 overflows to an
+//! infinite sum of squares and its output is 0 (as f32 arithmetic in PyTorch does).
+
+#![forbid(unsafe_code)]
+
+pub mod adapter;
+mod context;
+pub mod error;
+mod layer_norm;
+mod norms;
+pub mod reference;
+mod rms_norm;
+pub mod shaders;
+mod tensor;
+pub mod timing;
+
+pub use adapter::pick_adapter;
+pub use context::{Gpu, Normalized, SliceOptions, USEFUL_FEATURES};
+pub use error::{Error, Operand, Result};
+pub use layer_norm::LayerNorm;
+pub use norms::{Norms, NormsOptions};
+pub use rms_norm::RmsNorm;
+pub use tensor::TensorRef;
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn norms_is_send_and_sync() {
+        assert_send_sync::<super::Norms>();
+    }
+}

@@ -1,0 +1,311 @@
+//! Shared test harness: one device per configuration, seeded data, poisoned outputs, and a
+//! launcher that runs either norm through the recording API with arbitrary byte offsets.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use wgpu_norm::{Gpu, LayerNorm, NormsOptions, RmsNorm, TensorRef, reference};
+
+/// Bits written into every output before a run: a NaN no arithmetic produces, so an element
+/// still holding it was never written.
+pub const POISON: u32 = 0x7FBA_DBAD;
+
+/// Errors that reached a device's uncaptured-error handler; must stay 0.
+pub static UNCAPTURED: AtomicUsize = AtomicUsize::new(0);
+
+fn open(limits: Option<wgpu::Limits>, options: NormsOptions) -> Gpu {
+    let gpu = pollster::block_on(async {
+        let adapter = wgpu_norm::pick_adapter().await?;
+        Gpu::from_adapter(adapter, limits, options).await
+    })
+    .unwrap_or_else(|e| panic!("\n\nTHE GPU TESTS NEED A WGPU ADAPTER AND FOUND NONE.\n{e}\n\n"));
+    gpu.device.on_uncaptured_error(std::sync::Arc::new(|e| {
+        eprintln!("uncaptured wgpu error: {e}");
+        UNCAPTURED.fetch_add(1, Ordering::SeqCst);
+    }));
+    gpu
+}
+
+/// The default device: subgroup reductions where the adapter has them.
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let gpu = open(None, NormsOptions::default());
+        eprintln!(
+            "adapter: {} (subgroups: {})",
+            gpu.describe(),
+            gpu.norms.uses_subgroups()
+        );
+        gpu
+    })
+}
+
+/// The same adapter with the workgroup-memory tree reduction forced.
+pub fn tree_gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| open(None, NormsOptions { subgroups: false }))
+}
+
+/// A device whose storage bindings are limited to `max_binding` bytes (and whose grid is
+/// limited to 64 workgroups a side), so the splitting logic runs without giant buffers.
+pub fn small_binding_gpu(max_binding: u64) -> Gpu {
+    let adapter = pollster::block_on(wgpu_norm::pick_adapter()).expect("adapter");
+    let limits = wgpu::Limits {
+        max_storage_buffer_binding_size: max_binding,
+        max_compute_workgroups_per_dimension: 64,
+        ..adapter.limits()
+    };
+    let gpu = open(Some(limits), NormsOptions::default());
+    assert_eq!(
+        gpu.device.limits().max_storage_buffer_binding_size,
+        max_binding
+    );
+    gpu
+}
+
+/// Seeded generator (SplitMix64): the same data on every machine.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u = 1.0 - self.uniform();
+        let v = self.uniform();
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
+    /// `n` values `center + spread * N(0, 1)`, rounded to f32.
+    pub fn data(&mut self, n: usize, center: f64, spread: f64) -> Vec<f32> {
+        (0..n)
+            .map(|_| (center + spread * self.normal()) as f32)
+            .collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    LayerNorm,
+    RmsNorm,
+}
+
+/// One run's inputs and where in their buffers they go.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub op: Op,
+    pub dim: usize,
+    pub x: Vec<f32>,
+    pub weight: Option<Vec<f32>>,
+    pub bias: Option<Vec<f32>>,
+    pub eps: f32,
+    pub stats: bool,
+    /// Byte offset of every operand inside its own buffer (a multiple of 4).
+    pub offset: u64,
+}
+
+impl Case {
+    pub fn new(op: Op, rows: usize, dim: usize, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let x = rng.data(rows * dim, 0.5, 2.0);
+        let weight = Some(rng.data(dim, 1.0, 0.5));
+        let bias = (op == Op::LayerNorm).then(|| rng.data(dim, 0.0, 0.5));
+        Case {
+            op,
+            dim,
+            x,
+            weight,
+            bias,
+            eps: 1e-5,
+            stats: true,
+            offset: 0,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.x.len() / self.dim
+    }
+
+    pub fn reference(&self) -> reference::Reference {
+        match self.op {
+            Op::LayerNorm => reference::layer_norm(
+                &self.x,
+                self.dim,
+                self.weight.as_deref(),
+                self.bias.as_deref(),
+                self.eps,
+            ),
+            Op::RmsNorm => reference::rms_norm(&self.x, self.dim, self.weight.as_deref(), self.eps),
+        }
+    }
+}
+
+/// What a run wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Out {
+    pub y: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub rstd: Vec<f32>,
+}
+
+/// A buffer holding `data` at byte `offset`, poison before it and 64 poison bytes after.
+fn staged(gpu: &Gpu, label: &str, data: Option<&[f32]>, len: usize, offset: u64) -> wgpu::Buffer {
+    let lead = (offset / 4) as usize;
+    let mut words = vec![POISON; lead + len + 16];
+    if let Some(data) = data {
+        for (w, v) in words[lead..].iter_mut().zip(data) {
+            *w = v.to_bits();
+        }
+    }
+    let buffer = gpu.storage(label, words.len());
+    gpu.queue
+        .write_buffer(&buffer, 0, bytemuck::cast_slice(&words));
+    buffer
+}
+
+/// Reads `len` values at `offset`, asserting that every one was written and that nothing
+/// around them was.
+fn collect(words: &[f32], len: usize, offset: u64, what: &str) -> Vec<f32> {
+    let lead = (offset / 4) as usize;
+    for (i, w) in words.iter().enumerate() {
+        let inside = i >= lead && i < lead + len;
+        let poisoned = w.to_bits() == POISON;
+        assert!(
+            inside != poisoned,
+            "{what}: word {i} {} (data at {lead}..{})",
+            if inside {
+                "was never written"
+            } else {
+                "outside the output was overwritten"
+            },
+            lead + len
+        );
+    }
+    words[lead..lead + len].to_vec()
+}
+
+fn t(b: &wgpu::Buffer, off: u64, len: usize) -> TensorRef<'_> {
+    TensorRef::new(b, off, (len * 4) as u64)
+}
+
+/// Runs `case` on `gpu` through the recording API, every operand at `case.offset` in its own
+/// poisoned buffer, and reads everything back.
+pub fn run(gpu: &Gpu, case: &Case) -> Out {
+    let (rows, dim, off) = (case.rows(), case.dim, case.offset);
+    let n = case.x.len();
+    let xb = staged(gpu, "x", Some(&case.x), n, off);
+    let yb = staged(gpu, "y", None, n, off);
+    let wb = case
+        .weight
+        .as_ref()
+        .map(|w| staged(gpu, "w", Some(w), dim, off));
+    let bb = case
+        .bias
+        .as_ref()
+        .map(|b| staged(gpu, "b", Some(b), dim, off));
+    let mb = staged(gpu, "mean", None, rows, off);
+    let rb = staged(gpu, "rstd", None, rows, off);
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    match case.op {
+        Op::LayerNorm => {
+            let mut op = LayerNorm::new(rows, dim, t(&xb, off, n), t(&yb, off, n)).eps(case.eps);
+            op.weight = wb.as_ref().map(|b| t(b, off, dim));
+            op.bias = bb.as_ref().map(|b| t(b, off, dim));
+            if case.stats {
+                op = op.mean(t(&mb, off, rows)).rstd(t(&rb, off, rows));
+            }
+            gpu.norms.layer_norm(&mut encoder, &op).expect("layer_norm");
+        }
+        Op::RmsNorm => {
+            let mut op = RmsNorm::new(rows, dim, t(&xb, off, n), t(&yb, off, n)).eps(case.eps);
+            op.weight = wb.as_ref().map(|b| t(b, off, dim));
+            if case.stats {
+                op = op.rrms(t(&rb, off, rows));
+            }
+            gpu.norms.rms_norm(&mut encoder, &op).expect("rms_norm");
+        }
+    }
+    gpu.queue.submit([encoder.finish()]);
+    let lead = (off / 4) as usize;
+    let read = pollster::block_on(gpu.read_async(&[
+        (&yb, lead + n + 16),
+        (&mb, lead + rows + 16),
+        (&rb, lead + rows + 16),
+    ]))
+    .expect("readback");
+    assert_eq!(
+        UNCAPTURED.load(Ordering::SeqCst),
+        0,
+        "a wgpu error reached the handler"
+    );
+    let y = collect(&read[0], n, off, "y");
+    let with_mean = case.stats && case.op == Op::LayerNorm;
+    let mean = if with_mean {
+        collect(&read[1], rows, off, "mean")
+    } else {
+        collect(&read[1], 0, off, "mean (not requested)")
+    };
+    let rstd = collect(&read[2], if case.stats { rows } else { 0 }, off, "rstd");
+    Out { y, mean, rstd }
+}
+
+/// Asserts the f32 tolerance element by element, naming the first offender.
+pub fn assert_close(gpu: &[f32], reference: &[f64], what: &str) {
+    let (ratio, i) = reference::worst_error(gpu, reference);
+    assert!(
+        ratio <= 1.0,
+        "{what}: element {i}: gpu {} vs reference {} ({ratio:.2}x the tolerance 1e-5 + 1e-5*|ref|)",
+        gpu[i],
+        reference[i]
+    );
+}
+
+/// Runs `case` and checks y and the statistics against the reference.
+pub fn check(gpu: &Gpu, case: &Case) -> Out {
+    let out = run(gpu, case);
+    let r = case.reference();
+    let what = format!(
+        "{:?} rows={} dim={} offset={} weight={} bias={}",
+        case.op,
+        case.rows(),
+        case.dim,
+        case.offset,
+        case.weight.is_some(),
+        case.bias.is_some()
+    );
+    assert_close(&out.y, &r.y, &format!("{what}: y"));
+    if case.stats {
+        if case.op == Op::LayerNorm {
+            assert_close(&out.mean, &r.mean, &format!("{what}: mean"));
+        }
+        let rel: Vec<f64> = out
+            .rstd
+            .iter()
+            .zip(&r.rstd)
+            .map(|(&g, &r)| (f64::from(g) - r).abs() / r.abs().max(1e-30))
+            .collect();
+        let worst = rel.iter().cloned().fold(0.0, f64::max);
+        assert!(worst <= 1e-5, "{what}: rstd off by {worst:e} relative");
+    }
+    out
+}

@@ -1,0 +1,236 @@
+//! LayerNorm on the GPU against `reference::layer_norm` (run on lavapipe in CI).
+
+mod common;
+
+use common::{Case, Op, Rng, assert_close, check, gpu, run, tree_gpu};
+
+/// Many rows with small D, few rows with large D: every D of the grid at least once, rows past
+/// 65535 (the grid's one-dimension limit), D = 1, D below and above the workgroup size and the
+/// register cache, D not a multiple of 4.
+const GRID: &[(usize, usize)] = &[
+    (70000, 1),
+    (70000, 5),
+    (70000, 64),
+    (257, 2),
+    (257, 3),
+    (257, 4),
+    (257, 7),
+    (257, 31),
+    (257, 127),
+    (257, 256),
+    (257, 1000),
+    (257, 1024),
+    (257, 1025),
+    (3, 4096),
+    (3, 4097),
+    (3, 12288),
+    (1, 65536),
+    (3, 65536),
+];
+
+#[test]
+fn shape_grid() {
+    for (i, &(rows, dim)) in GRID.iter().enumerate() {
+        check(gpu(), &Case::new(Op::LayerNorm, rows, dim, i as u64));
+    }
+}
+
+#[test]
+fn shape_grid_tree_reduction() {
+    for (i, &(rows, dim)) in GRID.iter().enumerate().filter(|(_, s)| s.0 < 70000) {
+        check(
+            tree_gpu(),
+            &Case::new(Op::LayerNorm, rows, dim, 100 + i as u64),
+        );
+    }
+}
+
+#[test]
+fn weight_and_bias_optional_and_stats_optional() {
+    for (k, (w, b, stats)) in [
+        (false, false, true),
+        (true, false, false),
+        (false, true, true),
+        (true, true, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for dim in [3, 256, 4097] {
+            let mut case = Case::new(Op::LayerNorm, 5, dim, 7 + k as u64);
+            if !w {
+                case.weight = None;
+            }
+            if !b {
+                case.bias = None;
+            }
+            case.stats = stats;
+            check(gpu(), &case);
+        }
+    }
+}
+
+#[test]
+fn byte_offsets_of_every_kind() {
+    // 4: scalar path; 16: vec4 but not binding-aligned; 260: past one binding alignment.
+    for offset in [4, 12, 16, 48, 260, 1024] {
+        for dim in [7, 64, 1024] {
+            let mut case = Case::new(Op::LayerNorm, 9, dim, offset + dim as u64);
+            case.offset = offset;
+            check(gpu(), &case);
+        }
+    }
+}
+
+#[test]
+fn constant_rows_give_the_bias() {
+    for dim in [1, 4, 1000, 4097] {
+        let mut case = Case::new(Op::LayerNorm, 4, dim, 3);
+        for (r, row) in case.x.chunks_mut(dim).enumerate() {
+            row.fill([0.0, 3.5, -1e4, 1e-20][r]);
+        }
+        let out = check(gpu(), &case);
+        let bias = case.bias.as_ref().unwrap();
+        for row in out.y.chunks(dim) {
+            assert_eq!(row, &bias[..], "a constant row must give exactly the bias");
+        }
+    }
+}
+
+#[test]
+fn data_offset_by_1e4_keeps_f32_accuracy() {
+    // E[x^2] - mean^2 loses everything here, and a mean held in f32 is off by up to 5e-4.
+    for (i, dim) in [31, 1024, 4096, 12288, 65536].into_iter().enumerate() {
+        let mut case = Case::new(Op::LayerNorm, 3, dim, 40 + i as u64);
+        case.x = Rng::new(i as u64).data(3 * dim, 1e4, 1.0);
+        check(gpu(), &case);
+        check(tree_gpu(), &case);
+    }
+}
+
+#[test]
+fn very_small_and_very_large_magnitudes() {
+    for (i, scale) in [1e-20, 1e-10, 1e10, 1e15].into_iter().enumerate() {
+        for dim in [5, 1024, 65536] {
+            let mut case = Case::new(Op::LayerNorm, 2, dim, 50 + i as u64);
+            case.x = Rng::new(i as u64).data(2 * dim, 0.3 * scale, scale);
+            check(gpu(), &case);
+        }
+    }
+}
+
+#[test]
+fn spread_beyond_f32_squares_gives_the_bias() {
+    // Documented limit: (x - mean)^2 overflows f32 beyond ~1.8e19, the variance is inf and
+    // rstd 0, so y = bias.
+    let mut case = Case::new(Op::LayerNorm, 1, 64, 9);
+    case.x = Rng::new(9).data(64, 0.0, 1e25);
+    let out = run(gpu(), &case);
+    assert_eq!(out.y, case.bias.clone().unwrap());
+    assert_eq!(out.rstd, [0.0]);
+}
+
+#[test]
+fn a_nan_or_inf_poisons_only_its_row() {
+    for (dim, bad) in [
+        (5, f32::NAN),
+        (1024, f32::NAN),
+        (4097, f32::INFINITY),
+        (64, f32::NEG_INFINITY),
+    ] {
+        let mut case = Case::new(Op::LayerNorm, 4, dim, 11);
+        case.x[2 * dim + dim / 2] = bad;
+        let out = run(gpu(), &case);
+        let r = case.reference();
+        for row in [0, 1, 3] {
+            let s = row * dim..(row + 1) * dim;
+            assert_close(&out.y[s.clone()], &r.y[s], &format!("clean row {row}"));
+        }
+        assert!(
+            out.y[2 * dim..3 * dim].iter().all(|v| v.is_nan()),
+            "row 2 must be all NaN"
+        );
+        assert!(out.rstd[2].is_nan() && out.mean[2].is_nan() || out.mean[2].is_infinite());
+    }
+}
+
+#[test]
+fn in_place() {
+    let case = Case::new(Op::LayerNorm, 33, 1000, 5);
+    let expected = case.reference();
+    let gpu = gpu();
+    let buf = gpu.upload("xy", &case.x);
+    let w = gpu.upload("w", case.weight.as_ref().unwrap());
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let op = wgpu_norm::LayerNorm::new(33, 1000, &buf, &buf).weight(&w);
+    gpu.norms.layer_norm(&mut encoder, &op).unwrap();
+    gpu.queue.submit([encoder.finish()]);
+    let y = pollster::block_on(gpu.read_async(&[(&buf, case.x.len())])).unwrap();
+    let mut no_bias = case.clone();
+    no_bias.bias = None;
+    assert_close(&y[0], &no_bias.reference().y, "in place");
+    assert_eq!(expected.y.len(), y[0].len());
+}
+
+#[test]
+fn inputs_and_outputs_sharing_one_buffer() {
+    // An arena: x, weight, bias, y, mean, rstd back to back in one buffer (wgpu would reject
+    // read-only and read-write bindings of one buffer in a dispatch if the kernels used them).
+    let (rows, dim) = (17, 300);
+    let case = Case::new(Op::LayerNorm, rows, dim, 12);
+    let gpu = gpu();
+    let n = rows * dim;
+    let mut arena = case.x.clone();
+    arena.extend(case.weight.as_ref().unwrap());
+    arena.extend(case.bias.as_ref().unwrap());
+    arena.extend(std::iter::repeat_n(f32::NAN, n + 2 * rows));
+    let buf = gpu.upload("arena", &arena);
+    let at = |start: usize, len: usize| {
+        wgpu_norm::TensorRef::new(&buf, (start * 4) as u64, (len * 4) as u64)
+    };
+    let y0 = n + 2 * dim;
+    let op = wgpu_norm::LayerNorm::new(rows, dim, at(0, n), at(y0, n))
+        .weight(at(n, dim))
+        .bias(at(n + dim, dim))
+        .mean(at(y0 + n, rows))
+        .rstd(at(y0 + n + rows, rows));
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    gpu.norms.layer_norm(&mut encoder, &op).unwrap();
+    gpu.queue.submit([encoder.finish()]);
+    let all = pollster::block_on(gpu.read_async(&[(&buf, arena.len())])).unwrap();
+    let r = case.reference();
+    assert_close(&all[0][y0..y0 + n], &r.y, "y in the arena");
+    assert_close(&all[0][y0 + n..y0 + n + rows], &r.mean, "mean in the arena");
+    assert_eq!(&all[0][..n], &case.x[..], "x untouched");
+}
+
+#[test]
+fn deterministic() {
+    let case = Case::new(Op::LayerNorm, 300, 4096, 13);
+    let a = run(gpu(), &case);
+    let b = run(gpu(), &case);
+    let bits = |o: &common::Out| o.y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a), bits(&b));
+}
+
+#[test]
+fn random_shapes() {
+    // Seeded property test: random shapes, offsets, optional operands and eps.
+    let mut rng = Rng::new(2024);
+    for i in 0..40 {
+        let dim = 1 + rng.below(if i % 4 == 0 { 20000 } else { 2100 }) as usize;
+        let rows = 1 + rng.below((200_000 / dim as u64).clamp(1, 300)) as usize;
+        let mut case = Case::new(Op::LayerNorm, rows, dim, 1000 + i);
+        case.offset = 4 * rng.below(80);
+        case.eps = [0.0, 1e-12, 1e-5, 0.1][rng.below(4) as usize];
+        if rng.below(3) == 0 {
+            case.weight = None;
+        }
+        if rng.below(3) == 0 {
+            case.bias = None;
+        }
+        case.stats = rng.below(2) == 0;
+        let gpu = if rng.below(2) == 0 { gpu() } else { tree_gpu() };
+        check(gpu, &case);
+    }
+}
