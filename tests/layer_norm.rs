@@ -4,45 +4,14 @@ mod common;
 
 use common::{Case, Op, Rng, assert_close, check, gpu, run, tree_gpu};
 
-/// Many rows with small D, few rows with large D: every D of the grid at least once, rows past
-/// 65535 (the grid's one-dimension limit), D = 1, D below and above the workgroup size and the
-/// register cache, D not a multiple of 4.
-const GRID: &[(usize, usize)] = &[
-    (70000, 1),
-    (70000, 5),
-    (70000, 64),
-    (257, 2),
-    (257, 3),
-    (257, 4),
-    (257, 7),
-    (257, 31),
-    (257, 127),
-    (257, 256),
-    (257, 1000),
-    (257, 1024),
-    (257, 1025),
-    (3, 4096),
-    (3, 4097),
-    (3, 12288),
-    (1, 65536),
-    (3, 65536),
-];
-
 #[test]
 fn shape_grid() {
-    for (i, &(rows, dim)) in GRID.iter().enumerate() {
-        check(gpu(), &Case::new(Op::LayerNorm, rows, dim, i as u64));
-    }
+    common::shape_grid(gpu(), Op::LayerNorm, 0);
 }
 
 #[test]
 fn shape_grid_tree_reduction() {
-    for (i, &(rows, dim)) in GRID.iter().enumerate().filter(|(_, s)| s.0 < 70000) {
-        check(
-            tree_gpu(),
-            &Case::new(Op::LayerNorm, rows, dim, 100 + i as u64),
-        );
-    }
+    common::shape_grid(tree_gpu(), Op::LayerNorm, 100);
 }
 
 #[test]
@@ -72,14 +41,7 @@ fn weight_and_bias_optional_and_stats_optional() {
 
 #[test]
 fn byte_offsets_of_every_kind() {
-    // 4: scalar path; 16: vec4 but not binding-aligned; 260: past one binding alignment.
-    for offset in [4, 12, 16, 48, 260, 1024] {
-        for dim in [7, 64, 1024] {
-            let mut case = Case::new(Op::LayerNorm, 9, dim, offset + dim as u64);
-            case.offset = offset;
-            check(gpu(), &case);
-        }
-    }
+    common::byte_offsets(Op::LayerNorm);
 }
 
 #[test]
@@ -206,31 +168,10 @@ fn inputs_and_outputs_sharing_one_buffer() {
 
 #[test]
 fn deterministic() {
-    let case = Case::new(Op::LayerNorm, 300, 4096, 13);
-    let a = run(gpu(), &case);
-    let b = run(gpu(), &case);
-    let bits = |o: &common::Out| o.y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&a), bits(&b));
+    common::deterministic(Op::LayerNorm);
 }
 
 #[test]
 fn random_shapes() {
-    // Seeded property test: random shapes, offsets, optional operands and eps.
-    let mut rng = Rng::new(2024);
-    for i in 0..40 {
-        let dim = 1 + rng.below(if i % 4 == 0 { 20000 } else { 2100 }) as usize;
-        let rows = 1 + rng.below((200_000 / dim as u64).clamp(1, 300)) as usize;
-        let mut case = Case::new(Op::LayerNorm, rows, dim, 1000 + i);
-        case.offset = 4 * rng.below(80);
-        case.eps = [0.0, 1e-12, 1e-5, 0.1][rng.below(4) as usize];
-        if rng.below(3) == 0 {
-            case.weight = None;
-        }
-        if rng.below(3) == 0 {
-            case.bias = None;
-        }
-        case.stats = rng.below(2) == 0;
-        let gpu = if rng.below(2) == 0 { gpu() } else { tree_gpu() };
-        check(gpu, &case);
-    }
+    common::random_shapes(Op::LayerNorm, 2024);
 }

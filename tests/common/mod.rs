@@ -309,3 +309,83 @@ pub fn check(gpu: &Gpu, case: &Case) -> Out {
     }
     out
 }
+
+/// Many rows with small D, few rows with large D: every D of the grid at least once, rows past
+/// 65535 (the grid's one-dimension limit), D = 1, D below and above the workgroup size and the
+/// register cache, D not a multiple of 4.
+pub const GRID: &[(usize, usize)] = &[
+    (70000, 1),
+    (70000, 5),
+    (70000, 64),
+    (257, 2),
+    (257, 3),
+    (257, 4),
+    (257, 7),
+    (257, 31),
+    (257, 127),
+    (257, 256),
+    (257, 1000),
+    (257, 1024),
+    (257, 1025),
+    (3, 4096),
+    (3, 4097),
+    (3, 12288),
+    (1, 65536),
+    (3, 65536),
+];
+
+pub fn shape_grid(gpu: &Gpu, op: Op, seed: u64) {
+    for (i, &(rows, dim)) in GRID.iter().enumerate() {
+        check(gpu, &Case::new(op, rows, dim, seed + i as u64));
+    }
+}
+
+pub fn byte_offsets(op: Op) {
+    // 4, 12: scalar path; 16, 48: vec4 but not binding-aligned; 260, 1024: past one binding
+    // alignment.
+    for offset in [4, 12, 16, 48, 260, 1024] {
+        for dim in [7, 64, 1024] {
+            let mut case = Case::new(op, 9, dim, offset + dim as u64);
+            case.offset = offset;
+            check(gpu(), &case);
+        }
+    }
+}
+
+pub fn deterministic(op: Op) {
+    let case = Case::new(op, 300, 4096, 13);
+    let bits = |o: &Out| {
+        let mut b: Vec<u32> = o.y.iter().map(|v| v.to_bits()).collect();
+        b.extend(o.rstd.iter().map(|v| v.to_bits()));
+        b
+    };
+    let first = bits(&run(gpu(), &case));
+    for _ in 0..3 {
+        assert_eq!(
+            bits(&run(gpu(), &case)),
+            first,
+            "same input, different bits"
+        );
+    }
+}
+
+/// Seeded property test: random shapes, offsets, optional operands, eps and reduction.
+pub fn random_shapes(op: Op, seed: u64) {
+    let mut rng = Rng::new(seed);
+    for i in 0..40 {
+        let dim = 1 + rng.below(if i % 4 == 0 { 20000 } else { 2100 }) as usize;
+        let rows = 1 + rng.below((200_000 / dim as u64).clamp(1, 300)) as usize;
+        let mut case = Case::new(op, rows, dim, seed + i);
+        case.offset = 4 * rng.below(80);
+        case.eps = [0.0, 1e-12, 1e-5, 0.1][rng.below(4) as usize];
+        if rng.below(3) == 0 {
+            case.weight = None;
+        }
+        if rng.below(3) == 0 {
+            case.bias = None;
+        }
+        case.stats = rng.below(2) == 0;
+        let gpu = if rng.below(2) == 0 { gpu() } else { tree_gpu() };
+        check(gpu, &case);
+    }
+}

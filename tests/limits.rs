@@ -1,0 +1,28 @@
+//! Work larger than one storage binding is split into several bindings and dispatches.
+//! The device's binding limit is lowered so that no giant buffer is needed.
+
+mod common;
+
+use common::{Case, Op, check, small_binding_gpu};
+
+#[test]
+fn rows_beyond_one_binding_are_split() {
+    // 256 KiB bindings, grids of at most 64 x 64 workgroups.
+    let gpu = small_binding_gpu(256 << 10);
+    for op in [Op::LayerNorm, Op::RmsNorm] {
+        for (i, &(rows, dim, offset)) in [
+            (300, 1000, 0),    // 1.2 MB in 5 bindings
+            (5000, 28, 4),     // small D, 2-D grid and many chunks
+            (200, 1025, 12),   // scalar path
+            (13, 16384, 1040), // 4 rows per binding
+            (3, 65000, 16),    // one row per binding, streamed
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut case = Case::new(op, rows, dim, 300 + i as u64);
+            case.offset = offset;
+            check(&gpu, &case);
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! RMSNorm on the GPU against `reference::rms_norm` (run on lavapipe in CI).
+
+mod common;
+
+use common::{Case, Op, Rng, assert_close, check, gpu, run, tree_gpu};
+
+#[test]
+fn shape_grid() {
+    common::shape_grid(gpu(), Op::RmsNorm, 0);
+}
+
+#[test]
+fn shape_grid_tree_reduction() {
+    common::shape_grid(tree_gpu(), Op::RmsNorm, 100);
+}
+
+#[test]
+fn weight_and_rrms_optional() {
+    for (k, (w, stats)) in [(false, true), (true, false), (false, false)]
+        .into_iter()
+        .enumerate()
+    {
+        for dim in [3, 256, 4097] {
+            let mut case = Case::new(Op::RmsNorm, 5, dim, 7 + k as u64);
+            if !w {
+                case.weight = None;
+            }
+            case.stats = stats;
+            check(gpu(), &case);
+        }
+    }
+}
+
+#[test]
+fn byte_offsets_of_every_kind() {
+    common::byte_offsets(Op::RmsNorm);
+}
+
+#[test]
+fn constant_rows() {
+    for dim in [1, 4, 1000, 4097] {
+        let mut case = Case::new(Op::RmsNorm, 4, dim, 3);
+        for (r, row) in case.x.chunks_mut(dim).enumerate() {
+            row.fill([0.0, 3.5, -1e4, 1e-20][r]);
+        }
+        case.eps = 0.0;
+        let mut zero = case.clone();
+        // eps = 0 with a zero row is 0 * inf: NaN, in the reference too; test it apart.
+        zero.x.truncate(dim);
+        case.x.drain(..dim);
+        check(gpu(), &case);
+        let out = run(gpu(), &zero);
+        assert!(out.y.iter().all(|v| v.is_nan()), "0/0 must stay NaN");
+    }
+}
+
+#[test]
+fn data_offset_by_1e4() {
+    for (i, dim) in [31, 1024, 4096, 12288, 65536].into_iter().enumerate() {
+        let mut case = Case::new(Op::RmsNorm, 3, dim, 40 + i as u64);
+        case.x = Rng::new(i as u64).data(3 * dim, 1e4, 1.0);
+        check(gpu(), &case);
+        check(tree_gpu(), &case);
+    }
+}
+
+#[test]
+fn very_small_and_very_large_magnitudes() {
+    for (i, scale) in [1e-20, 1e-10, 1e10, 1e15].into_iter().enumerate() {
+        for dim in [5, 1024, 65536] {
+            let mut case = Case::new(Op::RmsNorm, 2, dim, 50 + i as u64);
+            case.x = Rng::new(i as u64).data(2 * dim, 0.3 * scale, scale);
+            check(gpu(), &case);
+        }
+    }
+}
+
+#[test]
+fn squares_beyond_f32_give_zero() {
+    // Documented limit: x^2 overflows f32 beyond ~1.8e19, the sum of squares is inf and
+    // rrms 0, so every finite x gives 0.
+    let mut case = Case::new(Op::RmsNorm, 1, 64, 9);
+    case.x = Rng::new(9).data(64, 0.0, 1e25);
+    let out = run(gpu(), &case);
+    assert!(out.y.iter().all(|&v| v == 0.0), "{:?}", &out.y[..4]);
+    assert_eq!(out.rstd, [0.0]);
+}
+
+#[test]
+fn a_nan_or_inf_stays_in_its_row() {
+    for (dim, bad) in [
+        (5, f32::NAN),
+        (1024, f32::NAN),
+        (4097, f32::INFINITY),
+        (64, f32::NEG_INFINITY),
+    ] {
+        let mut case = Case::new(Op::RmsNorm, 4, dim, 11);
+        let at = 2 * dim + dim / 2;
+        case.x[at] = bad;
+        let out = run(gpu(), &case);
+        let r = case.reference();
+        for row in [0, 1, 3] {
+            let s = row * dim..(row + 1) * dim;
+            assert_close(&out.y[s.clone()], &r.y[s], &format!("clean row {row}"));
+        }
+        let bad_row = &out.y[2 * dim..3 * dim];
+        if bad.is_nan() {
+            assert!(
+                bad_row.iter().all(|v| v.is_nan()),
+                "a NaN makes its row NaN"
+            );
+        } else {
+            // An Inf makes rrms 0: the Inf itself becomes NaN (inf * 0), the rest 0.
+            assert_eq!(out.rstd[2], 0.0);
+            for (i, v) in bad_row.iter().enumerate() {
+                assert!(if 2 * dim + i == at {
+                    v.is_nan()
+                } else {
+                    *v == 0.0
+                });
+            }
+        }
+    }
+}
+
+#[test]
+fn deterministic() {
+    common::deterministic(Op::RmsNorm);
+}
+
+#[test]
+fn random_shapes() {
+    common::random_shapes(Op::RmsNorm, 4048);
+}

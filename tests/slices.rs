@@ -1,0 +1,44 @@
+//! The slice convenience layer: upload, run, read back, sync and async.
+
+mod common;
+
+use common::{Rng, assert_close, gpu};
+use wgpu_norm::{SliceOptions, reference};
+
+#[test]
+fn layer_norm_of_slices() {
+    let mut rng = Rng::new(1);
+    let (rows, dim) = (10, 333);
+    let x = rng.data(rows * dim, 2.0, 3.0);
+    let w = rng.data(dim, 1.0, 0.2);
+    let b = rng.data(dim, 0.0, 0.2);
+    let opts = SliceOptions {
+        eps: Some(1e-3),
+        weight: Some(&w),
+        bias: Some(&b),
+    };
+    let out = gpu().layer_norm(&x, dim, &opts).unwrap();
+    let r = reference::layer_norm(&x, dim, Some(&w), Some(&b), 1e-3);
+    assert_close(&out.y, &r.y, "y");
+    assert_close(&out.mean, &r.mean, "mean");
+    assert_eq!(out.rstd.len(), rows);
+    let again = pollster::block_on(gpu().layer_norm_async(&x, dim, &opts)).unwrap();
+    assert_eq!(out, again);
+}
+
+#[test]
+fn rms_norm_of_slices_with_default_eps() {
+    let mut rng = Rng::new(2);
+    let x = rng.data(7 * 4096, 0.0, 1.0);
+    let out = pollster::block_on(gpu().rms_norm_async(&x, 4096, &SliceOptions::default())).unwrap();
+    let r = reference::rms_norm(&x, 4096, None, f32::EPSILON);
+    assert_close(&out.y, &r.y, "y");
+    assert!(out.mean.is_empty());
+    assert_eq!(out.rstd.len(), 7);
+}
+
+#[test]
+fn empty_input_is_empty_output() {
+    let out = gpu().layer_norm(&[], 8, &SliceOptions::default()).unwrap();
+    assert!(out.y.is_empty() && out.mean.is_empty() && out.rstd.is_empty());
+}
