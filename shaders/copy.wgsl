@@ -1,5 +1,5 @@
-// The baseline the benchmarks compare with: y = x over the same rows and the same access
-// pattern as the norm kernels (one workgroup per row, strided V loads), and no arithmetic.
+// The baseline the benchmarks compare with: y = x over the same rows with the same access
+// pattern, workgroup size and register cache as the norm kernels, and no arithmetic.
 
 @compute @workgroup_size(WG)
 fn main(ids: Ids) {
@@ -7,10 +7,25 @@ fn main(ids: Ids) {
     if row >= params.rows {
         return;
     }
+    let lid = ids.lid;
     let n = params.dim / VW;
     let xb = (params.x_off + row * params.dim) / VW;
     let yb = (params.y_off + row * params.dim) / VW;
-    for (var i = ids.lid; i < n; i += WG) {
+//#if cached
+    var c: array<V, CACHE>;
+//#unroll k
+    if lid + k * WG < n {
+        c[k] = x[xb + lid + k * WG];
+    }
+//#endunroll
+//#unroll k
+    if lid + k * WG < n {
+        y[yb + lid + k * WG] = c[k];
+    }
+//#endunroll
+//#else
+    for (var i = lid; i < n; i += WG) {
         y[yb + i] = x[xb + i];
     }
+//#endif
 }

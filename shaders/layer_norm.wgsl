@@ -23,33 +23,36 @@ fn main(ids: Ids) {
     let pv = V(p);
 
 //#if cached
-    // The row stays in registers: one read of x, two exact passes over it.
+    // The row stays in registers: one read of x, two exact passes over it. All loads are
+    // issued before the first use, so each invocation has CACHE of them in flight.
     var c: array<V, CACHE>;
-    var s = V(0.0);
-    for (var k = 0u; k < CACHE; k++) {
-        let i = lid + k * WG;
-        if i < n {
-            c[k] = x[xb + i] - pv;
-            s += c[k];
-        }
+//#unroll k
+    if lid + k * WG < n {
+        c[k] = x[xb + lid + k * WG];
     }
+//#endunroll
+    var s = V(0.0);
+//#unroll k
+    if lid + k * WG < n {
+        c[k] -= pv;
+        s += c[k];
+    }
+//#endunroll
     let m = wg_sum(hsum(s), lid) * inv_dim;
     let mv = V(m);
     var q = V(0.0);
-    for (var k = 0u; k < CACHE; k++) {
-        let i = lid + k * WG;
-        if i < n {
-            c[k] -= mv;
-            q += c[k] * c[k];
-        }
+//#unroll k
+    if lid + k * WG < n {
+        c[k] -= mv;
+        q += c[k] * c[k];
     }
+//#endunroll
     let rstd = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_dim + params.eps);
-    for (var k = 0u; k < CACHE; k++) {
-        let i = lid + k * WG;
-        if i < n {
-            y[yb + i] = affine(c[k] * rstd, i);
-        }
+//#unroll k
+    if lid + k * WG < n {
+        y[yb + lid + k * WG] = affine(c[k] * rstd, lid + k * WG);
     }
+//#endunroll
 //#else
     // Rows too long for registers: three passes over x, the later two mostly from cache.
     var s = V(0.0);

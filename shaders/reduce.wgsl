@@ -22,10 +22,10 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
         red[lid / sg_size] = s;
     }
     workgroupBarrier();
-    // Few partials (WG / subgroup size): every invocation sums them in the same order, which
+    // Few partials (one per subgroup): every invocation sums them in the same order, which
     // saves a second barrier to broadcast the total.
     var t = 0.0;
-    let n = WG / sg_size;
+    let n = (WG + sg_size - 1u) / sg_size;
     for (var i = 0u; i < n; i++) {
         t += red[i];
     }

@@ -18,23 +18,23 @@ fn main(ids: Ids) {
     let inv_dim = 1.0 / f32(params.dim);
 
 //#if cached
-    // The row stays in registers: x is read once.
+    // The row stays in registers: x is read once, all loads in flight together.
     var c: array<V, CACHE>;
+//#unroll k
+    if lid + k * WG < n {
+        c[k] = x[xb + lid + k * WG];
+    }
+//#endunroll
     var q = V(0.0);
-    for (var k = 0u; k < CACHE; k++) {
-        let i = lid + k * WG;
-        if i < n {
-            c[k] = x[xb + i];
-            q += c[k] * c[k];
-        }
-    }
+//#unroll k
+    q += c[k] * c[k];
+//#endunroll
     let rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_dim + params.eps);
-    for (var k = 0u; k < CACHE; k++) {
-        let i = lid + k * WG;
-        if i < n {
-            y[yb + i] = scale(c[k] * rrms, i);
-        }
+//#unroll k
+    if lid + k * WG < n {
+        y[yb + lid + k * WG] = scale(c[k] * rrms, lid + k * WG);
     }
+//#endunroll
 //#else
     // Rows too long for registers: two passes over x, the second mostly from cache.
     var q = V(0.0);

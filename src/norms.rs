@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Operand, Result};
-use crate::shaders::{Kernel, Params, Variant, WORKGROUP_SIZE, flags};
+use crate::shaders::{Kernel, MIN_WORKGROUP_SIZE, Params, Variant, flags};
 use crate::tensor::TensorRef;
 
 /// Binding slots of `shaders/common.wgsl`, in the order of [`Launch::operands`].
@@ -44,6 +44,8 @@ impl Default for NormsOptions {
 pub struct Norms {
     device: wgpu::Device,
     limits: wgpu::Limits,
+    /// Largest workgroup size to use: a power of two the device allows.
+    max_wg: u32,
     subgroups: bool,
     /// Indexed by `Variant::shared`: read-only inputs, or every storage binding read_write.
     layouts: [wgpu::BindGroupLayout; 2],
@@ -73,14 +75,16 @@ impl Norms {
 
     pub fn with_options(device: &wgpu::Device, options: NormsOptions) -> Result<Self> {
         let limits = device.limits();
-        if limits.max_compute_invocations_per_workgroup < WORKGROUP_SIZE
-            || limits.max_compute_workgroup_size_x < WORKGROUP_SIZE
-        {
+        let allowed = limits
+            .max_compute_invocations_per_workgroup
+            .min(limits.max_compute_workgroup_size_x);
+        if allowed < MIN_WORKGROUP_SIZE {
             return Err(Error::UnsupportedDevice(format!(
-                "needs {WORKGROUP_SIZE} invocations per workgroup, the device allows {}",
-                limits.max_compute_invocations_per_workgroup
+                "needs {MIN_WORKGROUP_SIZE} invocations per workgroup, the device allows {allowed}"
             )));
         }
+        // The largest power of two the device allows.
+        let max_wg = 1 << allowed.ilog2();
         if limits.max_storage_buffers_per_shader_stage < 6 {
             return Err(Error::UnsupportedDevice(format!(
                 "needs 6 storage buffers per shader stage, the device allows {}",
@@ -143,6 +147,7 @@ impl Norms {
         Ok(Norms {
             device: device.clone(),
             limits,
+            max_wg,
             subgroups,
             layouts,
             pipeline_layouts,
@@ -275,7 +280,7 @@ impl Norms {
                 .iter()
                 .flatten()
                 .all(|t| t.offset.is_multiple_of(16));
-        let variant = Variant::for_row(l.kernel, dim, vec4, self.subgroups, shared);
+        let variant = Variant::for_row(l.kernel, dim, vec4, self.subgroups, shared, self.max_wg);
         let pipeline = self.pipeline(variant)?;
 
         // Rows per dispatch: each binding may start up to `align` bytes before its data.

@@ -8,19 +8,47 @@
 
 use bytemuck::{Pod, Zeroable};
 
-/// Invocations per workgroup; every kernel runs one workgroup per row.
-pub const WORKGROUP_SIZE: u32 = 256;
+/// Smallest workgroup the kernels use (one workgroup per row).
+pub const MIN_WORKGROUP_SIZE: u32 = 64;
 
-/// Longest register cache, in `V` elements per invocation. A row of up to
-/// `WORKGROUP_SIZE * MAX_CACHE` `V`s (16384 f32 with vec4 access) is read from memory once;
-/// longer rows are streamed again from memory (in practice from cache) for each pass.
+/// Largest workgroup the kernels use, where the device allows it.
+pub const MAX_WORKGROUP_SIZE: u32 = 1024;
+
+/// Row elements (`V`s) each invocation aims to handle: the workgroup grows with D until it
+/// reaches the largest size, so short rows are not spread thinly over idle invocations and
+/// every invocation has several loads in flight.
+pub const V_PER_INVOCATION: u32 = 4;
+
+/// Longest register cache, in `V`s per invocation. Rows that fit are read from memory once;
+/// longer rows are streamed again (in practice from cache) for each pass.
 pub const MAX_CACHE: u32 = 16;
 
-const _: () = assert!(
-    WORKGROUP_SIZE.is_power_of_two(),
-    "the tree reduction halves WG"
-);
-const _: () = assert!(MAX_CACHE.is_power_of_two());
+/// Register budget of the cache: `cache * workgroup` stays within this many `V`s, so that a
+/// 1024-invocation workgroup (at most 64 registers each on many GPUs) does not spill.
+const CACHE_BUDGET: u32 = 8192;
+
+const _: () = assert!(MIN_WORKGROUP_SIZE.is_power_of_two() && MAX_WORKGROUP_SIZE.is_power_of_two());
+const _: () = assert!(MAX_CACHE.is_power_of_two() && V_PER_INVOCATION.is_power_of_two());
+
+/// The workgroup size for a row of `lanes`-wide elements on a device that allows `max_wg`
+/// invocations (a power of two). The one source of truth for the WGSL constant `WG`.
+pub fn workgroup_size(dim: u32, lanes: u32, max_wg: u32) -> u32 {
+    let per_row = dim.div_ceil(lanes);
+    per_row
+        .div_ceil(V_PER_INVOCATION)
+        .next_power_of_two()
+        .clamp(MIN_WORKGROUP_SIZE, max_wg.min(MAX_WORKGROUP_SIZE))
+}
+
+/// The register cache length for `per_row` `V`s over `wg` invocations; 0 when it does not fit.
+fn cache_len(per_row: u32, wg: u32) -> u32 {
+    let per_invocation = per_row.div_ceil(wg).next_power_of_two();
+    if per_invocation <= MAX_CACHE && per_invocation * wg <= CACHE_BUDGET.max(wg) {
+        per_invocation
+    } else {
+        0
+    }
+}
 
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
@@ -110,6 +138,8 @@ impl Kernel {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Variant {
     pub kernel: Kernel,
+    /// Workgroup size (the WGSL constant `WG`), from [`workgroup_size`].
+    pub wg: u32,
     /// `V = vec4<f32>`: D % 4 == 0 and every operand 16-byte aligned.
     pub vec4: bool,
     /// Register cache length in `V`s per invocation; 0 streams the row from memory.
@@ -121,19 +151,23 @@ pub struct Variant {
 }
 
 impl Variant {
-    /// The variant for a row of `dim` elements.
-    pub fn for_row(kernel: Kernel, dim: u32, vec4: bool, subgroups: bool, shared: bool) -> Self {
+    /// The variant for a row of `dim` elements on a device allowing `max_wg` invocations
+    /// per workgroup (a power of two, at least [`MIN_WORKGROUP_SIZE`]).
+    pub fn for_row(
+        kernel: Kernel,
+        dim: u32,
+        vec4: bool,
+        subgroups: bool,
+        shared: bool,
+        max_wg: u32,
+    ) -> Self {
         let lanes = if vec4 { 4 } else { 1 };
-        let per_invocation = dim.div_ceil(lanes).div_ceil(WORKGROUP_SIZE);
-        let cache = if kernel.reduces() && per_invocation <= MAX_CACHE {
-            per_invocation.next_power_of_two()
-        } else {
-            0
-        };
+        let wg = workgroup_size(dim, lanes, max_wg);
         Variant {
             kernel,
+            wg,
             vec4,
-            cache,
+            cache: cache_len(dim.div_ceil(lanes), wg),
             subgroups: subgroups && kernel.reduces(),
             shared,
         }
@@ -141,44 +175,42 @@ impl Variant {
 
     /// Every variant the host can ask for, for validation.
     pub fn all() -> Vec<Variant> {
-        let mut out = Vec::new();
+        let mut out = std::collections::BTreeSet::new();
+        let wgs = (MIN_WORKGROUP_SIZE.trailing_zeros()..=MAX_WORKGROUP_SIZE.trailing_zeros())
+            .map(|b| 1u32 << b);
         for kernel in Kernel::ALL {
-            let caches: Vec<u32> = if kernel.reduces() {
-                std::iter::once(0)
-                    .chain((0..=MAX_CACHE.trailing_zeros()).map(|b| 1 << b))
-                    .collect()
-            } else {
-                vec![0]
-            };
-            let subgroup_opts: &[bool] = if kernel.reduces() {
-                &[false, true]
-            } else {
-                &[false]
-            };
-            for &cache in &caches {
-                for vec4 in [false, true] {
-                    for &subgroups in subgroup_opts {
-                        for shared in [false, true] {
-                            out.push(Variant {
-                                kernel,
-                                vec4,
-                                cache,
-                                subgroups,
-                                shared,
-                            });
+            for wg in wgs.clone() {
+                // Every cache length `cache_len` can return for this workgroup size.
+                let caches = (0..=MAX_CACHE.trailing_zeros())
+                    .map(|b| cache_len((1 << b) * wg, wg))
+                    .chain([0]);
+                for cache in caches {
+                    for vec4 in [false, true] {
+                        for subgroups in [false, kernel.reduces()] {
+                            for shared in [false, true] {
+                                out.insert(Variant {
+                                    kernel,
+                                    wg,
+                                    vec4,
+                                    cache,
+                                    subgroups,
+                                    shared,
+                                });
+                            }
                         }
                     }
                 }
             }
         }
-        out
+        out.into_iter().collect()
     }
 
     /// A label for wgpu objects and error messages.
     pub fn label(&self) -> String {
         format!(
-            "wgpu-norm {} {} cache={}{}{}",
+            "wgpu-norm {} wg={} {} cache={}{}{}",
             self.kernel.name(),
+            self.wg,
             if self.vec4 { "vec4" } else { "f32" },
             self.cache,
             if self.subgroups { " subgroups" } else { "" },
@@ -205,11 +237,12 @@ impl Variant {
         };
         let mut out = format!(
             "// Generated by wgpu_norm::shaders for: {label}\n\
-             const WG: u32 = {WORKGROUP_SIZE}u;\n\
+             const WG: u32 = {wg}u;\n\
              const CACHE: u32 = {cache}u;\n\
              const VW: u32 = {vw}u;\n\
              alias V = {v};\n\n",
             label = self.label(),
+            wg = self.wg,
             cache = self.cache,
         );
         let mut parts = vec![("common.wgsl", COMMON)];
@@ -219,10 +252,11 @@ impl Variant {
         parts.push((self.kernel.name(), self.kernel.source()));
         for (name, text) in parts {
             out.push_str(&format!("// ---- {name}\n"));
-            out.push_str(&preprocess(text, |f| {
+            let flag = |f: &str| {
                 self.flag(f)
                     .unwrap_or_else(|| panic!("unknown //#if flag {f:?} in {name}"))
-            }));
+            };
+            out.push_str(&unroll(&preprocess(text, flag), self.cache));
         }
         out
     }
@@ -253,6 +287,60 @@ fn preprocess(text: &str, flag: impl Fn(&str) -> bool) -> String {
     out
 }
 
+/// Repeats each block between `//#unroll NAME` and `//#endunroll` `count` times, with the
+/// identifier NAME replaced by `0u`, `1u`, ... in each copy.
+///
+/// The register cache depends on this: wgpu bounds every WGSL loop with a hidden counter (its
+/// protection against infinite loops), which keeps drivers from unrolling a loop over the
+/// cache array, and an array indexed by a loop variable lives in slow local memory. Constant
+/// indices let the driver keep it in registers.
+fn unroll(text: &str, count: u32) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut block: Option<(String, Vec<&str>)> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("//#unroll ") {
+            assert!(block.is_none(), "nested //#unroll");
+            block = Some((name.trim().to_string(), Vec::new()));
+        } else if t == "//#endunroll" {
+            let (name, lines) = block.take().expect("//#endunroll without //#unroll");
+            for k in 0..count {
+                for l in &lines {
+                    out.push_str(&replace_ident(l, &name, &format!("{k}u")));
+                    out.push('\n');
+                }
+            }
+        } else if let Some((_, lines)) = &mut block {
+            lines.push(line);
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(block.is_none(), "unterminated //#unroll");
+    out
+}
+
+/// `line` with every whole-word occurrence of the identifier `name` replaced by `with`.
+fn replace_ident(line: &str, name: &str, with: &str) -> String {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find(name) {
+        out.push_str(&rest[..at]);
+        let before = out.chars().next_back();
+        let after = rest[at + name.len()..].chars().next();
+        if before.is_some_and(is_ident) || after.is_some_and(is_ident) {
+            out.push_str(name);
+        } else {
+            out.push_str(with);
+        }
+        rest = &rest[at + name.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,15 +362,32 @@ mod tests {
     }
 
     #[test]
-    fn cache_length_covers_the_row() {
-        for dim in [1, 4, 255, 256, 257, 1024, 1025, 4096, 4097, 16384, 16385] {
-            for vec4 in [false, true] {
-                let v = Variant::for_row(Kernel::LayerNorm, dim, vec4, false, false);
-                let lanes = if vec4 { 4 } else { 1 };
-                if v.cache > 0 {
-                    assert!(v.cache * WORKGROUP_SIZE * lanes >= dim, "{dim} {vec4}");
-                } else {
-                    assert!(dim > MAX_CACHE * WORKGROUP_SIZE * lanes, "{dim} {vec4}");
+    fn unroll_repeats_with_constant_indices() {
+        let src = "a\n//#unroll k\nc[k] = kk + k;\n//#endunroll\nb\n";
+        assert_eq!(unroll(src, 2), "a\nc[0u] = kk + 0u;\nc[1u] = kk + 1u;\nb\n");
+        assert_eq!(unroll(src, 0), "a\nb\n");
+    }
+
+    #[test]
+    fn cache_covers_the_row_within_the_register_budget() {
+        for max_wg in [256, 1024] {
+            for dim in [
+                1, 4, 255, 256, 257, 1024, 1025, 4096, 4097, 8192, 16384, 16385, 65536,
+            ] {
+                for vec4 in [false, true] {
+                    let v = Variant::for_row(Kernel::LayerNorm, dim, vec4, false, false, max_wg);
+                    let lanes = if vec4 { 4 } else { 1 };
+                    assert!(v.wg.is_power_of_two() && v.wg >= MIN_WORKGROUP_SIZE && v.wg <= max_wg);
+                    assert!(Variant::all().contains(&v), "{v:?} is not validated");
+                    if v.cache > 0 {
+                        assert!(v.cache * v.wg * lanes >= dim, "{v:?}");
+                        assert!(v.cache * v.wg <= CACHE_BUDGET.max(v.wg), "{v:?}");
+                    } else {
+                        assert!(
+                            dim.div_ceil(lanes) > v.wg * MAX_CACHE.min(CACHE_BUDGET / v.wg),
+                            "{v:?}"
+                        );
+                    }
                 }
             }
         }

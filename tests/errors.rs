@@ -423,8 +423,8 @@ fn no_adapter_says_how_to_get_one() {
 fn device_too_small_for_the_kernels() {
     let adapter = pollster::block_on(wgpu_norm::pick_adapter()).unwrap();
     let limits = wgpu::Limits {
-        max_compute_invocations_per_workgroup: 128,
-        max_compute_workgroup_size_x: 128,
+        max_compute_invocations_per_workgroup: 32,
+        max_compute_workgroup_size_x: 32,
         ..adapter.limits()
     };
     let gpu = pollster::block_on(wgpu_norm::Gpu::from_adapter(

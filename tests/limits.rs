@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Case, Op, check, small_binding_gpu};
+use common::{Case, Op, check, default_limits_gpu, small_binding_gpu};
 
 #[test]
 fn rows_beyond_one_binding_are_split() {
@@ -23,6 +23,23 @@ fn rows_beyond_one_binding_are_split() {
             let mut case = Case::new(op, rows, dim, 300 + i as u64);
             case.offset = offset;
             check(&gpu, &case);
+        }
+    }
+}
+
+#[test]
+fn default_limits_cap_the_workgroup_size() {
+    let gpu = default_limits_gpu();
+    assert_eq!(
+        gpu.device.limits().max_compute_invocations_per_workgroup,
+        256
+    );
+    for op in [Op::LayerNorm, Op::RmsNorm] {
+        for (i, &(rows, dim)) in [(100, 1024), (9, 4097), (5, 8192), (3, 16384), (2, 65536)]
+            .iter()
+            .enumerate()
+        {
+            check(gpu, &Case::new(op, rows, dim, 400 + i as u64));
         }
     }
 }

@@ -36,7 +36,7 @@ fn every_variant_validates() {
 fn subgroup_code_needs_the_capability() {
     // The tree fallback must really be free of subgroup operations: validating the subgroup
     // variant without the capability has to fail.
-    let v = Variant::for_row(Kernel::RmsNorm, 1024, true, true, false);
+    let v = Variant::for_row(Kernel::RmsNorm, 1024, true, true, false, 256);
     let source = v.source();
     let module = naga::front::wgsl::parse_str(&source).unwrap();
     let res = naga::valid::Validator::new(
@@ -45,13 +45,13 @@ fn subgroup_code_needs_the_capability() {
     )
     .validate(&module);
     assert!(res.is_err());
-    let tree = Variant::for_row(Kernel::RmsNorm, 1024, true, false, false);
+    let tree = Variant::for_row(Kernel::RmsNorm, 1024, true, false, false, 256);
     assert!(!tree.source().contains("subgroupAdd"));
 }
 
 #[test]
 fn params_struct_matches_its_wgsl_twin() {
-    let v = Variant::for_row(Kernel::LayerNorm, 64, false, false, false);
+    let v = Variant::for_row(Kernel::LayerNorm, 64, false, false, false, 256);
     let module = validate(&v).unwrap();
     let (handle, ty) = module
         .types
@@ -77,14 +77,32 @@ fn params_struct_matches_its_wgsl_twin() {
 }
 
 #[test]
-fn workgroup_size_is_not_repeated_in_wgsl() {
-    // The one source of truth is WORKGROUP_SIZE in Rust; shader files only say WG.
+fn workgroup_size_comes_only_from_the_host() {
+    // The one source of truth is `shaders::workgroup_size` in Rust; shader files say WG.
     for file in ["common", "reduce", "layer_norm", "rms_norm", "copy"] {
         let text = std::fs::read_to_string(format!("shaders/{file}.wgsl")).unwrap();
-        let literal = wgpu_norm::shaders::WORKGROUP_SIZE.to_string();
+        for line in text.lines().filter(|l| l.contains("@workgroup_size")) {
+            assert!(
+                line.contains("@workgroup_size(WG)"),
+                "shaders/{file}.wgsl: {line}"
+            );
+        }
+    }
+    for v in Variant::all() {
+        assert!(v.source().contains(&format!("const WG: u32 = {}u;", v.wg)));
+    }
+}
+
+#[test]
+fn cached_variants_index_their_cache_with_constants() {
+    // An array indexed by a loop variable would live in local memory: see shaders::unroll.
+    for v in Variant::all().into_iter().filter(|v| v.cache > 0) {
+        let src = v.source();
+        assert!(!src.contains("[k]"), "{}", v.label());
         assert!(
-            !text.contains(&literal),
-            "shaders/{file}.wgsl repeats the workgroup size {literal}"
+            src.contains(&format!("c[{}u]", v.cache - 1)),
+            "{}",
+            v.label()
         );
     }
 }

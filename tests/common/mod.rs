@@ -47,6 +47,13 @@ pub fn tree_gpu() -> &'static Gpu {
     GPU.get_or_init(|| open(None, NormsOptions { subgroups: false }))
 }
 
+/// A device with wgpu's default limits (256 invocations per workgroup, 128 MiB bindings), as
+/// a runtime that asks for nothing more would have.
+pub fn default_limits_gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| open(Some(wgpu::Limits::default()), NormsOptions::default()))
+}
+
 /// A device whose storage bindings are limited to `max_binding` bytes (and whose grid is
 /// limited to 64 workgroups a side), so the splitting logic runs without giant buffers.
 pub fn small_binding_gpu(max_binding: u64) -> Gpu {
