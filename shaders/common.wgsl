@@ -5,7 +5,7 @@
 
 // Twin of `wgpu_norm::shaders::Params` (src/shaders.rs); tests/shaders.rs checks the layout.
 struct Params {
-    // Rows in this dispatch: one workgroup per row, rows spread over x and y of the grid.
+    // Rows in this dispatch, spread over x and y of the grid.
     rows: u32,
     // Elements per row.
     dim: u32,
@@ -20,7 +20,8 @@ struct Params {
     eps: f32,
     // FLAG_* bits below.
     flags: u32,
-    _pad0: u32,
+    // Consecutive rows each workgroup normalizes, one after another (norm kernels only).
+    rows_per_group: u32,
     _pad1: u32,
 }
 
@@ -78,7 +79,7 @@ struct Ids {
 //#endif
 }
 
-// The row this workgroup owns: the grid is 2-D because one dimension stops at 65535.
-fn grid_row(ids: Ids) -> u32 {
+// This workgroup's index: the grid is 2-D because one dimension stops at 65535.
+fn group_index(ids: Ids) -> u32 {
     return ids.wg.y * ids.nwg.x + ids.wg.x;
 }

@@ -1,5 +1,5 @@
 // LayerNorm forward: y = (x - mean) * rstd * weight + bias, rstd = 1 / sqrt(var + eps), with
-// the biased variance. One workgroup per row. CPU mirror: `wgpu_norm::reference::layer_norm`.
+// the biased variance. One workgroup per row at a time. CPU mirror: `wgpu_norm::reference::layer_norm`.
 //
 // Accuracy: all sums run over x - p, where p is the row's first element. For data far from
 // zero (1e4 +- 1, say) the mean itself is not representable to better than half an ulp of 1e4
@@ -10,11 +10,17 @@
 @compute @workgroup_size(WG)
 fn main(ids: Ids) {
     reduce_init(ids);
-    let row = grid_row(ids);
-    if row >= params.rows {
-        return;
+    // Several short rows per workgroup, so that each moves enough bytes to pay for its launch.
+    let first = group_index(ids) * params.rows_per_group;
+    for (var r = 0u; r < params.rows_per_group; r++) {
+        if first + r >= params.rows {
+            break;
+        }
+        layer_norm_row(first + r, ids.lid);
     }
-    let lid = ids.lid;
+}
+
+fn layer_norm_row(row: u32, lid: u32) {
     let n = params.dim / VW;
     let xb = (params.x_off + row * params.dim) / VW;
     let yb = (params.y_off + row * params.dim) / VW;

@@ -1,5 +1,5 @@
 // RMSNorm forward: y = x * rrms * weight, rrms = 1 / sqrt(mean(x^2) + eps). One workgroup per
-// row. CPU mirror: `wgpu_norm::reference::rms_norm`.
+// row at a time. CPU mirror: `wgpu_norm::reference::rms_norm`.
 //
 // The sum of squares is accumulated in f32: beyond |x| ~ 1.8e19 a square overflows to inf and
 // the row's output becomes 0 (or NaN where x is inf); see the README.
@@ -7,11 +7,17 @@
 @compute @workgroup_size(WG)
 fn main(ids: Ids) {
     reduce_init(ids);
-    let row = grid_row(ids);
-    if row >= params.rows {
-        return;
+    // Several short rows per workgroup, so that each moves enough bytes to pay for its launch.
+    let first = group_index(ids) * params.rows_per_group;
+    for (var r = 0u; r < params.rows_per_group; r++) {
+        if first + r >= params.rows {
+            break;
+        }
+        rms_norm_row(first + r, ids.lid);
     }
-    let lid = ids.lid;
+}
+
+fn rms_norm_row(row: u32, lid: u32) {
     let n = params.dim / VW;
     let xb = (params.x_off + row * params.dim) / VW;
     let yb = (params.y_off + row * params.dim) / VW;

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Operand, Result};
-use crate::shaders::{Kernel, MIN_WORKGROUP_SIZE, Params, Variant, flags};
+use crate::shaders::{Kernel, MIN_WORKGROUP_SIZE, Params, Variant, flags, rows_per_group};
 use crate::tensor::TensorRef;
 
 /// Binding slots of `shaders/common.wgsl`, in the order of [`Launch::operands`].
@@ -314,6 +314,7 @@ impl Norms {
                 dim,
                 eps: l.eps,
                 flags: flag_bits,
+                rows_per_group: rows_per_group(dim),
                 ..Params::default()
             };
             let mut ranges = [(0u64, 0u64); 6];
@@ -344,8 +345,14 @@ impl Norms {
             }
             let at = c * stride as usize;
             uniform[at..at + size_of::<Params>()].copy_from_slice(bytemuck::bytes_of(&params));
-            let grid_x = rows.min(max_wg);
-            bindings.push((ranges, [grid_x as u32, rows.div_ceil(grid_x) as u32]));
+            let groups = if l.kernel.reduces() {
+                rows.div_ceil(u64::from(params.rows_per_group))
+            } else {
+                let lanes = if vec4 { 4 } else { 1 };
+                (rows * u64::from(dim) / lanes).div_ceil(u64::from(variant.wg * variant.cache))
+            };
+            let grid_x = groups.min(max_wg);
+            bindings.push((ranges, [grid_x as u32, groups.div_ceil(grid_x) as u32]));
         }
         let label = variant.label();
         let params_buffer = self

@@ -17,11 +17,22 @@ pub const MAX_WORKGROUP_SIZE: u32 = 1024;
 /// Row elements (`V`s) each invocation aims to handle: the workgroup grows with D until it
 /// reaches the largest size, so short rows are not spread thinly over idle invocations and
 /// every invocation has several loads in flight.
-pub const V_PER_INVOCATION: u32 = 4;
+pub const V_PER_INVOCATION: u32 = 8;
 
 /// Longest register cache, in `V`s per invocation. Rows that fit are read from memory once;
 /// longer rows are streamed again (in practice from cache) for each pass.
 pub const MAX_CACHE: u32 = 16;
+
+/// Bytes of rows each norm workgroup handles at least, one row after another: short rows
+/// share a workgroup so that the launch of one is paid for by enough traffic.
+pub const BYTES_PER_GROUP: u32 = 16384;
+
+/// Most rows one workgroup handles, so that tiny D still spreads over many workgroups.
+pub const MAX_ROWS_PER_GROUP: u32 = 64;
+
+/// The copy kernel's shape: a plain copy, independent of D.
+const COPY_WORKGROUP_SIZE: u32 = 256;
+const COPY_V_PER_INVOCATION: u32 = 4;
 
 /// Register budget of the cache: `cache * workgroup` stays within this many `V`s, so that a
 /// 1024-invocation workgroup (at most 64 registers each on many GPUs) does not spill.
@@ -38,6 +49,11 @@ pub fn workgroup_size(dim: u32, lanes: u32, max_wg: u32) -> u32 {
         .div_ceil(V_PER_INVOCATION)
         .next_power_of_two()
         .clamp(MIN_WORKGROUP_SIZE, max_wg.min(MAX_WORKGROUP_SIZE))
+}
+
+/// Rows each norm workgroup handles for rows of `dim` f32.
+pub fn rows_per_group(dim: u32) -> u32 {
+    (BYTES_PER_GROUP / dim.saturating_mul(4).max(1)).clamp(1, MAX_ROWS_PER_GROUP)
 }
 
 /// The register cache length for `per_row` `V`s over `wg` invocations; 0 when it does not fit.
@@ -79,7 +95,7 @@ pub struct Params {
     pub rstd_off: u32,
     pub eps: f32,
     pub flags: u32,
-    pub _pad0: u32,
+    pub rows_per_group: u32,
     pub _pad1: u32,
 }
 
@@ -96,7 +112,10 @@ impl Params {
         ("rstd_off", std::mem::offset_of!(Params, rstd_off)),
         ("eps", std::mem::offset_of!(Params, eps)),
         ("flags", std::mem::offset_of!(Params, flags)),
-        ("_pad0", std::mem::offset_of!(Params, _pad0)),
+        (
+            "rows_per_group",
+            std::mem::offset_of!(Params, rows_per_group),
+        ),
         ("_pad1", std::mem::offset_of!(Params, _pad1)),
     ];
 }
@@ -162,12 +181,17 @@ impl Variant {
         max_wg: u32,
     ) -> Self {
         let lanes = if vec4 { 4 } else { 1 };
-        let wg = workgroup_size(dim, lanes, max_wg);
+        let (wg, cache) = if kernel.reduces() {
+            let wg = workgroup_size(dim, lanes, max_wg);
+            (wg, cache_len(dim.div_ceil(lanes), wg))
+        } else {
+            (COPY_WORKGROUP_SIZE.min(max_wg), COPY_V_PER_INVOCATION)
+        };
         Variant {
             kernel,
             wg,
             vec4,
-            cache: cache_len(dim.div_ceil(lanes), wg),
+            cache,
             subgroups: subgroups && kernel.reduces(),
             shared,
         }
@@ -180,10 +204,17 @@ impl Variant {
             .map(|b| 1u32 << b);
         for kernel in Kernel::ALL {
             for wg in wgs.clone() {
-                // Every cache length `cache_len` can return for this workgroup size.
-                let caches = (0..=MAX_CACHE.trailing_zeros())
-                    .map(|b| cache_len((1 << b) * wg, wg))
-                    .chain([0]);
+                // Every cache length the host can pick for this kernel and workgroup size.
+                let caches: Vec<u32> = if kernel.reduces() {
+                    (0..=MAX_CACHE.trailing_zeros())
+                        .map(|b| cache_len((1 << b) * wg, wg))
+                        .chain([0])
+                        .collect()
+                } else if wg <= COPY_WORKGROUP_SIZE {
+                    vec![COPY_V_PER_INVOCATION]
+                } else {
+                    vec![]
+                };
                 for cache in caches {
                     for vec4 in [false, true] {
                         for subgroups in [false, kernel.reduces()] {
@@ -376,6 +407,8 @@ mod tests {
             ] {
                 for vec4 in [false, true] {
                     let v = Variant::for_row(Kernel::LayerNorm, dim, vec4, false, false, max_wg);
+                    let copy = Variant::for_row(Kernel::Copy, dim, vec4, false, false, max_wg);
+                    assert!(Variant::all().contains(&copy), "{copy:?} is not validated");
                     let lanes = if vec4 { 4 } else { 1 };
                     assert!(v.wg.is_power_of_two() && v.wg >= MIN_WORKGROUP_SIZE && v.wg <= max_wg);
                     assert!(Variant::all().contains(&v), "{v:?} is not validated");
