@@ -44,5 +44,5 @@ fn copies_exactly() {
         check_copy(gpu(), rows, dim, offset);
     }
     let small = small_binding_gpu(256 << 10);
-    check_copy(&small, 300, 1000, 12);
+    check_copy(small, 300, 1000, 12);
 }

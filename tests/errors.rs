@@ -427,10 +427,13 @@ fn device_too_small_for_the_kernels() {
         max_compute_workgroup_size_x: 32,
         ..adapter.limits()
     };
-    let gpu = pollster::block_on(wgpu_norm::Gpu::from_adapter(
-        adapter,
-        Some(limits),
-        Default::default(),
-    ));
-    assert!(matches!(gpu, Err(Error::UnsupportedDevice(_))));
+    let (device, _queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .unwrap();
+    let err = wgpu_norm::Norms::new(&device).err();
+    assert!(matches!(err, Some(Error::UnsupportedDevice(_))), "{err:?}");
+    // Kept alive to the end of the run: no device is torn down while others are in use.
+    Box::leak(Box::new(device));
 }

@@ -22,7 +22,7 @@ fn rows_beyond_one_binding_are_split() {
         {
             let mut case = Case::new(op, rows, dim, 300 + i as u64);
             case.offset = offset;
-            check(&gpu, &case);
+            check(gpu, &case);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! launcher that runs either norm through the recording API with arbitrary byte offsets.
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use wgpu_norm::{Gpu, LayerNorm, NormsOptions, RmsNorm, TensorRef, reference};
@@ -56,18 +56,22 @@ pub fn default_limits_gpu() -> &'static Gpu {
 
 /// A device whose storage bindings are limited to `max_binding` bytes (and whose grid is
 /// limited to 64 workgroups a side), so the splitting logic runs without giant buffers.
-pub fn small_binding_gpu(max_binding: u64) -> Gpu {
+/// Devices are kept for the whole run, never dropped while other tests use the GPU.
+pub fn small_binding_gpu(max_binding: u64) -> &'static Gpu {
+    static GPUS: Mutex<Vec<(u64, &'static Gpu)>> = Mutex::new(Vec::new());
+    let mut gpus = GPUS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(_, gpu)) = gpus.iter().find(|(b, _)| *b == max_binding) {
+        return gpu;
+    }
     let adapter = pollster::block_on(wgpu_norm::pick_adapter()).expect("adapter");
     let limits = wgpu::Limits {
         max_storage_buffer_binding_size: max_binding,
         max_compute_workgroups_per_dimension: 64,
         ..adapter.limits()
     };
-    let gpu = open(Some(limits), NormsOptions::default());
-    assert_eq!(
-        gpu.device.limits().max_storage_buffer_binding_size,
-        max_binding
-    );
+    let gpu: &'static Gpu = Box::leak(Box::new(open(Some(limits), NormsOptions::default())));
+    assert_eq!(gpu.device.limits().max_storage_buffer_binding_size, max_binding);
+    gpus.push((max_binding, gpu));
     gpu
 }
 
