@@ -2,8 +2,8 @@
 //! launcher that runs either norm through the recording API with arbitrary byte offsets.
 #![allow(dead_code)]
 
-use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use wgpu_norm::{Gpu, LayerNorm, NormsOptions, RmsNorm, TensorRef, reference};
 
@@ -70,7 +70,10 @@ pub fn small_binding_gpu(max_binding: u64) -> &'static Gpu {
         ..adapter.limits()
     };
     let gpu: &'static Gpu = Box::leak(Box::new(open(Some(limits), NormsOptions::default())));
-    assert_eq!(gpu.device.limits().max_storage_buffer_binding_size, max_binding);
+    assert_eq!(
+        gpu.device.limits().max_storage_buffer_binding_size,
+        max_binding
+    );
     gpus.push((max_binding, gpu));
     gpu
 }
