@@ -5,46 +5,45 @@
 
 // Twin of `wgpu_norm::shaders::Params` (src/shaders.rs); tests/shaders.rs checks the layout.
 struct Params {
-    // Rows in this dispatch, spread over x and y of the grid.
+    // Rows in this dispatch, spread over x and y of the grid (param_grad: partial rows).
     rows: u32,
     // Elements per row.
     dim: u32,
-    // Element (f32) offsets of each operand inside its binding: bindings must start at
-    // min_storage_buffer_offset_alignment, the caller's data need not.
-    x_off: u32,
-    y_off: u32,
-    w_off: u32,
-    b_off: u32,
-    mean_off: u32,
-    rstd_off: u32,
     eps: f32,
     // FLAG_* bits below.
     flags: u32,
-    // Consecutive rows each workgroup normalizes, one after another (norm kernels only).
+    // Consecutive rows each workgroup normalizes, one after another.
     rows_per_group: u32,
-    _pad1: u32,
+    // Backward: the partial-sum row of this dispatch's first workgroup, and the number of
+    // partial rows in all (where the dbeta partials start).
+    part_row0: u32,
+    part_rows: u32,
+    _pad: u32,
+    // Element (f32) offset of each operand inside its binding, by binding number: bindings
+    // must start at min_storage_buffer_offset_alignment, the caller's data need not.
+    off: array<vec4<u32>, 2>,
 }
 
 const FLAG_WEIGHT: u32 = 1u;
 const FLAG_BIAS: u32 = 2u;
 const FLAG_MEAN: u32 = 4u;
 const FLAG_RSTD: u32 = 8u;
+const FLAG_ACCUMULATE_DX: u32 = 16u;
+const FLAG_ACCUMULATE_PARAMS: u32 = 32u;
+const FLAG_GRAD_WEIGHT: u32 = 64u;
+const FLAG_GRAD_BIAS: u32 = 128u;
 
 @group(0) @binding(0) var<uniform> params: Params;
-// When an input shares a buffer with an output, every binding is read_write: wgpu tracks
-// usage per buffer, and read-only plus read-write use of one buffer in a dispatch is invalid.
-//#if shared
-@group(0) @binding(1) var<storage, read_write> x: array<V>;
-@group(0) @binding(3) var<storage, read_write> weight: array<V>;
-@group(0) @binding(4) var<storage, read_write> bias: array<V>;
-//#else
-@group(0) @binding(1) var<storage, read> x: array<V>;
-@group(0) @binding(3) var<storage, read> weight: array<V>;
-@group(0) @binding(4) var<storage, read> bias: array<V>;
-//#endif
-@group(0) @binding(2) var<storage, read_write> y: array<V>;
-@group(0) @binding(5) var<storage, read_write> mean_out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> rstd_out: array<f32>;
+
+// Offset of binding `b`'s operand, in V's (host guarantees divisibility for vec4).
+fn off_v(b: u32) -> u32 {
+    return params.off[b / 4u][b % 4u] / VW;
+}
+
+// Offset of binding `b`'s operand, in f32.
+fn off_f(b: u32) -> u32 {
+    return params.off[b / 4u][b % 4u];
+}
 
 fn has_flag(f: u32) -> bool {
     return (params.flags & f) != 0u;

@@ -6,8 +6,8 @@
 fn main(ids: Ids) {
     let n = params.rows * params.dim / VW;
     let base = group_index(ids) * WG * CACHE + ids.lid;
-    let xb = params.x_off / VW;
-    let yb = params.y_off / VW;
+    let xb = off_v(1u);
+    let yb = off_v(2u);
     var c: array<V, CACHE>;
 //#unroll k
     if base + k * WG < n {

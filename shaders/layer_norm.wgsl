@@ -22,8 +22,8 @@ fn main(ids: Ids) {
 
 fn layer_norm_row(row: u32, lid: u32) {
     let n = params.dim / VW;
-    let xb = (params.x_off + row * params.dim) / VW;
-    let yb = (params.y_off + row * params.dim) / VW;
+    let xb = off_v(1u) + row * params.dim / VW;
+    let yb = off_v(2u) + row * params.dim / VW;
     let inv_dim = 1.0 / f32(params.dim);
     let p = first_lane(x[xb]);
     let pv = V(p);
@@ -80,10 +80,10 @@ fn layer_norm_row(row: u32, lid: u32) {
 
     if lid == 0u {
         if has_flag(FLAG_MEAN) {
-            mean_out[params.mean_off + row] = p + m;
+            mean_out[off_f(5u) + row] = p + m;
         }
         if has_flag(FLAG_RSTD) {
-            rstd_out[params.rstd_off + row] = rstd;
+            rstd_out[off_f(6u) + row] = rstd;
         }
     }
 }
@@ -92,10 +92,10 @@ fn layer_norm_row(row: u32, lid: u32) {
 fn affine(xhat: V, i: u32) -> V {
     var o = xhat;
     if has_flag(FLAG_WEIGHT) {
-        o *= weight[params.w_off / VW + i];
+        o *= weight[off_v(3u) + i];
     }
     if has_flag(FLAG_BIAS) {
-        o += bias[params.b_off / VW + i];
+        o += bias[off_v(4u) + i];
     }
     return o;
 }

@@ -53,3 +53,23 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
     return t;
 }
 //#endif
+
+//#if pairs
+// Two sums at once (the LayerNorm backward needs sum(g) and sum(g * xhat)), one barrier
+// round for both; same order of additions as wg_sum.
+var<workgroup> red2: array<vec2<f32>, WG>;
+
+fn wg_sum2(v: vec2<f32>, lid: u32) -> vec2<f32> {
+    red2[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            red2[lid] += red2[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let t = red2[0];
+    workgroupBarrier();
+    return t;
+}
+//#endif

@@ -19,8 +19,8 @@ fn main(ids: Ids) {
 
 fn rms_norm_row(row: u32, lid: u32) {
     let n = params.dim / VW;
-    let xb = (params.x_off + row * params.dim) / VW;
-    let yb = (params.y_off + row * params.dim) / VW;
+    let xb = off_v(1u) + row * params.dim / VW;
+    let yb = off_v(2u) + row * params.dim / VW;
     let inv_dim = 1.0 / f32(params.dim);
 
 //#if cached
@@ -55,14 +55,14 @@ fn rms_norm_row(row: u32, lid: u32) {
 //#endif
 
     if lid == 0u && has_flag(FLAG_RSTD) {
-        rstd_out[params.rstd_off + row] = rrms;
+        rstd_out[off_f(6u) + row] = rrms;
     }
 }
 
 // xhat * weight for the i-th V of the row.
 fn scale(xhat: V, i: u32) -> V {
     if has_flag(FLAG_WEIGHT) {
-        return xhat * weight[params.w_off / VW + i];
+        return xhat * weight[off_v(3u) + i];
     }
     return xhat;
 }

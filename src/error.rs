@@ -9,6 +9,12 @@ pub enum Operand {
     Bias,
     Mean,
     Rstd,
+    GradOutput,
+    GradInput,
+    GradWeight,
+    GradBias,
+    /// The backward pass's own partial-sum buffer.
+    Partials,
 }
 
 impl std::fmt::Display for Operand {
@@ -20,6 +26,11 @@ impl std::fmt::Display for Operand {
             Operand::Bias => "bias",
             Operand::Mean => "mean",
             Operand::Rstd => "rstd",
+            Operand::GradOutput => "grad_output",
+            Operand::GradInput => "grad_input",
+            Operand::GradWeight => "grad_weight",
+            Operand::GradBias => "grad_bias",
+            Operand::Partials => "partial sums",
         })
     }
 }
@@ -78,6 +89,9 @@ pub enum Error {
          exactly (in place)"
     )]
     Overlap { written: Operand, other: Operand },
+
+    #[error("{needs} is required with {given} (saved statistics come as a pair)")]
+    MissingOperand { needs: Operand, given: Operand },
 
     #[error("slice of {len} elements is not {rows} rows x {dim} ({what})")]
     SliceLength {

@@ -80,14 +80,15 @@ impl Norms {
     /// Validates `op` and records it into `encoder` (one compute pass). Zero rows records
     /// nothing. Nothing is submitted.
     pub fn layer_norm(&self, encoder: &mut wgpu::CommandEncoder, op: &LayerNorm) -> Result<()> {
-        self.launch(
+        self.forward(
             encoder,
             &Launch {
                 kernel: Kernel::LayerNorm,
                 rows: op.rows,
                 dim: op.dim,
                 eps: op.eps,
-                operands: [
+                flags: 0,
+                operands: vec![
                     Some(op.input),
                     Some(op.output),
                     op.weight,

@@ -31,9 +31,11 @@ pub mod adapter;
 mod context;
 pub mod error;
 mod layer_norm;
+mod layer_norm_backward;
 mod norms;
 pub mod reference;
 mod rms_norm;
+mod rms_norm_backward;
 pub mod shaders;
 mod tensor;
 pub mod timing;
@@ -42,8 +44,10 @@ pub use adapter::pick_adapter;
 pub use context::{Gpu, Normalized, SliceOptions, USEFUL_FEATURES};
 pub use error::{Error, Operand, Result};
 pub use layer_norm::LayerNorm;
+pub use layer_norm_backward::LayerNormBackward;
 pub use norms::{Norms, NormsOptions};
 pub use rms_norm::RmsNorm;
+pub use rms_norm_backward::RmsNormBackward;
 pub use tensor::TensorRef;
 
 #[cfg(test)]

@@ -6,19 +6,89 @@ use std::sync::Mutex;
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Operand, Result};
-use crate::shaders::{Kernel, MIN_WORKGROUP_SIZE, Params, Variant, flags, rows_per_group};
+use crate::shaders::{
+    Family, Kernel, MAX_PARTIAL_ROWS, MIN_WORKGROUP_SIZE, PARAM_GRAD_COLUMNS, PARTIAL_INVOCATIONS,
+    Params, Variant, flags, rows_per_group,
+};
 use crate::tensor::TensorRef;
 
-/// Binding slots of `shaders/common.wgsl`, in the order of [`Launch::operands`].
-const SLOTS: [(Operand, u32, bool); 6] = [
-    // (operand, binding, written by the kernel)
-    (Operand::Input, 1, false),
-    (Operand::Output, 2, true),
-    (Operand::Weight, 3, false),
-    (Operand::Bias, 4, false),
-    (Operand::Mean, 5, true),
-    (Operand::Rstd, 6, true),
+/// How many f32 an operand holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Extent {
+    /// `rows * dim`: one row each.
+    Rows,
+    /// `dim`: weight, bias and their gradients.
+    Dim,
+    /// `rows`: saved statistics.
+    PerRow,
+    /// The backward pass's partial sums, a buffer of the crate's own.
+    Internal,
+}
+
+/// One binding of a kernel family.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slot {
+    pub operand: Operand,
+    pub binding: u32,
+    pub written: bool,
+    pub extent: Extent,
+    /// Set in `Params::flags` when the operand is present.
+    pub flag: u32,
+}
+
+const fn slot(operand: Operand, binding: u32, written: bool, extent: Extent, flag: u32) -> Slot {
+    Slot {
+        operand,
+        binding,
+        written,
+        extent,
+        flag,
+    }
+}
+
+/// `shaders/forward_bindings.wgsl`.
+pub(crate) const FORWARD_SLOTS: [Slot; 6] = [
+    slot(Operand::Input, 1, false, Extent::Rows, 0),
+    slot(Operand::Output, 2, true, Extent::Rows, 0),
+    slot(Operand::Weight, 3, false, Extent::Dim, flags::WEIGHT),
+    slot(Operand::Bias, 4, false, Extent::Dim, flags::BIAS),
+    slot(Operand::Mean, 5, true, Extent::PerRow, flags::MEAN),
+    slot(Operand::Rstd, 6, true, Extent::PerRow, flags::RSTD),
 ];
+
+/// `shaders/backward_bindings.wgsl`.
+pub(crate) const BACKWARD_SLOTS: [Slot; 7] = [
+    slot(Operand::Input, 1, false, Extent::Rows, 0),
+    slot(Operand::GradOutput, 2, false, Extent::Rows, 0),
+    slot(Operand::Weight, 3, false, Extent::Dim, flags::WEIGHT),
+    slot(Operand::Mean, 4, false, Extent::PerRow, flags::MEAN),
+    slot(Operand::Rstd, 5, false, Extent::PerRow, flags::RSTD),
+    slot(Operand::GradInput, 6, true, Extent::Rows, 0),
+    slot(Operand::Partials, 7, true, Extent::Internal, 0),
+];
+
+/// `shaders/param_grad.wgsl`.
+pub(crate) const PARAM_GRAD_SLOTS: [Slot; 3] = [
+    slot(Operand::Partials, 1, true, Extent::Internal, 0),
+    slot(
+        Operand::GradWeight,
+        2,
+        true,
+        Extent::Dim,
+        flags::GRAD_WEIGHT,
+    ),
+    slot(Operand::GradBias, 3, true, Extent::Dim, flags::GRAD_BIAS),
+];
+
+fn family_slots(family: Family) -> &'static [Slot] {
+    match family {
+        Family::Forward => &FORWARD_SLOTS,
+        Family::Backward => &BACKWARD_SLOTS,
+        Family::ParamGrad => &PARAM_GRAD_SLOTS,
+    }
+}
+
+const FAMILIES: [Family; 3] = [Family::Forward, Family::Backward, Family::ParamGrad];
 
 /// Largest binding we make, whatever the device allows: keeps every element index in u32.
 const MAX_BINDING: u64 = 1 << 31;
@@ -39,17 +109,17 @@ impl Default for NormsOptions {
 
 /// The kernels of one `wgpu::Device`: bind-group layouts built once, pipelines compiled on
 /// first use and cached under their [`Variant`]. Recording methods
-/// ([`Norms::layer_norm`], [`Norms::rms_norm`], [`Norms::copy`]) validate every argument,
-/// then record into the caller's encoder; they never submit.
+/// ([`Norms::layer_norm`], [`Norms::rms_norm`], their `_backward`s, [`Norms::copy`]) validate
+/// every argument, then record into the caller's encoder; they never submit.
 pub struct Norms {
     device: wgpu::Device,
     limits: wgpu::Limits,
     /// Largest workgroup size to use: a power of two the device allows.
     max_wg: u32,
     subgroups: bool,
-    /// Indexed by `Variant::shared`: read-only inputs, or every storage binding read_write.
-    layouts: [wgpu::BindGroupLayout; 2],
-    pipeline_layouts: [wgpu::PipelineLayout; 2],
+    /// Per family, indexed by `Variant::shared`: read-only inputs, or every storage binding
+    /// read_write.
+    layouts: HashMap<(Family, bool), (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
     pipelines: Mutex<HashMap<Variant, wgpu::ComputePipeline>>,
     /// Bound in place of absent optional operands; two, so that a read-only and a
     /// read-write binding never name the same buffer.
@@ -63,8 +133,21 @@ pub(crate) struct Launch<'a> {
     pub rows: usize,
     pub dim: usize,
     pub eps: f32,
-    /// In [`SLOTS`] order: input, output, weight, bias, mean, rstd.
-    pub operands: [Option<TensorRef<'a>>; 6],
+    /// Flags beyond those of present operands.
+    pub flags: u32,
+    /// In the order of the family's slots.
+    pub operands: Vec<Option<TensorRef<'a>>>,
+}
+
+/// A launch after validation: what every dispatch of it needs.
+struct Checked {
+    dim: u32,
+    row_bytes: u64,
+    shared: bool,
+    vec4: bool,
+    align: u64,
+    chunk_rows: u64,
+    flags: u32,
 }
 
 impl Norms {
@@ -83,17 +166,20 @@ impl Norms {
                 "needs {MIN_WORKGROUP_SIZE} invocations per workgroup, the device allows {allowed}"
             )));
         }
-        // The largest power of two the device allows.
-        let max_wg = 1 << allowed.ilog2();
-        if limits.max_storage_buffers_per_shader_stage < 6 {
+        let most_slots = FAMILIES.iter().map(|&f| family_slots(f).len()).max();
+        let needed = most_slots.unwrap_or(0) as u32;
+        if limits.max_storage_buffers_per_shader_stage < needed {
             return Err(Error::UnsupportedDevice(format!(
-                "needs 6 storage buffers per shader stage, the device allows {}",
+                "needs {needed} storage buffers per shader stage, the device allows {}",
                 limits.max_storage_buffers_per_shader_stage
             )));
         }
+        // The largest power of two the device allows.
+        let max_wg = 1 << allowed.ilog2();
         let subgroups = options.subgroups && device.features().contains(wgpu::Features::SUBGROUP);
-        let layout =
-            |shared: bool| {
+        let mut layouts = HashMap::new();
+        for family in FAMILIES {
+            for shared in [false, true] {
                 let mut entries = vec![wgpu::BindGroupLayoutEntry {
                     binding: 0,
                     visibility: wgpu::ShaderStages::COMPUTE,
@@ -104,37 +190,39 @@ impl Norms {
                     },
                     count: None,
                 }];
-                entries.extend(SLOTS.iter().map(|&(_, binding, written)| {
-                    wgpu::BindGroupLayoutEntry {
-                        binding,
-                        visibility: wgpu::ShaderStages::COMPUTE,
-                        ty: wgpu::BindingType::Buffer {
-                            ty: wgpu::BufferBindingType::Storage {
-                                read_only: !written && !shared,
+                entries.extend(
+                    family_slots(family)
+                        .iter()
+                        .map(|s| wgpu::BindGroupLayoutEntry {
+                            binding: s.binding,
+                            visibility: wgpu::ShaderStages::COMPUTE,
+                            ty: wgpu::BindingType::Buffer {
+                                ty: wgpu::BufferBindingType::Storage {
+                                    read_only: !s.written && !shared,
+                                },
+                                has_dynamic_offset: false,
+                                min_binding_size: None,
                             },
-                            has_dynamic_offset: false,
-                            min_binding_size: None,
-                        },
-                        count: None,
-                    }
-                }));
-                device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                    label: Some(if shared {
-                        "wgpu-norm layout (shared buffers)"
-                    } else {
-                        "wgpu-norm layout"
-                    }),
+                            count: None,
+                        }),
+                );
+                let label = format!(
+                    "wgpu-norm {family:?} layout{}",
+                    if shared { " (shared buffers)" } else { "" }
+                );
+                let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(&label),
                     entries: &entries,
-                })
-            };
-        let layouts = [layout(false), layout(true)];
-        let pipeline_layouts = [0, 1].map(|i| {
-            device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("wgpu-norm pipeline layout"),
-                bind_group_layouts: &[Some(&layouts[i])],
-                immediate_size: 0,
-            })
-        });
+                });
+                let pipeline_layout =
+                    device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: Some(&label),
+                        bind_group_layouts: &[Some(&layout)],
+                        immediate_size: 0,
+                    });
+                layouts.insert((family, shared), (layout, pipeline_layout));
+            }
+        }
         // 16 bytes: the smallest binding of an array<vec4<f32>>.
         let dummy = |label| {
             device.create_buffer(&wgpu::BufferDescriptor {
@@ -150,7 +238,6 @@ impl Norms {
             max_wg,
             subgroups,
             layouts,
-            pipeline_layouts,
             pipelines: Mutex::new(HashMap::new()),
             dummy_in: dummy("wgpu-norm absent input"),
             dummy_out: dummy("wgpu-norm absent output"),
@@ -168,7 +255,7 @@ impl Norms {
     }
 
     /// Records `output = input` for `rows x dim` f32: the bandwidth baseline of the
-    /// benchmarks, with the same access pattern as the norms and no arithmetic.
+    /// benchmarks, a plain copy of the same bytes.
     pub fn copy<'a>(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -177,23 +264,27 @@ impl Norms {
         input: impl Into<TensorRef<'a>>,
         output: impl Into<TensorRef<'a>>,
     ) -> Result<()> {
-        self.launch(
-            encoder,
-            &Launch {
-                kernel: Kernel::Copy,
-                rows,
-                dim,
-                eps: 0.0,
-                operands: [
-                    Some(input.into()),
-                    Some(output.into()),
-                    None,
-                    None,
-                    None,
-                    None,
-                ],
-            },
-        )
+        let l = Launch {
+            kernel: Kernel::Copy,
+            rows,
+            dim,
+            eps: 0.0,
+            flags: 0,
+            operands: vec![
+                Some(input.into()),
+                Some(output.into()),
+                None,
+                None,
+                None,
+                None,
+            ],
+        };
+        let c = self.check(&l, &[])?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let mut pass = begin_pass(encoder, "wgpu-norm copy");
+        self.record_rows(&mut pass, &l, &c, None, |_, _, _| Ok(()))
     }
 
     /// The compiled pipeline of `variant`, compiling it on first use.
@@ -218,7 +309,7 @@ impl Norms {
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(&label),
-                layout: Some(&self.pipeline_layouts[variant.shared as usize]),
+                layout: Some(&self.layouts[&(variant.kernel.family(), variant.shared)].1),
                 module: &module,
                 entry_point: Some("main"),
                 compilation_options: Default::default(),
@@ -231,8 +322,8 @@ impl Norms {
         Ok(pipeline)
     }
 
-    /// Validates a launch completely, then records it as one compute pass.
-    pub(crate) fn launch(&self, encoder: &mut wgpu::CommandEncoder, l: &Launch) -> Result<()> {
+    /// Validates a launch and the `extra` operands recorded with it (by a second kernel).
+    fn check(&self, l: &Launch, extra: &[(Slot, Option<TensorRef>)]) -> Result<Checked> {
         if l.dim == 0 {
             return Err(Error::ZeroDim);
         }
@@ -249,20 +340,29 @@ impl Norms {
             .checked_mul(row_bytes)
             .ok_or(too_large.clone())?;
         let stats_bytes = (l.rows as u64).checked_mul(4).ok_or(too_large)?;
-        for (i, t) in l.operands.iter().enumerate() {
+        let slots = family_slots(l.kernel.family());
+        let all: Vec<(Slot, Option<TensorRef>)> = slots
+            .iter()
+            .copied()
+            .zip(l.operands.iter().copied())
+            .chain(extra.iter().copied())
+            .collect();
+        let mut flag_bits = l.flags;
+        for (s, t) in &all {
             let Some(t) = t else { continue };
-            let (operand, _, _) = SLOTS[i];
-            let (expected, what) = match operand {
-                Operand::Input | Operand::Output => (total, "rows x dim f32"),
-                Operand::Weight | Operand::Bias => (row_bytes, "dim f32"),
-                Operand::Mean | Operand::Rstd => (stats_bytes, "one f32 per row"),
+            flag_bits |= s.flag;
+            let (expected, what) = match s.extent {
+                Extent::Rows => (total, "rows x dim f32"),
+                Extent::Dim => (row_bytes, "dim f32"),
+                Extent::PerRow => (stats_bytes, "one f32 per row"),
+                Extent::Internal => continue,
             };
-            check_operand(operand, t, expected, what)?;
+            check_operand(s.operand, t, expected, what)?;
         }
-        let shared = self.check_aliasing(&l.operands)?;
+        let shared = check_aliasing(&all)?;
 
         let align = u64::from(self.limits.min_storage_buffer_offset_alignment).max(16);
-        let max_binding = self.limits.max_storage_buffer_binding_size.min(MAX_BINDING) & !15;
+        let max_binding = self.max_binding();
         if row_bytes + align > max_binding {
             return Err(Error::RowTooLarge {
                 dim: l.dim,
@@ -270,172 +370,382 @@ impl Norms {
                 max_binding: self.limits.max_storage_buffer_binding_size,
             });
         }
-        if l.rows == 0 {
-            return Ok(());
-        }
-
-        // vec4 access needs every row-sized operand to start on 16 bytes.
+        // vec4 access needs every row- or dim-sized operand to start on 16 bytes.
         let vec4 = dim.is_multiple_of(4)
-            && l.operands[..4]
+            && all
                 .iter()
-                .flatten()
+                .filter(|(s, _)| matches!(s.extent, Extent::Rows | Extent::Dim))
+                .filter_map(|(_, t)| t.as_ref())
                 .all(|t| t.offset.is_multiple_of(16));
-        let variant = Variant::for_row(l.kernel, dim, vec4, self.subgroups, shared, self.max_wg);
-        let pipeline = self.pipeline(variant)?;
-
         // Rows per dispatch: each binding may start up to `align` bytes before its data.
-        let max_wg = u64::from(self.limits.max_compute_workgroups_per_dimension);
-        let chunk_rows = ((max_binding - align) / row_bytes).min(max_wg * max_wg);
-        let chunks: Vec<(u64, u64)> = (0..l.rows as u64)
-            .step_by(chunk_rows as usize)
-            .map(|r0| (r0, chunk_rows.min(l.rows as u64 - r0)))
-            .collect();
+        let max_groups = u64::from(self.limits.max_compute_workgroups_per_dimension).pow(2);
+        let chunk_rows = ((max_binding - align) / row_bytes).min(max_groups);
+        Ok(Checked {
+            dim,
+            row_bytes,
+            shared,
+            vec4,
+            align,
+            chunk_rows,
+            flags: flag_bits,
+        })
+    }
 
-        let mut flag_bits = 0;
-        for (i, bit) in [
-            (2, flags::WEIGHT),
-            (3, flags::BIAS),
-            (4, flags::MEAN),
-            (5, flags::RSTD),
-        ] {
-            if l.operands[i].is_some() {
-                flag_bits |= bit;
-            }
-        }
+    /// Largest binding we make.
+    fn max_binding(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size.min(MAX_BINDING) & !15
+    }
 
-        // All chunks' parameters in one uniform buffer, each at an aligned offset.
-        let stride = (size_of::<Params>() as u64)
-            .next_multiple_of(u64::from(self.limits.min_uniform_buffer_offset_alignment));
-        let mut uniform = vec![0u8; (stride * chunks.len() as u64) as usize];
-        let mut bindings = Vec::with_capacity(chunks.len());
-        for (c, &(r0, rows)) in chunks.iter().enumerate() {
-            let mut params = Params {
+    /// Records a row kernel (forward or backward stage 1) over all rows, in as many
+    /// dispatches (chunks) as the binding limit needs. `partials` is the backward's
+    /// partial-sum buffer and its rows per workgroup; each chunk writes its partial rows from
+    /// the start of it, and `after_chunk(pass, chunk, workgroups)` records what consumes them.
+    fn record_rows(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        l: &Launch,
+        c: &Checked,
+        partials: Option<(&wgpu::Buffer, u32)>,
+        mut after_chunk: impl FnMut(&mut wgpu::ComputePass, usize, u32) -> Result<()>,
+    ) -> Result<()> {
+        let variant = Variant::for_row(
+            l.kernel,
+            c.dim,
+            c.vec4,
+            self.subgroups,
+            c.shared,
+            self.max_wg,
+        );
+        let pipeline = self.pipeline(variant)?;
+        let slots = family_slots(l.kernel.family());
+        let rows_per_group = match partials {
+            Some((_, per_group)) => per_group,
+            None => rows_per_group(c.dim),
+        };
+        let lanes = if c.vec4 { 4 } else { 1 };
+        let total_rows = l.rows as u64;
+        let mut params = Vec::new();
+        let mut ranges = Vec::new();
+        let mut grids = Vec::new();
+        for r0 in (0..total_rows).step_by(c.chunk_rows as usize) {
+            let rows = c.chunk_rows.min(total_rows - r0);
+            let groups = match l.kernel {
+                Kernel::Copy => (rows * u64::from(c.dim) / lanes)
+                    .div_ceil(u64::from(variant.wg * variant.cache)),
+                _ => rows.div_ceil(u64::from(rows_per_group)),
+            };
+            let mut p = Params {
                 rows: rows as u32,
-                dim,
+                dim: c.dim,
                 eps: l.eps,
-                flags: flag_bits,
-                rows_per_group: rows_per_group(dim),
+                flags: c.flags,
+                rows_per_group,
+                part_row0: 0,
+                part_rows: groups as u32,
                 ..Params::default()
             };
-            let mut ranges = [(0u64, 0u64); 6];
-            for (i, t) in l.operands.iter().enumerate() {
-                let (operand, _, _) = SLOTS[i];
-                let (start, len) = match operand {
-                    Operand::Input | Operand::Output => (r0 * row_bytes, rows * row_bytes),
-                    Operand::Weight | Operand::Bias => (0, row_bytes),
-                    Operand::Mean | Operand::Rstd => (r0 * 4, rows * 4),
+            let mut chunk_ranges = Vec::with_capacity(slots.len());
+            for (s, t) in slots.iter().zip(&l.operands) {
+                let (start, len) = match s.extent {
+                    Extent::Rows => (r0 * c.row_bytes, rows * c.row_bytes),
+                    Extent::Dim => (0, c.row_bytes),
+                    Extent::PerRow => (r0 * 4, rows * 4),
+                    Extent::Internal => (0, 0),
                 };
-                let elem_off = match t {
-                    Some(t) => {
-                        let at = t.offset + start;
-                        let bind_at = at / align * align;
-                        ranges[i] = (bind_at, at + len - bind_at);
-                        ((at - bind_at) / 4) as u32
-                    }
-                    None => 0,
-                };
-                match operand {
-                    Operand::Input => params.x_off = elem_off,
-                    Operand::Output => params.y_off = elem_off,
-                    Operand::Weight => params.w_off = elem_off,
-                    Operand::Bias => params.b_off = elem_off,
-                    Operand::Mean => params.mean_off = elem_off,
-                    Operand::Rstd => params.rstd_off = elem_off,
-                }
+                let range = t.map(|t| {
+                    let at = t.offset + start;
+                    let bind_at = at / c.align * c.align;
+                    p.off[s.binding as usize] = ((at - bind_at) / 4) as u32;
+                    (bind_at, at + len - bind_at)
+                });
+                chunk_ranges.push(range);
             }
-            let at = c * stride as usize;
-            uniform[at..at + size_of::<Params>()].copy_from_slice(bytemuck::bytes_of(&params));
-            let groups = if l.kernel.reduces() {
-                rows.div_ceil(u64::from(params.rows_per_group))
-            } else {
-                let lanes = if vec4 { 4 } else { 1 };
-                (rows * u64::from(dim) / lanes).div_ceil(u64::from(variant.wg * variant.cache))
-            };
-            let grid_x = groups.min(max_wg);
-            bindings.push((ranges, [grid_x as u32, groups.div_ceil(grid_x) as u32]));
+            params.push(p);
+            ranges.push(chunk_ranges);
+            grids.push((groups as u32, self.grid(groups)));
         }
         let label = variant.label();
-        let params_buffer = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(&label),
-                contents: &uniform,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-
-        let bind_groups: Vec<_> = bindings
-            .iter()
-            .enumerate()
-            .map(|(c, (ranges, _))| {
-                let mut entries = vec![wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &params_buffer,
-                        offset: c as u64 * stride,
-                        size: wgpu::BufferSize::new(size_of::<Params>() as u64),
-                    }),
-                }];
-                for (i, &(_, binding, written)) in SLOTS.iter().enumerate() {
-                    let resource = match &l.operands[i] {
-                        Some(t) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: t.buffer,
-                            offset: ranges[i].0,
-                            size: wgpu::BufferSize::new(ranges[i].1),
-                        }),
-                        None if written => self.dummy_out.as_entire_binding(),
-                        None => self.dummy_in.as_entire_binding(),
-                    };
-                    entries.push(wgpu::BindGroupEntry { binding, resource });
+        let bind_groups = self.bind_groups(&label, &variant, slots, &params, |chunk, i| {
+            let s = &slots[i];
+            match (&l.operands[i], ranges[chunk][i], s.extent) {
+                (_, _, Extent::Internal) => partials.map(|(b, _)| b.as_entire_binding()),
+                (Some(t), Some((at, size)), _) => {
+                    Some(wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: t.buffer,
+                        offset: at,
+                        size: wgpu::BufferSize::new(size),
+                    }))
                 }
-                self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(&label),
-                    layout: &self.layouts[variant.shared as usize],
-                    entries: &entries,
-                })
-            })
-            .collect();
-
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(&label),
-            timestamp_writes: None,
+                _ => None,
+            }
         });
-        pass.set_pipeline(&pipeline);
-        for (bind_group, (_, [gx, gy])) in bind_groups.iter().zip(&bindings) {
+        for (chunk, (bind_group, (groups, [gx, gy]))) in bind_groups.iter().zip(grids).enumerate() {
+            pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, bind_group, &[]);
-            pass.dispatch_workgroups(*gx, *gy, 1);
+            pass.dispatch_workgroups(gx, gy, 1);
+            after_chunk(pass, chunk, groups)?;
         }
         Ok(())
     }
 
-    /// Rejects outputs that overlap anything but an identical input range (in place), and
-    /// says whether any input shares a buffer with an output.
-    fn check_aliasing(&self, operands: &[Option<TensorRef>; 6]) -> Result<bool> {
-        let mut shared = false;
-        for (i, a) in operands.iter().enumerate() {
-            let Some(a) = a else { continue };
-            for (j, b) in operands.iter().enumerate().skip(i + 1) {
-                let Some(b) = b else { continue };
-                let (wa, wb) = (SLOTS[i].2, SLOTS[j].2);
-                if a.buffer != b.buffer || !(wa || wb) {
-                    continue;
-                }
-                shared |= wa != wb;
-                let overlap = a.offset < b.end() && b.offset < a.end();
-                let in_place = SLOTS[i].0 == Operand::Input
-                    && SLOTS[j].0 == Operand::Output
-                    && a.offset == b.offset
-                    && a.size == b.size;
-                if overlap && !in_place {
-                    let (written, other) = if wa { (i, j) } else { (j, i) };
-                    return Err(Error::Overlap {
-                        written: SLOTS[written].0,
-                        other: SLOTS[other].0,
+    /// A 2-D grid of `groups` workgroups (one dimension stops at 65535).
+    fn grid(&self, groups: u64) -> [u32; 2] {
+        let max = u64::from(self.limits.max_compute_workgroups_per_dimension);
+        let x = groups.clamp(1, max);
+        [x as u32, groups.div_ceil(x) as u32]
+    }
+
+    /// One bind group per entry of `params` (all in one uniform buffer, each at an aligned
+    /// offset); `resource(chunk, slot index)` names what to bind, `None` a dummy.
+    fn bind_groups<'b>(
+        &'b self,
+        label: &str,
+        variant: &Variant,
+        slots: &[Slot],
+        params: &[Params],
+        resource: impl Fn(usize, usize) -> Option<wgpu::BindingResource<'b>>,
+    ) -> Vec<wgpu::BindGroup> {
+        let stride = (size_of::<Params>() as u64)
+            .next_multiple_of(u64::from(self.limits.min_uniform_buffer_offset_alignment));
+        let mut uniform = vec![0u8; (stride * params.len() as u64) as usize];
+        for (i, p) in params.iter().enumerate() {
+            let at = i * stride as usize;
+            uniform[at..at + size_of::<Params>()].copy_from_slice(bytemuck::bytes_of(p));
+        }
+        let params_buffer = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: &uniform,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let layout = &self.layouts[&(variant.kernel.family(), variant.shared)].0;
+        (0..params.len())
+            .map(|chunk| {
+                let mut entries = vec![wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &params_buffer,
+                        offset: chunk as u64 * stride,
+                        size: wgpu::BufferSize::new(size_of::<Params>() as u64),
+                    }),
+                }];
+                for (i, s) in slots.iter().enumerate() {
+                    let dummy = if s.written {
+                        &self.dummy_out
+                    } else {
+                        &self.dummy_in
+                    };
+                    let resource = resource(chunk, i).unwrap_or_else(|| dummy.as_entire_binding());
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: s.binding,
+                        resource,
                     });
                 }
+                self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(label),
+                    layout,
+                    entries: &entries,
+                })
+            })
+            .collect()
+    }
+
+    /// Validates and records a forward norm: one compute pass.
+    pub(crate) fn forward(&self, encoder: &mut wgpu::CommandEncoder, l: &Launch) -> Result<()> {
+        let c = self.check(l, &[])?;
+        if l.rows == 0 {
+            return Ok(());
+        }
+        let mut pass = begin_pass(encoder, l.kernel.name());
+        self.record_rows(&mut pass, l, &c, None, |_, _, _| Ok(()))
+    }
+
+    /// Validates and records a backward norm: the row kernel (dx and partial column sums),
+    /// then, when dweight or dbias is wanted, the fixed-order reduction of the partials.
+    pub(crate) fn backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        l: &Launch,
+        grad_weight: Option<TensorRef>,
+        grad_bias: Option<TensorRef>,
+    ) -> Result<()> {
+        let extra = [
+            (PARAM_GRAD_SLOTS[1], grad_weight),
+            (PARAM_GRAD_SLOTS[2], grad_bias),
+        ];
+        let mut c = self.check(l, &extra)?;
+        if l.operands[3].is_some() != l.operands[4].is_some()
+            && l.kernel == Kernel::LayerNormBackward
+        {
+            let (given, needs) = if l.operands[3].is_some() {
+                (Operand::Mean, Operand::Rstd)
+            } else {
+                (Operand::Rstd, Operand::Mean)
+            };
+            return Err(Error::MissingOperand { needs, given });
+        }
+        let arrays = u32::from(grad_weight.is_some()) + u32::from(grad_bias.is_some());
+        if grad_weight.is_some() {
+            c.flags |= flags::GRAD_WEIGHT;
+        }
+        if grad_bias.is_some() {
+            c.flags |= flags::GRAD_BIAS;
+        }
+        // Partial rows: one per workgroup of the row kernel, a count fixed by the shape alone,
+        // so the order of every sum is too. Each chunk (binding) is reduced on its own.
+        let variant = Variant::for_row(
+            l.kernel,
+            c.dim,
+            c.vec4,
+            self.subgroups,
+            c.shared,
+            self.max_wg,
+        );
+        let by_size = self.max_binding() / (c.row_bytes * u64::from(arrays.max(1)));
+        if by_size == 0 {
+            return Err(Error::RowTooLarge {
+                dim: l.dim,
+                row_bytes: c.row_bytes * u64::from(arrays),
+                max_binding: self.limits.max_storage_buffer_binding_size,
+            });
+        }
+        let target = u64::from((PARTIAL_INVOCATIONS / variant.wg).clamp(1, MAX_PARTIAL_ROWS));
+        let rows = l.rows as u64;
+        let per_group = rows.div_ceil(target.min(by_size).max(1)).max(1);
+        let per_group = per_group.max(c.chunk_rows.div_ceil(by_size)) as u32;
+        let most_groups = c.chunk_rows.min(rows).div_ceil(u64::from(per_group));
+        let part_buffer = (arrays > 0 && rows > 0).then(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-norm backward partial sums"),
+                size: most_groups * c.row_bytes * u64::from(arrays),
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        });
+        let part = part_buffer.as_ref().unwrap_or(&self.dummy_out);
+        let mut pass = begin_pass(encoder, l.kernel.name());
+        if rows == 0 {
+            // No partials: the sums over nothing are 0 (or what is there, when accumulating).
+            if arrays > 0 {
+                self.record_param_grad(&mut pass, &c, part, 0, c.flags, grad_weight, grad_bias)?;
+            }
+            return Ok(());
+        }
+        self.record_rows(
+            &mut pass,
+            l,
+            &c,
+            Some((part, per_group)),
+            |pass, chunk, groups| {
+                if arrays == 0 {
+                    return Ok(());
+                }
+                // Chunks after the first add to what the earlier ones wrote.
+                let acc = if chunk > 0 {
+                    flags::ACCUMULATE_PARAMS
+                } else {
+                    0
+                };
+                self.record_param_grad(
+                    pass,
+                    &c,
+                    part,
+                    groups,
+                    c.flags | acc,
+                    grad_weight,
+                    grad_bias,
+                )
+            },
+        )
+    }
+
+    /// Backward stage 2: dweight/dbias as column sums of `part_rows` partial rows.
+    #[allow(clippy::too_many_arguments)]
+    fn record_param_grad(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        c: &Checked,
+        part: &wgpu::Buffer,
+        part_rows: u32,
+        flag_bits: u32,
+        grad_weight: Option<TensorRef>,
+        grad_bias: Option<TensorRef>,
+    ) -> Result<()> {
+        let v = Variant::for_row(Kernel::ParamGrad, c.dim, c.vec4, false, false, self.max_wg);
+        let pipeline = self.pipeline(v)?;
+        let mut p = Params {
+            rows: part_rows,
+            dim: c.dim,
+            flags: flag_bits,
+            part_rows,
+            ..Params::default()
+        };
+        let mut bound = [None, None];
+        for (i, t) in [grad_weight, grad_bias].into_iter().enumerate() {
+            if let Some(t) = t {
+                let bind_at = t.offset / c.align * c.align;
+                p.off[PARAM_GRAD_SLOTS[i + 1].binding as usize] = ((t.offset - bind_at) / 4) as u32;
+                bound[i] = Some((t.buffer, bind_at, t.offset + t.size - bind_at));
             }
         }
-        Ok(shared)
+        let label = v.label();
+        let bind_groups = self.bind_groups(&label, &v, &PARAM_GRAD_SLOTS, &[p], |_, i| match i {
+            0 => Some(part.as_entire_binding()),
+            _ => bound[i - 1].map(|(buffer, offset, size)| {
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset,
+                    size: wgpu::BufferSize::new(size),
+                })
+            }),
+        });
+        let lanes = if c.vec4 { 4 } else { 1 };
+        let columns = u64::from(c.dim / lanes);
+        let [gx, gy] = self.grid(columns.div_ceil(u64::from(PARAM_GRAD_COLUMNS)));
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_groups[0], &[]);
+        pass.dispatch_workgroups(gx, gy, 1);
+        Ok(())
     }
+}
+
+fn begin_pass<'e>(encoder: &'e mut wgpu::CommandEncoder, label: &str) -> wgpu::ComputePass<'e> {
+    encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: None,
+    })
+}
+
+/// Rejects written ranges that overlap anything but an identical input range of the same
+/// shape (in place), and says whether any input shares a buffer with an output.
+fn check_aliasing(all: &[(Slot, Option<TensorRef>)]) -> Result<bool> {
+    let mut shared = false;
+    for (i, (sa, a)) in all.iter().enumerate() {
+        let Some(a) = a else { continue };
+        for (sb, b) in all.iter().skip(i + 1) {
+            let Some(b) = b else { continue };
+            if a.buffer != b.buffer || !(sa.written || sb.written) {
+                continue;
+            }
+            shared |= sa.written != sb.written;
+            let overlap = a.offset < b.end() && b.offset < a.end();
+            // Each element is read before it is written, by the same invocation.
+            let in_place = sa.written != sb.written
+                && sa.extent == Extent::Rows
+                && sb.extent == Extent::Rows
+                && a.offset == b.offset
+                && a.size == b.size;
+            if overlap && !in_place {
+                let (written, other) = if sa.written { (sa, sb) } else { (sb, sa) };
+                return Err(Error::Overlap {
+                    written: written.operand,
+                    other: other.operand,
+                });
+            }
+        }
+    }
+    Ok(shared)
 }
 
 fn check_operand(operand: Operand, t: &TensorRef, expected: u64, what: &'static str) -> Result<()> {

@@ -65,14 +65,15 @@ impl Norms {
     /// Validates `op` and records it into `encoder` (one compute pass). Zero rows records
     /// nothing. Nothing is submitted.
     pub fn rms_norm(&self, encoder: &mut wgpu::CommandEncoder, op: &RmsNorm) -> Result<()> {
-        self.launch(
+        self.forward(
             encoder,
             &Launch {
                 kernel: Kernel::RmsNorm,
                 rows: op.rows,
                 dim: op.dim,
                 eps: op.eps,
-                operands: [
+                flags: 0,
+                operands: vec![
                     Some(op.input),
                     Some(op.output),
                     op.weight,

@@ -34,6 +34,17 @@ pub const MAX_ROWS_PER_GROUP: u32 = 64;
 const COPY_WORKGROUP_SIZE: u32 = 256;
 const COPY_V_PER_INVOCATION: u32 = 4;
 
+/// The backward stage-2 kernel's workgroup: PARAM_GRAD_COLUMNS V-columns, each summed by
+/// WG / PARAM_GRAD_COLUMNS slices of the partial rows.
+const PARAM_GRAD_WORKGROUP_SIZE: u32 = 256;
+pub const PARAM_GRAD_COLUMNS: u32 = 4;
+
+/// Backward: partial-sum rows (workgroups of the row kernel) aimed for, spread as
+/// `PARTIAL_INVOCATIONS / workgroup size`, at most [`MAX_PARTIAL_ROWS`]: enough workgroups to
+/// fill a large GPU, few enough that the partial sums are a small fraction of the traffic.
+pub const PARTIAL_INVOCATIONS: u32 = 131072;
+pub const MAX_PARTIAL_ROWS: u32 = 1024;
+
 /// Register budget of the cache: `cache * workgroup` stays within this many `V`s, so that a
 /// 1024-invocation workgroup (at most 64 registers each on many GPUs) does not spill.
 const CACHE_BUDGET: u32 = 8192;
@@ -43,10 +54,10 @@ const _: () = assert!(MAX_CACHE.is_power_of_two() && V_PER_INVOCATION.is_power_o
 
 /// The workgroup size for a row of `lanes`-wide elements on a device that allows `max_wg`
 /// invocations (a power of two). The one source of truth for the WGSL constant `WG`.
-pub fn workgroup_size(dim: u32, lanes: u32, max_wg: u32) -> u32 {
+pub fn workgroup_size(dim: u32, lanes: u32, per_invocation: u32, max_wg: u32) -> u32 {
     let per_row = dim.div_ceil(lanes);
     per_row
-        .div_ceil(V_PER_INVOCATION)
+        .div_ceil(per_invocation)
         .next_power_of_two()
         .clamp(MIN_WORKGROUP_SIZE, max_wg.min(MAX_WORKGROUP_SIZE))
 }
@@ -57,9 +68,9 @@ pub fn rows_per_group(dim: u32) -> u32 {
 }
 
 /// The register cache length for `per_row` `V`s over `wg` invocations; 0 when it does not fit.
-fn cache_len(per_row: u32, wg: u32) -> u32 {
+fn cache_len(per_row: u32, wg: u32, arrays: u32) -> u32 {
     let per_invocation = per_row.div_ceil(wg).next_power_of_two();
-    if per_invocation <= MAX_CACHE && per_invocation * wg <= CACHE_BUDGET.max(wg) {
+    if per_invocation <= MAX_CACHE && per_invocation * wg * arrays <= CACHE_BUDGET.max(wg) {
         per_invocation
     } else {
         0
@@ -71,6 +82,11 @@ const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
 const LAYER_NORM: &str = include_str!("../shaders/layer_norm.wgsl");
 const RMS_NORM: &str = include_str!("../shaders/rms_norm.wgsl");
 const COPY: &str = include_str!("../shaders/copy.wgsl");
+const LAYER_NORM_BACKWARD: &str = include_str!("../shaders/layer_norm_backward.wgsl");
+const RMS_NORM_BACKWARD: &str = include_str!("../shaders/rms_norm_backward.wgsl");
+const PARAM_GRAD: &str = include_str!("../shaders/param_grad.wgsl");
+const FORWARD_BINDINGS: &str = include_str!("../shaders/forward_bindings.wgsl");
+const BACKWARD_BINDINGS: &str = include_str!("../shaders/backward_bindings.wgsl");
 
 /// Bits of [`Params::flags`]; twins of the `FLAG_*` constants in `common.wgsl`.
 pub(crate) mod flags {
@@ -78,6 +94,10 @@ pub(crate) mod flags {
     pub const BIAS: u32 = 2;
     pub const MEAN: u32 = 4;
     pub const RSTD: u32 = 8;
+    pub const ACCUMULATE_DX: u32 = 16;
+    pub const ACCUMULATE_PARAMS: u32 = 32;
+    pub const GRAD_WEIGHT: u32 = 64;
+    pub const GRAD_BIAS: u32 = 128;
 }
 
 /// Uniform parameters of one dispatch. Twin of `struct Params` in `shaders/common.wgsl`;
@@ -87,55 +107,72 @@ pub(crate) mod flags {
 pub struct Params {
     pub rows: u32,
     pub dim: u32,
-    pub x_off: u32,
-    pub y_off: u32,
-    pub w_off: u32,
-    pub b_off: u32,
-    pub mean_off: u32,
-    pub rstd_off: u32,
     pub eps: f32,
     pub flags: u32,
     pub rows_per_group: u32,
-    pub _pad1: u32,
+    pub part_row0: u32,
+    pub part_rows: u32,
+    pub _pad: u32,
+    /// Element offset of each operand inside its binding, indexed by binding number.
+    pub off: [u32; 8],
 }
 
 impl Params {
     /// Field names and byte offsets, in declaration order, for the layout check.
-    pub const FIELDS: [(&'static str, usize); 12] = [
+    pub const FIELDS: [(&'static str, usize); 9] = [
         ("rows", std::mem::offset_of!(Params, rows)),
         ("dim", std::mem::offset_of!(Params, dim)),
-        ("x_off", std::mem::offset_of!(Params, x_off)),
-        ("y_off", std::mem::offset_of!(Params, y_off)),
-        ("w_off", std::mem::offset_of!(Params, w_off)),
-        ("b_off", std::mem::offset_of!(Params, b_off)),
-        ("mean_off", std::mem::offset_of!(Params, mean_off)),
-        ("rstd_off", std::mem::offset_of!(Params, rstd_off)),
         ("eps", std::mem::offset_of!(Params, eps)),
         ("flags", std::mem::offset_of!(Params, flags)),
         (
             "rows_per_group",
             std::mem::offset_of!(Params, rows_per_group),
         ),
-        ("_pad1", std::mem::offset_of!(Params, _pad1)),
+        ("part_row0", std::mem::offset_of!(Params, part_row0)),
+        ("part_rows", std::mem::offset_of!(Params, part_rows)),
+        ("_pad", std::mem::offset_of!(Params, _pad)),
+        ("off", std::mem::offset_of!(Params, off)),
     ];
 }
 
-/// A kernel family: one WGSL file each.
+/// A kernel: one WGSL file each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kernel {
     LayerNorm,
     RmsNorm,
     Copy,
+    LayerNormBackward,
+    RmsNormBackward,
+    /// Backward stage 2: dweight/dbias from the row kernels' partial sums.
+    ParamGrad,
+}
+
+/// Kernels sharing one binding layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Forward,
+    Backward,
+    ParamGrad,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 3] = [Kernel::LayerNorm, Kernel::RmsNorm, Kernel::Copy];
+    pub const ALL: [Kernel; 6] = [
+        Kernel::LayerNorm,
+        Kernel::RmsNorm,
+        Kernel::Copy,
+        Kernel::LayerNormBackward,
+        Kernel::RmsNormBackward,
+        Kernel::ParamGrad,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kernel::LayerNorm => "layer_norm",
             Kernel::RmsNorm => "rms_norm",
             Kernel::Copy => "copy",
+            Kernel::LayerNormBackward => "layer_norm_backward",
+            Kernel::RmsNormBackward => "rms_norm_backward",
+            Kernel::ParamGrad => "param_grad",
         }
     }
 
@@ -144,12 +181,32 @@ impl Kernel {
             Kernel::LayerNorm => LAYER_NORM,
             Kernel::RmsNorm => RMS_NORM,
             Kernel::Copy => COPY,
+            Kernel::LayerNormBackward => LAYER_NORM_BACKWARD,
+            Kernel::RmsNormBackward => RMS_NORM_BACKWARD,
+            Kernel::ParamGrad => PARAM_GRAD,
         }
     }
 
-    /// Whether the kernel reduces over the row (and so can use subgroups and a cache).
+    pub fn family(self) -> Family {
+        match self {
+            Kernel::LayerNorm | Kernel::RmsNorm | Kernel::Copy => Family::Forward,
+            Kernel::LayerNormBackward | Kernel::RmsNormBackward => Family::Backward,
+            Kernel::ParamGrad => Family::ParamGrad,
+        }
+    }
+
+    /// Whether the kernel reduces over a row (and so can use subgroups and a cache).
     pub fn reduces(self) -> bool {
-        !matches!(self, Kernel::Copy)
+        !matches!(self, Kernel::Copy | Kernel::ParamGrad)
+    }
+
+    /// Row elements each invocation aims to hold, and register arrays of that length it keeps.
+    fn cache_shape(self) -> (u32, u32) {
+        match self {
+            Kernel::LayerNormBackward => (V_PER_INVOCATION / 2, 4),
+            Kernel::RmsNormBackward => (V_PER_INVOCATION / 2, 3),
+            _ => (V_PER_INVOCATION, 1),
+        }
     }
 }
 
@@ -181,11 +238,14 @@ impl Variant {
         max_wg: u32,
     ) -> Self {
         let lanes = if vec4 { 4 } else { 1 };
-        let (wg, cache) = if kernel.reduces() {
-            let wg = workgroup_size(dim, lanes, max_wg);
-            (wg, cache_len(dim.div_ceil(lanes), wg))
-        } else {
-            (COPY_WORKGROUP_SIZE.min(max_wg), COPY_V_PER_INVOCATION)
+        let (wg, cache) = match kernel {
+            Kernel::Copy => (COPY_WORKGROUP_SIZE.min(max_wg), COPY_V_PER_INVOCATION),
+            Kernel::ParamGrad => (PARAM_GRAD_WORKGROUP_SIZE.min(max_wg), 0),
+            _ => {
+                let (per_invocation, arrays) = kernel.cache_shape();
+                let wg = workgroup_size(dim, lanes, per_invocation, max_wg);
+                (wg, cache_len(dim.div_ceil(lanes), wg, arrays))
+            }
         };
         Variant {
             kernel,
@@ -205,15 +265,14 @@ impl Variant {
         for kernel in Kernel::ALL {
             for wg in wgs.clone() {
                 // Every cache length the host can pick for this kernel and workgroup size.
-                let caches: Vec<u32> = if kernel.reduces() {
-                    (0..=MAX_CACHE.trailing_zeros())
-                        .map(|b| cache_len((1 << b) * wg, wg))
+                let caches: Vec<u32> = match kernel {
+                    Kernel::Copy if wg <= COPY_WORKGROUP_SIZE => vec![COPY_V_PER_INVOCATION],
+                    Kernel::ParamGrad if wg <= PARAM_GRAD_WORKGROUP_SIZE => vec![0],
+                    Kernel::Copy | Kernel::ParamGrad => vec![],
+                    _ => (0..=MAX_CACHE.trailing_zeros())
+                        .map(|b| cache_len((1 << b) * wg, wg, kernel.cache_shape().1))
                         .chain([0])
-                        .collect()
-                } else if wg <= COPY_WORKGROUP_SIZE {
-                    vec![COPY_V_PER_INVOCATION]
-                } else {
-                    vec![]
+                        .collect(),
                 };
                 for cache in caches {
                     for vec4 in [false, true] {
@@ -253,6 +312,7 @@ impl Variant {
         match name {
             "vec4" => Some(self.vec4),
             "cached" => Some(self.cache > 0),
+            "pairs" => Some(self.kernel == Kernel::LayerNormBackward),
             "subgroups" => Some(self.subgroups),
             "shared" => Some(self.shared),
             _ => None,
@@ -271,12 +331,18 @@ impl Variant {
              const WG: u32 = {wg}u;\n\
              const CACHE: u32 = {cache}u;\n\
              const VW: u32 = {vw}u;\n\
+             const COLS: u32 = {PARAM_GRAD_COLUMNS}u;\n\
              alias V = {v};\n\n",
             label = self.label(),
             wg = self.wg,
             cache = self.cache,
         );
         let mut parts = vec![("common.wgsl", COMMON)];
+        match self.kernel.family() {
+            Family::Forward => parts.push(("forward_bindings.wgsl", FORWARD_BINDINGS)),
+            Family::Backward => parts.push(("backward_bindings.wgsl", BACKWARD_BINDINGS)),
+            Family::ParamGrad => {}
+        }
         if self.kernel.reduces() {
             parts.push(("reduce.wgsl", REDUCE));
         }
@@ -287,7 +353,10 @@ impl Variant {
                 self.flag(f)
                     .unwrap_or_else(|| panic!("unknown //#if flag {f:?} in {name}"))
             };
-            out.push_str(&unroll(&preprocess(text, flag), self.cache));
+            let text = unroll(&preprocess(text, flag), self.cache);
+            // Inputs are read-only unless one shares a buffer with an output.
+            let access = if self.shared { "read_write" } else { "read" };
+            out.push_str(&text.replace("<storage, RO>", &format!("<storage, {access}>")));
         }
         out
     }
@@ -401,25 +470,29 @@ mod tests {
 
     #[test]
     fn cache_covers_the_row_within_the_register_budget() {
+        let all = Variant::all();
         for max_wg in [256, 1024] {
             for dim in [
                 1, 4, 255, 256, 257, 1024, 1025, 4096, 4097, 8192, 16384, 16385, 65536,
             ] {
                 for vec4 in [false, true] {
-                    let v = Variant::for_row(Kernel::LayerNorm, dim, vec4, false, false, max_wg);
-                    let copy = Variant::for_row(Kernel::Copy, dim, vec4, false, false, max_wg);
-                    assert!(Variant::all().contains(&copy), "{copy:?} is not validated");
-                    let lanes = if vec4 { 4 } else { 1 };
-                    assert!(v.wg.is_power_of_two() && v.wg >= MIN_WORKGROUP_SIZE && v.wg <= max_wg);
-                    assert!(Variant::all().contains(&v), "{v:?} is not validated");
-                    if v.cache > 0 {
-                        assert!(v.cache * v.wg * lanes >= dim, "{v:?}");
-                        assert!(v.cache * v.wg <= CACHE_BUDGET.max(v.wg), "{v:?}");
-                    } else {
-                        assert!(
-                            dim.div_ceil(lanes) > v.wg * MAX_CACHE.min(CACHE_BUDGET / v.wg),
-                            "{v:?}"
-                        );
+                    for kernel in Kernel::ALL {
+                        let v = Variant::for_row(kernel, dim, vec4, false, false, max_wg);
+                        let lanes = if vec4 { 4 } else { 1 };
+                        assert!(v.wg.is_power_of_two() && v.wg <= max_wg, "{v:?}");
+                        assert!(v.wg >= MIN_WORKGROUP_SIZE, "{v:?}");
+                        assert!(all.contains(&v), "{v:?} is not validated");
+                        if !kernel.reduces() {
+                            continue;
+                        }
+                        let arrays = kernel.cache_shape().1;
+                        if v.cache > 0 {
+                            assert!(v.cache * v.wg * lanes >= dim, "{v:?}");
+                            assert!(v.cache * v.wg * arrays <= CACHE_BUDGET.max(v.wg), "{v:?}");
+                        } else {
+                            let fits = MAX_CACHE.min(CACHE_BUDGET / v.wg / arrays);
+                            assert!(dim.div_ceil(lanes) > v.wg * fits, "{v:?}");
+                        }
                     }
                 }
             }

@@ -437,3 +437,109 @@ fn device_too_small_for_the_kernels() {
     // Kept alive to the end of the run: no device is torn down while others are in use.
     Box::leak(Box::new(device));
 }
+
+#[test]
+fn backward_arguments() {
+    use wgpu_norm::{LayerNormBackward, RmsNormBackward};
+    let (x, dy) = xy();
+    let dx = storage(12);
+    let stats = storage(3);
+    let short = storage(3);
+    let err = lnb(&dx, |op| LayerNormBackward {
+        mean: Some(TensorRef::whole(&stats)),
+        ..op
+    });
+    assert_eq!(
+        err,
+        Error::MissingOperand {
+            needs: Operand::Rstd,
+            given: Operand::Mean
+        }
+    );
+    let err = lnb(&dx, |op| op.grad_weight(&short));
+    assert!(
+        matches!(
+            err,
+            Error::WrongSize {
+                operand: Operand::GradWeight,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = lnb(&dx, |op| op.grad_bias(&short));
+    assert!(
+        matches!(
+            err,
+            Error::WrongSize {
+                operand: Operand::GradBias,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = lnb(&dx, |op| LayerNormBackward { dim: 0, ..op });
+    assert_eq!(err, Error::ZeroDim);
+    let err = lnb(&dx, |op| op.eps(f32::NAN));
+    assert!(matches!(err, Error::BadEpsilon(_)));
+    let err = lnb(&dx, |op| LayerNormBackward {
+        grad_output: TensorRef::whole(&short),
+        ..op
+    });
+    assert!(
+        matches!(
+            err,
+            Error::WrongSize {
+                operand: Operand::GradOutput,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // dx overlapping x by part: rejected; dx exactly over dy: allowed (in place).
+    let big = storage(40);
+    let op = LayerNormBackward::new(3, 4, t(&big, 0, 12), dy, t(&big, 16, 12));
+    let err = record(|e| gpu().norms.layer_norm_backward(e, &op));
+    assert_eq!(
+        err,
+        Error::Overlap {
+            written: Operand::GradInput,
+            other: Operand::Input
+        }
+    );
+    // dweight written over the weight it reads.
+    let w = storage(4);
+    let op = RmsNormBackward::new(3, 4, x, dy, &dx)
+        .weight(&w)
+        .grad_weight(&w);
+    let err = record(|e| gpu().norms.rms_norm_backward(e, &op));
+    assert_eq!(
+        err,
+        Error::Overlap {
+            written: Operand::GradWeight,
+            other: Operand::Weight
+        }
+    );
+    // dweight written over the saved rrms it reads.
+    let both = storage(8);
+    let op = RmsNormBackward::new(3, 4, x, dy, &dx)
+        .saved(t(&both, 0, 3))
+        .grad_weight(t(&both, 8, 4));
+    let err = record(|e| gpu().norms.rms_norm_backward(e, &op));
+    assert_eq!(
+        err,
+        Error::Overlap {
+            written: Operand::GradWeight,
+            other: Operand::Rstd
+        }
+    );
+}
+
+fn lnb<'a>(
+    dx: &'a wgpu::Buffer,
+    f: impl FnOnce(wgpu_norm::LayerNormBackward<'a>) -> wgpu_norm::LayerNormBackward<'a>,
+) -> Error {
+    let (x, dy) = xy();
+    let op = f(wgpu_norm::LayerNormBackward::new(3, 4, x, dy, dx));
+    record(|e| gpu().norms.layer_norm_backward(e, &op))
+}

@@ -2,6 +2,8 @@
 //! launcher that runs either norm through the recording API with arbitrary byte offsets.
 #![allow(dead_code)]
 
+pub mod backward;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 

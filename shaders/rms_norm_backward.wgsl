@@ -1,0 +1,118 @@
+// RMSNorm backward, stage 1: dx for every row, and per-workgroup column partial sums of
+// dy * xhat, which param_grad.wgsl reduces to dweight in a fixed order.
+// CPU mirror: `wgpu_norm::reference::rms_norm_backward`.
+//
+// With xhat = x * rrms and g = dy * weight:
+//     dx = rrms * (g - xhat * mean(g * xhat))
+// rrms comes from the forward pass (FLAG_RSTD) or is recomputed as rms_norm.wgsl does.
+
+@compute @workgroup_size(WG)
+fn main(ids: Ids) {
+    reduce_init(ids);
+    let lid = ids.lid;
+    let group = group_index(ids);
+    let first = group * params.rows_per_group;
+//#if cached
+    var pw: array<V, CACHE>;
+//#endif
+    for (var r = 0u; r < params.rows_per_group; r++) {
+        if first + r >= params.rows {
+            break;
+        }
+        let row = first + r;
+        let n = params.dim / VW;
+        let xb = off_v(1u) + row * n;
+        let gb = off_v(2u) + row * n;
+        let db = off_v(6u) + row * n;
+        let inv_dim = 1.0 / f32(params.dim);
+        let saved = has_flag(FLAG_RSTD);
+        var rrms = 0.0;
+        if saved {
+            rrms = rstd_in[off_f(5u) + row];
+        }
+//#if cached
+        var c: array<V, CACHE>;
+        var d: array<V, CACHE>;
+//#unroll k
+        if lid + k * WG < n {
+            c[k] = x[xb + lid + k * WG];
+            d[k] = dy[gb + lid + k * WG];
+        }
+//#endunroll
+        if !saved {
+            var q = V(0.0);
+//#unroll k
+            q += c[k] * c[k];
+//#endunroll
+            rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_dim + params.eps);
+        }
+        var s = V(0.0);
+//#unroll k
+        if lid + k * WG < n {
+            c[k] *= rrms;
+            s += grad_g(d[k], lid + k * WG) * c[k];
+        }
+//#endunroll
+        let t = wg_sum(hsum(s), lid) * inv_dim;
+//#unroll k
+        if lid + k * WG < n {
+            let i = lid + k * WG;
+            var v = rrms * (grad_g(d[k], i) - c[k] * t);
+            if has_flag(FLAG_ACCUMULATE_DX) {
+                v += dx[db + i];
+            }
+            dx[db + i] = v;
+            pw[k] += d[k] * c[k];
+        }
+//#endunroll
+//#else
+        if !saved {
+            var q = V(0.0);
+            for (var i = lid; i < n; i += WG) {
+                let v = x[xb + i];
+                q += v * v;
+            }
+            rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_dim + params.eps);
+        }
+        var s = V(0.0);
+        for (var i = lid; i < n; i += WG) {
+            s += grad_g(dy[gb + i], i) * (x[xb + i] * rrms);
+        }
+        let t = wg_sum(hsum(s), lid) * inv_dim;
+        let pr = (params.part_row0 + group) * n;
+        for (var i = lid; i < n; i += WG) {
+            let xh = x[xb + i] * rrms;
+            let d = dy[gb + i];
+            var v = rrms * (grad_g(d, i) - xh * t);
+            if has_flag(FLAG_ACCUMULATE_DX) {
+                v += dx[db + i];
+            }
+            dx[db + i] = v;
+            if has_flag(FLAG_GRAD_WEIGHT) {
+                part[pr + i] = select(part[pr + i], V(0.0), r == 0u) + d * xh;
+            }
+        }
+//#endif
+    }
+//#if cached
+    // The grid can hold more workgroups than there are groups of rows: those write nothing.
+    if first >= params.rows {
+        return;
+    }
+    let n = params.dim / VW;
+    let pr = (params.part_row0 + group) * n;
+//#unroll k
+    if lid + k * WG < n && has_flag(FLAG_GRAD_WEIGHT) {
+        part[pr + lid + k * WG] = pw[k];
+    }
+//#endunroll
+//#endif
+}
+
+// g = dy * weight for the i-th V of the row.
+fn grad_g(d: V, i: u32) -> V {
+    if has_flag(FLAG_WEIGHT) {
+        return d * weight[off_v(3u) + i];
+    }
+    return d;
+}

@@ -1,0 +1,127 @@
+//! RMSNorm backward: host side of `shaders/rms_norm_backward.wgsl` and
+//! `shaders/param_grad.wgsl`. CPU mirror: [`crate::reference::rms_norm_backward`];
+//! tests: `tests/rms_norm_backward.rs`.
+
+use crate::error::Result;
+use crate::norms::{Launch, Norms};
+use crate::shaders::{Kernel, flags};
+use crate::tensor::TensorRef;
+
+/// Gradients of [`crate::RmsNorm`]: with `xhat = x * rrms` and `g = dy * weight`,
+///
+/// - `dx = rrms * (g - xhat * mean(g * xhat))` (per row),
+/// - `dweight = sum over rows of dy * xhat`.
+///
+/// `rrms` is the statistic the forward pass saved; without it, it is recomputed. dweight is
+/// summed in a fixed order (bitwise identical from run to run). The accumulate flags add to
+/// what `grad_input` / `grad_weight` hold.
+#[derive(Clone, Copy, Debug)]
+pub struct RmsNormBackward<'a> {
+    pub rows: usize,
+    pub dim: usize,
+    /// As in the forward pass; used only when rrms is recomputed.
+    pub eps: f32,
+    pub input: TensorRef<'a>,
+    pub grad_output: TensorRef<'a>,
+    pub grad_input: TensorRef<'a>,
+    pub weight: Option<TensorRef<'a>>,
+    pub rrms: Option<TensorRef<'a>>,
+    pub grad_weight: Option<TensorRef<'a>>,
+    pub accumulate_grad_input: bool,
+    pub accumulate_grad_params: bool,
+}
+
+impl<'a> RmsNormBackward<'a> {
+    pub fn new(
+        rows: usize,
+        dim: usize,
+        input: impl Into<TensorRef<'a>>,
+        grad_output: impl Into<TensorRef<'a>>,
+        grad_input: impl Into<TensorRef<'a>>,
+    ) -> Self {
+        RmsNormBackward {
+            rows,
+            dim,
+            eps: crate::RmsNorm::DEFAULT_EPS,
+            input: input.into(),
+            grad_output: grad_output.into(),
+            grad_input: grad_input.into(),
+            weight: None,
+            rrms: None,
+            grad_weight: None,
+            accumulate_grad_input: false,
+            accumulate_grad_params: false,
+        }
+    }
+
+    pub fn eps(mut self, eps: f32) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    pub fn weight(mut self, weight: impl Into<TensorRef<'a>>) -> Self {
+        self.weight = Some(weight.into());
+        self
+    }
+
+    /// The forward pass's saved rrms.
+    pub fn saved(mut self, rrms: impl Into<TensorRef<'a>>) -> Self {
+        self.rrms = Some(rrms.into());
+        self
+    }
+
+    pub fn grad_weight(mut self, grad_weight: impl Into<TensorRef<'a>>) -> Self {
+        self.grad_weight = Some(grad_weight.into());
+        self
+    }
+
+    pub fn accumulate_grad_input(mut self, yes: bool) -> Self {
+        self.accumulate_grad_input = yes;
+        self
+    }
+
+    pub fn accumulate_grad_params(mut self, yes: bool) -> Self {
+        self.accumulate_grad_params = yes;
+        self
+    }
+}
+
+impl Norms {
+    /// Validates `op` and records it into `encoder` (one compute pass). Nothing is
+    /// submitted. With zero rows only dweight is written (0, or left as it is when
+    /// accumulating).
+    pub fn rms_norm_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        op: &RmsNormBackward,
+    ) -> Result<()> {
+        let mut f = 0;
+        if op.accumulate_grad_input {
+            f |= flags::ACCUMULATE_DX;
+        }
+        if op.accumulate_grad_params {
+            f |= flags::ACCUMULATE_PARAMS;
+        }
+        self.backward(
+            encoder,
+            &Launch {
+                kernel: Kernel::RmsNormBackward,
+                rows: op.rows,
+                dim: op.dim,
+                eps: op.eps,
+                flags: f,
+                operands: vec![
+                    Some(op.input),
+                    Some(op.grad_output),
+                    op.weight,
+                    None,
+                    op.rrms,
+                    Some(op.grad_input),
+                    None,
+                ],
+            },
+            op.grad_weight,
+            None,
+        )
+    }
+}

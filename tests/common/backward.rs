@@ -1,0 +1,277 @@
+//! Backward harness: seeded x and dy, poisoned outputs at byte offsets, GPU against the f64
+//! reference; dweight/dbias judged relative to the sum of the magnitudes of their terms.
+
+use super::{Op, POISON, Rng, UNCAPTURED};
+use std::sync::atomic::Ordering;
+use wgpu_norm::{
+    Gpu, LayerNorm, LayerNormBackward, RmsNorm, RmsNormBackward, TensorRef, reference,
+};
+
+#[derive(Clone, Debug)]
+pub struct BwdCase {
+    pub op: Op,
+    pub dim: usize,
+    pub x: Vec<f32>,
+    pub dy: Vec<f32>,
+    pub weight: Option<Vec<f32>>,
+    pub eps: f32,
+    /// Run the forward first and hand its statistics to the backward.
+    pub saved: bool,
+    pub grad_params: bool,
+    pub offset: u64,
+    /// Existing contents of dx and dweight/dbias to accumulate into.
+    pub accumulate: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl BwdCase {
+    pub fn new(op: Op, rows: usize, dim: usize, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        BwdCase {
+            op,
+            dim,
+            x: rng.data(rows * dim, 0.5, 2.0),
+            dy: rng.data(rows * dim, 0.0, 1.0),
+            weight: Some(rng.data(dim, 1.0, 0.5)),
+            eps: 1e-5,
+            saved: false,
+            grad_params: true,
+            offset: 0,
+            accumulate: None,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.x.len() / self.dim
+    }
+
+    pub fn reference(&self) -> reference::Gradients {
+        let w = self.weight.as_deref();
+        match self.op {
+            Op::LayerNorm => {
+                reference::layer_norm_backward(&self.x, &self.dy, self.dim, w, self.eps)
+            }
+            Op::RmsNorm => reference::rms_norm_backward(&self.x, &self.dy, self.dim, w, self.eps),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BwdOut {
+    pub dx: Vec<f32>,
+    pub dweight: Vec<f32>,
+    pub dbias: Vec<f32>,
+}
+
+fn buffer(gpu: &Gpu, data: &[f32], lead: usize) -> wgpu::Buffer {
+    let mut words = vec![f32::from_bits(POISON); lead];
+    words.extend_from_slice(data);
+    words.extend(std::iter::repeat_n(f32::from_bits(POISON), 16));
+    gpu.upload("bwd", &words)
+}
+
+fn poisoned(gpu: &Gpu, len: usize, lead: usize) -> wgpu::Buffer {
+    buffer(gpu, &vec![f32::from_bits(POISON); len], lead)
+}
+
+fn t(b: &wgpu::Buffer, off: u64, len: usize) -> TensorRef<'_> {
+    TensorRef::new(b, off, (len * 4) as u64)
+}
+
+/// Reads back `len` values at `lead`, checking that all were written and nothing around them.
+fn take(words: &[f32], len: usize, lead: usize, what: &str) -> Vec<f32> {
+    for (i, w) in words.iter().enumerate() {
+        let inside = i >= lead && i < lead + len;
+        assert!(
+            inside != (w.to_bits() == POISON),
+            "{what}: word {i} {}",
+            if inside {
+                "was never written"
+            } else {
+                "outside the output was overwritten"
+            }
+        );
+    }
+    words[lead..lead + len].to_vec()
+}
+
+pub fn run_backward(gpu: &Gpu, c: &BwdCase) -> BwdOut {
+    let (rows, dim, off) = (c.rows(), c.dim, c.offset);
+    let lead = (off / 4) as usize;
+    let n = c.x.len();
+    let xb = buffer(gpu, &c.x, lead);
+    let dyb = buffer(gpu, &c.dy, lead);
+    let wb = c.weight.as_ref().map(|w| buffer(gpu, w, lead));
+    let (dxb, dwb, dbb) = match &c.accumulate {
+        Some((dx, dp)) => (
+            buffer(gpu, dx, lead),
+            buffer(gpu, dp, lead),
+            buffer(gpu, dp, lead),
+        ),
+        None => (
+            poisoned(gpu, n, lead),
+            poisoned(gpu, dim, lead),
+            poisoned(gpu, dim, lead),
+        ),
+    };
+    let mb = poisoned(gpu, rows, lead);
+    let rb = poisoned(gpu, rows, lead);
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let layer = c.op == Op::LayerNorm;
+    if c.saved {
+        // The forward's statistics, written into mb/rb; y goes to a scratch buffer.
+        let yb = poisoned(gpu, n, lead);
+        if layer {
+            let op = LayerNorm::new(rows, dim, t(&xb, off, n), t(&yb, off, n))
+                .eps(c.eps)
+                .mean(t(&mb, off, rows))
+                .rstd(t(&rb, off, rows));
+            gpu.norms.layer_norm(&mut encoder, &op).unwrap();
+        } else {
+            let op = RmsNorm::new(rows, dim, t(&xb, off, n), t(&yb, off, n))
+                .eps(c.eps)
+                .rrms(t(&rb, off, rows));
+            gpu.norms.rms_norm(&mut encoder, &op).unwrap();
+        }
+    }
+    let acc = c.accumulate.is_some();
+    if layer {
+        let mut op =
+            LayerNormBackward::new(rows, dim, t(&xb, off, n), t(&dyb, off, n), t(&dxb, off, n))
+                .eps(c.eps)
+                .accumulate_grad_input(acc)
+                .accumulate_grad_params(acc);
+        op.weight = wb.as_ref().map(|w| t(w, off, dim));
+        if c.saved {
+            op = op.saved(t(&mb, off, rows), t(&rb, off, rows));
+        }
+        if c.grad_params {
+            op = op
+                .grad_weight(t(&dwb, off, dim))
+                .grad_bias(t(&dbb, off, dim));
+        }
+        gpu.norms
+            .layer_norm_backward(&mut encoder, &op)
+            .expect("layer_norm_backward");
+    } else {
+        let mut op =
+            RmsNormBackward::new(rows, dim, t(&xb, off, n), t(&dyb, off, n), t(&dxb, off, n))
+                .eps(c.eps)
+                .accumulate_grad_input(acc)
+                .accumulate_grad_params(acc);
+        op.weight = wb.as_ref().map(|w| t(w, off, dim));
+        if c.saved {
+            op = op.saved(t(&rb, off, rows));
+        }
+        if c.grad_params {
+            op = op.grad_weight(t(&dwb, off, dim));
+        }
+        gpu.norms
+            .rms_norm_backward(&mut encoder, &op)
+            .expect("rms_norm_backward");
+    }
+    gpu.queue.submit([encoder.finish()]);
+    let read = pollster::block_on(gpu.read_async(&[
+        (&dxb, lead + n + 16),
+        (&dwb, lead + dim + 16),
+        (&dbb, lead + dim + 16),
+    ]))
+    .unwrap();
+    assert_eq!(
+        UNCAPTURED.load(Ordering::SeqCst),
+        0,
+        "a wgpu error reached the handler"
+    );
+    let params_written = c.grad_params || acc;
+    let dx = take(&read[0], n, lead, "dx");
+    let dweight = take(
+        &read[1],
+        if params_written { dim } else { 0 },
+        lead,
+        "dweight",
+    );
+    let with_bias = params_written && (layer || acc);
+    let dbias = take(&read[2], if with_bias { dim } else { 0 }, lead, "dbias");
+    BwdOut { dx, dweight, dbias }
+}
+
+/// `|gpu - ref| <= 1e-5 + 1e-5 * scale` for results whose terms have magnitudes adding to
+/// `scale` (gradients are sums and differences: their rounding error grows with their terms).
+pub fn assert_sum_close(gpu: &[f32], reference: &[f64], scale: &[f64], what: &str) {
+    for (i, ((&g, &r), &s)) in gpu.iter().zip(reference).zip(scale).enumerate() {
+        let err = (f64::from(g) - r).abs();
+        assert!(
+            err <= 1e-5 + 1e-5 * s,
+            "{what}: element {i}: gpu {g} vs reference {r} (error {err:e}, sum of |terms| {s:e})"
+        );
+    }
+}
+
+/// Runs `c` and checks every output against the reference.
+pub fn check_backward(gpu: &Gpu, c: &BwdCase) -> BwdOut {
+    let out = run_backward(gpu, c);
+    let r = c.reference();
+    let what = format!(
+        "{:?} backward rows={} dim={} offset={} weight={} saved={}",
+        c.op,
+        c.rows(),
+        c.dim,
+        c.offset,
+        c.weight.is_some(),
+        c.saved
+    );
+    let (dx_ref, dw_ref, db_ref) = match &c.accumulate {
+        Some((dx, dp)) => (
+            r.dx.iter()
+                .zip(dx)
+                .map(|(a, &b)| a + f64::from(b))
+                .collect(),
+            r.dweight
+                .iter()
+                .zip(dp)
+                .map(|(a, &b)| a + f64::from(b))
+                .collect(),
+            r.dbias
+                .iter()
+                .zip(dp)
+                .map(|(a, &b)| a + f64::from(b))
+                .collect::<Vec<f64>>(),
+        ),
+        None => (r.dx.clone(), r.dweight.clone(), r.dbias.clone()),
+    };
+    let dx_scale: Vec<f64> = match &c.accumulate {
+        Some((dx, _)) => r
+            .dx_scale
+            .iter()
+            .zip(dx)
+            .map(|(s, &a)| s + f64::from(a).abs())
+            .collect(),
+        None => r.dx_scale.clone(),
+    };
+    assert_sum_close(&out.dx, &dx_ref, &dx_scale, &format!("{what}: dx"));
+    if c.grad_params {
+        assert_sum_close(
+            &out.dweight,
+            &dw_ref,
+            &r.dweight_scale,
+            &format!("{what}: dweight"),
+        );
+        if c.op == Op::LayerNorm {
+            assert_sum_close(
+                &out.dbias,
+                &db_ref,
+                &r.dbias_scale,
+                &format!("{what}: dbias"),
+            );
+        }
+    }
+    out
+}
+
+/// The forward grid, for the backward.
+pub fn backward_grid(gpu: &Gpu, op: Op, seed: u64) {
+    for (i, &(rows, dim)) in super::GRID.iter().enumerate() {
+        let mut c = BwdCase::new(op, rows, dim, seed + i as u64);
+        c.saved = i % 2 == 0;
+        check_backward(gpu, &c);
+    }
+}
