@@ -239,3 +239,12 @@ fn gradient_descent_fits_a_target() {
         "loss must fall every step"
     );
 }
+
+#[test]
+fn data_offset_by_1e4_with_recomputed_statistics() {
+    for (i, dim) in [31, 1024, 12288].into_iter().enumerate() {
+        let mut c = BwdCase::new(Op::LayerNorm, 3, dim, 1100 + i as u64);
+        c.x = Rng::new(i as u64).data(3 * dim, 1e4, 1.0);
+        check_backward(gpu(), &c);
+    }
+}

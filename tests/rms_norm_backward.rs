@@ -137,3 +137,12 @@ fn in_place_over_grad_output() {
     common::backward::assert_sum_close(&out[0], &r.dx, &r.dx_scale, "dx in place of dy");
     common::backward::assert_sum_close(&out[1], &r.dweight, &r.dweight_scale, "dweight");
 }
+
+#[test]
+fn data_offset_by_1e4_with_recomputed_statistics() {
+    for (i, dim) in [31, 1024, 12288].into_iter().enumerate() {
+        let mut c = BwdCase::new(Op::RmsNorm, 3, dim, 1100 + i as u64);
+        c.x = Rng::new(i as u64).data(3 * dim, 1e4, 1.0);
+        check_backward(gpu(), &c);
+    }
+}
