@@ -18,7 +18,8 @@ struct Params {
     // partial rows in all (where the dbeta partials start).
     part_row0: u32,
     part_rows: u32,
-    _pad: u32,
+    // Elements at the start of each row that enter the statistics (pRMSNorm); dim otherwise.
+    stat_len: u32,
     // Element (f32) offset of each operand inside its binding, by binding number: bindings
     // must start at min_storage_buffer_offset_alignment, the caller's data need not.
     off: array<vec4<u32>, 2>,
@@ -32,6 +33,11 @@ const FLAG_ACCUMULATE_DX: u32 = 16u;
 const FLAG_ACCUMULATE_PARAMS: u32 = 32u;
 const FLAG_GRAD_WEIGHT: u32 = 64u;
 const FLAG_GRAD_BIAS: u32 = 128u;
+const FLAG_GEMMA_OFFSET: u32 = 256u;
+const FLAG_LLAMA_ROUNDING: u32 = 512u;
+const FLAG_EPS_OUTSIDE: u32 = 1024u;
+const FLAG_RESIDUAL: u32 = 2048u;
+const FLAG_RESIDUAL_OUT: u32 = 4096u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 

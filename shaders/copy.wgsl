@@ -1,6 +1,9 @@
 // The baseline the benchmarks compare with: y = x over the same bytes as a plain copy of the
 // whole tensor (not row by row), each invocation moving CACHE V's with all loads in flight
-// before the first store.
+// before the first store. Always f32: a 16-bit tensor is copied as its bytes.
+
+@group(0) @binding(1) var<storage, RO> x: array<V>;
+@group(0) @binding(2) var<storage, read_write> y: array<V>;
 
 @compute @workgroup_size(WG)
 fn main(ids: Ids) {

@@ -1,5 +1,10 @@
-// RMSNorm forward: y = x * rrms * weight, rrms = 1 / sqrt(mean(x^2) + eps). One workgroup per
-// row at a time. CPU mirror: `wgpu_norm::reference::rms_norm`.
+// RMSNorm forward: y = x * rrms * weight, rrms = 1 / sqrt(mean(x^2) + eps), where the mean
+// runs over the first stat_len elements of the row (all of them, or ceil(p * D) for
+// pRMSNorm). Options: FLAG_GEMMA_OFFSET multiplies by (1 + weight); FLAG_LLAMA_ROUNDING
+// rounds x * rrms to the storage type before the multiplication by the weight (Hugging Face
+// Llama's order; the default rounds once, at the end, as Gemma does); FLAG_RESIDUAL
+// normalizes s = x + residual (rounded to the storage type) and FLAG_RESIDUAL_OUT writes s.
+// One workgroup per row at a time. CPU mirror: `wgpu_norm::reference::rms_norm`.
 //
 // The sum of squares is accumulated in f32: beyond |x| ~ 1.8e19 a square overflows to inf and
 // the row's output becomes 0 (or NaN where x is inf); see the README.
@@ -7,7 +12,6 @@
 @compute @workgroup_size(WG)
 fn main(ids: Ids) {
     reduce_init(ids);
-    // Several short rows per workgroup, so that each moves enough bytes to pay for its launch.
     let first = group_index(ids) * params.rows_per_group;
     for (var r = 0u; r < params.rows_per_group; r++) {
         if first + r >= params.rows {
@@ -19,38 +23,53 @@ fn main(ids: Ids) {
 
 fn rms_norm_row(row: u32, lid: u32) {
     let n = params.dim / VW;
-    let xb = off_v(1u) + row * params.dim / VW;
-    let yb = off_v(2u) + row * params.dim / VW;
-    let inv_dim = 1.0 / f32(params.dim);
+    let inv_len = 1.0 / f32(params.stat_len);
+    let prefix = params.stat_len < params.dim;
 
 //#if cached
     // The row stays in registers: x is read once, all loads in flight together.
     var c: array<V, CACHE>;
 //#unroll k
     if lid + k * WG < n {
-        c[k] = x[xb + lid + k * WG];
+        c[k] = ld_in(row, lid + k * WG);
     }
 //#endunroll
-    var q = V(0.0);
+    if has_flag(FLAG_RESIDUAL_OUT) {
 //#unroll k
-    q += c[k] * c[k];
+        if lid + k * WG < n {
+            st_s(row, lid + k * WG, c[k]);
+        }
 //#endunroll
-    let rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_dim + params.eps);
+    }
+    var q = V(0.0);
+    if prefix {
+//#unroll k
+        q += in_prefix(lid + k * WG, c[k] * c[k]);
+//#endunroll
+    } else {
+//#unroll k
+        q += c[k] * c[k];
+//#endunroll
+    }
+    let rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_len + params.eps);
 //#unroll k
     if lid + k * WG < n {
-        y[yb + lid + k * WG] = scale(c[k] * rrms, lid + k * WG);
+        st_y(row, lid + k * WG, scale(c[k] * rrms, lid + k * WG));
     }
 //#endunroll
 //#else
     // Rows too long for registers: two passes over x, the second mostly from cache.
     var q = V(0.0);
     for (var i = lid; i < n; i += WG) {
-        let v = x[xb + i];
-        q += v * v;
+        let v = ld_in(row, i);
+        if has_flag(FLAG_RESIDUAL_OUT) {
+            st_s(row, i, v);
+        }
+        q += in_prefix(i, v * v);
     }
-    let rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_dim + params.eps);
+    let rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_len + params.eps);
     for (var i = lid; i < n; i += WG) {
-        y[yb + i] = scale(x[xb + i] * rrms, i);
+        st_y(row, i, scale(ld_in(row, i) * rrms, i));
     }
 //#endif
 
@@ -59,10 +78,36 @@ fn rms_norm_row(row: u32, lid: u32) {
     }
 }
 
-// xhat * weight for the i-th V of the row.
-fn scale(xhat: V, i: u32) -> V {
-    if has_flag(FLAG_WEIGHT) {
-        return xhat * weight[off_v(3u) + i];
+// The row's i-th V of x, or of x + residual rounded to the storage type.
+fn ld_in(row: u32, i: u32) -> V {
+    if has_flag(FLAG_RESIDUAL) {
+        return round_act(ld_x(row, i) + ld_r(row, i));
     }
-    return xhat;
+    return ld_x(row, i);
+}
+
+// v with the lanes of elements at or past stat_len zeroed.
+fn in_prefix(i: u32, v: V) -> V {
+//#if vec4
+    let e = vec4<u32>(i * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+    return select(V(0.0), v, e < vec4<u32>(params.stat_len));
+//#else
+    return select(0.0, v, i < params.stat_len);
+//#endif
+}
+
+// xhat * weight (or * (1 + weight)) for the i-th V of the row, in the configured order.
+fn scale(xhat: V, i: u32) -> V {
+    var o = xhat;
+    if has_flag(FLAG_LLAMA_ROUNDING) {
+        o = round_act(o);
+    }
+    if has_flag(FLAG_WEIGHT) {
+        var w = ld_w(i);
+        if has_flag(FLAG_GEMMA_OFFSET) {
+            w += V(1.0);
+        }
+        o *= w;
+    }
+    return o;
 }

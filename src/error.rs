@@ -15,6 +15,10 @@ pub enum Operand {
     GradBias,
     /// The backward pass's own partial-sum buffer.
     Partials,
+    /// The residual added to the input before the norm.
+    Residual,
+    /// Where input + residual is written back.
+    ResidualOut,
 }
 
 impl std::fmt::Display for Operand {
@@ -31,6 +35,8 @@ impl std::fmt::Display for Operand {
             Operand::GradWeight => "grad_weight",
             Operand::GradBias => "grad_bias",
             Operand::Partials => "partial sums",
+            Operand::Residual => "residual",
+            Operand::ResidualOut => "residual_out",
         })
     }
 }
@@ -75,8 +81,12 @@ pub enum Error {
         buffer_size: u64,
     },
 
-    #[error("{operand}: byte offset {offset} is not a multiple of 4 (the size of an f32)")]
-    MisalignedOffset { operand: Operand, offset: u64 },
+    #[error("{operand}: byte offset {offset} is not a multiple of its element size, {element}")]
+    MisalignedOffset {
+        operand: Operand,
+        offset: u64,
+        element: u64,
+    },
 
     #[error("{operand}: the buffer lacks BufferUsages::STORAGE (it has {usage:?})")]
     MissingUsage {
@@ -90,7 +100,7 @@ pub enum Error {
     )]
     Overlap { written: Operand, other: Operand },
 
-    #[error("{needs} is required with {given} (saved statistics come as a pair)")]
+    #[error("{needs} is required with {given}")]
     MissingOperand { needs: Operand, given: Operand },
 
     #[error("slice of {len} elements is not {rows} rows x {dim} ({what})")]
@@ -100,6 +110,9 @@ pub enum Error {
         dim: usize,
         what: &'static str,
     },
+
+    #[error("the pRMSNorm fraction must be in (0, 1], got {0}")]
+    BadFraction(f32),
 
     #[error("the device cannot run these kernels: {0}")]
     UnsupportedDevice(String),

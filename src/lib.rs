@@ -29,6 +29,7 @@
 
 pub mod adapter;
 mod context;
+mod dtype;
 pub mod error;
 mod layer_norm;
 mod layer_norm_backward;
@@ -42,11 +43,12 @@ pub mod timing;
 
 pub use adapter::pick_adapter;
 pub use context::{Gpu, Normalized, SliceOptions, USEFUL_FEATURES};
+pub use dtype::DType;
 pub use error::{Error, Operand, Result};
-pub use layer_norm::LayerNorm;
+pub use layer_norm::{EpsPlacement, LayerNorm};
 pub use layer_norm_backward::LayerNormBackward;
 pub use norms::{Norms, NormsOptions};
-pub use rms_norm::RmsNorm;
+pub use rms_norm::{RmsNorm, RoundingOrder};
 pub use rms_norm_backward::RmsNormBackward;
 pub use tensor::TensorRef;
 

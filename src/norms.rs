@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use wgpu::util::DeviceExt;
 
+use crate::dtype::DType;
 use crate::error::{Error, Operand, Result};
 use crate::shaders::{
     Family, Kernel, MAX_PARTIAL_ROWS, MIN_WORKGROUP_SIZE, PARAM_GRAD_COLUMNS, PARTIAL_INVOCATIONS,
@@ -25,6 +26,17 @@ pub(crate) enum Extent {
     Internal,
 }
 
+/// Which storage type an operand has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// The launch's activation type (x, y, the residual stream).
+    Act,
+    /// The launch's parameter type (weight, bias).
+    Param,
+    /// Always f32 (statistics, gradients, partial sums).
+    F32,
+}
+
 /// One binding of a kernel family.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Slot {
@@ -32,52 +44,81 @@ pub(crate) struct Slot {
     pub binding: u32,
     pub written: bool,
     pub extent: Extent,
+    pub class: Class,
     /// Set in `Params::flags` when the operand is present.
     pub flag: u32,
 }
 
 const fn slot(operand: Operand, binding: u32, written: bool, extent: Extent, flag: u32) -> Slot {
+    let class = match extent {
+        Extent::Rows => Class::Act,
+        Extent::Dim => Class::Param,
+        _ => Class::F32,
+    };
     Slot {
         operand,
         binding,
         written,
         extent,
+        class,
         flag,
     }
 }
 
+/// A slot whose storage is always f32.
+const fn f32_slot(s: Slot) -> Slot {
+    Slot {
+        class: Class::F32,
+        ..s
+    }
+}
+
 /// `shaders/forward_bindings.wgsl`.
-pub(crate) const FORWARD_SLOTS: [Slot; 6] = [
+pub(crate) const FORWARD_SLOTS: [Slot; 8] = [
     slot(Operand::Input, 1, false, Extent::Rows, 0),
     slot(Operand::Output, 2, true, Extent::Rows, 0),
     slot(Operand::Weight, 3, false, Extent::Dim, flags::WEIGHT),
     slot(Operand::Bias, 4, false, Extent::Dim, flags::BIAS),
     slot(Operand::Mean, 5, true, Extent::PerRow, flags::MEAN),
     slot(Operand::Rstd, 6, true, Extent::PerRow, flags::RSTD),
+    slot(Operand::Residual, 7, false, Extent::Rows, flags::RESIDUAL),
+    slot(
+        Operand::ResidualOut,
+        8,
+        true,
+        Extent::Rows,
+        flags::RESIDUAL_OUT,
+    ),
 ];
 
 /// `shaders/backward_bindings.wgsl`.
 pub(crate) const BACKWARD_SLOTS: [Slot; 7] = [
-    slot(Operand::Input, 1, false, Extent::Rows, 0),
-    slot(Operand::GradOutput, 2, false, Extent::Rows, 0),
-    slot(Operand::Weight, 3, false, Extent::Dim, flags::WEIGHT),
+    f32_slot(slot(Operand::Input, 1, false, Extent::Rows, 0)),
+    f32_slot(slot(Operand::GradOutput, 2, false, Extent::Rows, 0)),
+    f32_slot(slot(Operand::Weight, 3, false, Extent::Dim, flags::WEIGHT)),
     slot(Operand::Mean, 4, false, Extent::PerRow, flags::MEAN),
     slot(Operand::Rstd, 5, false, Extent::PerRow, flags::RSTD),
-    slot(Operand::GradInput, 6, true, Extent::Rows, 0),
+    f32_slot(slot(Operand::GradInput, 6, true, Extent::Rows, 0)),
     slot(Operand::Partials, 7, true, Extent::Internal, 0),
 ];
 
 /// `shaders/param_grad.wgsl`.
 pub(crate) const PARAM_GRAD_SLOTS: [Slot; 3] = [
     slot(Operand::Partials, 1, true, Extent::Internal, 0),
-    slot(
+    f32_slot(slot(
         Operand::GradWeight,
         2,
         true,
         Extent::Dim,
         flags::GRAD_WEIGHT,
-    ),
-    slot(Operand::GradBias, 3, true, Extent::Dim, flags::GRAD_BIAS),
+    )),
+    f32_slot(slot(
+        Operand::GradBias,
+        3,
+        true,
+        Extent::Dim,
+        flags::GRAD_BIAS,
+    )),
 ];
 
 fn family_slots(family: Family) -> &'static [Slot] {
@@ -135,6 +176,11 @@ pub(crate) struct Launch<'a> {
     pub eps: f32,
     /// Flags beyond those of present operands.
     pub flags: u32,
+    /// Storage of activations and parameters (forward norms).
+    pub act: DType,
+    pub param: DType,
+    /// Elements at the start of each row that enter the statistics (pRMSNorm); `dim` if None.
+    pub stat_len: Option<usize>,
     /// In the order of the family's slots.
     pub operands: Vec<Option<TensorRef<'a>>>,
 }
@@ -142,6 +188,7 @@ pub(crate) struct Launch<'a> {
 /// A launch after validation: what every dispatch of it needs.
 struct Checked {
     dim: u32,
+    /// Bytes of one row of activations.
     row_bytes: u64,
     shared: bool,
     vec4: bool,
@@ -270,14 +317,10 @@ impl Norms {
             dim,
             eps: 0.0,
             flags: 0,
-            operands: vec![
-                Some(input.into()),
-                Some(output.into()),
-                None,
-                None,
-                None,
-                None,
-            ],
+            operands: vec![Some(input.into()), Some(output.into())],
+            act: DType::F32,
+            param: DType::F32,
+            stat_len: None,
         };
         let c = self.check(&l, &[])?;
         if rows == 0 {
@@ -335,11 +378,10 @@ impl Norms {
             dim: l.dim,
         };
         let dim = u32::try_from(l.dim).map_err(|_| too_large.clone())?;
-        let row_bytes = u64::from(dim) * 4;
-        let total = (l.rows as u64)
-            .checked_mul(row_bytes)
+        let row_bytes = u64::from(dim) * l.act.size();
+        (l.rows as u64)
+            .checked_mul(u64::from(dim) * 4)
             .ok_or(too_large.clone())?;
-        let stats_bytes = (l.rows as u64).checked_mul(4).ok_or(too_large)?;
         let slots = family_slots(l.kernel.family());
         let all: Vec<(Slot, Option<TensorRef>)> = slots
             .iter()
@@ -351,14 +393,17 @@ impl Norms {
         for (s, t) in &all {
             let Some(t) = t else { continue };
             flag_bits |= s.flag;
-            let (expected, what) = match s.extent {
-                Extent::Rows => (total, "rows x dim f32"),
-                Extent::Dim => (row_bytes, "dim f32"),
-                Extent::PerRow => (stats_bytes, "one f32 per row"),
+            let size = self.elem_size(l, s);
+            let (count, what) = match s.extent {
+                Extent::Rows => (l.rows as u64 * u64::from(dim), "rows x dim elements"),
+                Extent::Dim => (u64::from(dim), "dim elements"),
+                Extent::PerRow => (l.rows as u64, "one f32 per row"),
                 Extent::Internal => continue,
             };
-            check_operand(s.operand, t, expected, what)?;
+            check_operand(s.operand, t, count * size, size, what)?;
         }
+        // The op modules compute it in 1..=dim.
+        debug_assert!(l.stat_len.is_none_or(|k| k >= 1 && k <= l.dim.max(1)));
         let shared = check_aliasing(&all)?;
 
         let align = u64::from(self.limits.min_storage_buffer_offset_alignment).max(16);
@@ -370,13 +415,13 @@ impl Norms {
                 max_binding: self.limits.max_storage_buffer_binding_size,
             });
         }
-        // vec4 access needs every row- or dim-sized operand to start on 16 bytes.
+        // vec4 access needs every row- or dim-sized operand to start on 4 elements.
         let vec4 = dim.is_multiple_of(4)
             && all
                 .iter()
                 .filter(|(s, _)| matches!(s.extent, Extent::Rows | Extent::Dim))
-                .filter_map(|(_, t)| t.as_ref())
-                .all(|t| t.offset.is_multiple_of(16));
+                .filter_map(|(s, t)| t.map(|t| (self.elem_size(l, s), t)))
+                .all(|(size, t)| t.offset.is_multiple_of(4 * size));
         // Rows per dispatch: each binding may start up to `align` bytes before its data.
         let max_groups = u64::from(self.limits.max_compute_workgroups_per_dimension).pow(2);
         let chunk_rows = ((max_binding - align) / row_bytes).min(max_groups);
@@ -389,6 +434,15 @@ impl Norms {
             chunk_rows,
             flags: flag_bits,
         })
+    }
+
+    /// Bytes per element of a slot's operand in launch `l`.
+    fn elem_size(&self, l: &Launch, s: &Slot) -> u64 {
+        match s.class {
+            Class::Act => l.act.size(),
+            Class::Param => l.param.size(),
+            Class::F32 => 4,
+        }
     }
 
     /// Largest binding we make.
@@ -442,21 +496,25 @@ impl Norms {
                 rows_per_group,
                 part_row0: 0,
                 part_rows: groups as u32,
+                stat_len: l.stat_len.map_or(c.dim, |k| k as u32),
                 ..Params::default()
             };
             let mut chunk_ranges = Vec::with_capacity(slots.len());
             for (s, t) in slots.iter().zip(&l.operands) {
+                let size = self.elem_size(l, s);
+                let row = u64::from(c.dim) * size;
                 let (start, len) = match s.extent {
-                    Extent::Rows => (r0 * c.row_bytes, rows * c.row_bytes),
-                    Extent::Dim => (0, c.row_bytes),
+                    Extent::Rows => (r0 * row, rows * row),
+                    Extent::Dim => (0, row),
                     Extent::PerRow => (r0 * 4, rows * 4),
                     Extent::Internal => (0, 0),
                 };
                 let range = t.map(|t| {
                     let at = t.offset + start;
                     let bind_at = at / c.align * c.align;
-                    p.off[s.binding as usize] = ((at - bind_at) / 4) as u32;
-                    (bind_at, at + len - bind_at)
+                    p.off[s.binding as usize] = ((at - bind_at) / size) as u32;
+                    // Bindings are whole words; check_operand made sure the word is there.
+                    (bind_at, (at + len).next_multiple_of(4) - bind_at)
                 });
                 chunk_ranges.push(range);
             }
@@ -467,7 +525,9 @@ impl Norms {
         let label = variant.label();
         let bind_groups = self.bind_groups(&label, &variant, slots, &params, |chunk, i| {
             let s = &slots[i];
-            match (&l.operands[i], ranges[chunk][i], s.extent) {
+            let t = l.operands.get(i).copied().flatten();
+            let range = ranges[chunk].get(i).copied().flatten();
+            match (t, range, s.extent) {
                 (_, _, Extent::Internal) => partials.map(|(b, _)| b.as_entire_binding()),
                 (Some(t), Some((at, size)), _) => {
                     Some(wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -748,17 +808,24 @@ fn check_aliasing(all: &[(Slot, Option<TensorRef>)]) -> Result<bool> {
     Ok(shared)
 }
 
-fn check_operand(operand: Operand, t: &TensorRef, expected: u64, what: &'static str) -> Result<()> {
+fn check_operand(
+    operand: Operand,
+    t: &TensorRef,
+    expected: u64,
+    element: u64,
+    what: &'static str,
+) -> Result<()> {
     if !t.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
         return Err(Error::MissingUsage {
             operand,
             usage: t.buffer.usage(),
         });
     }
-    if !t.offset.is_multiple_of(4) {
+    if !t.offset.is_multiple_of(element) {
         return Err(Error::MisalignedOffset {
             operand,
             offset: t.offset,
+            element,
         });
     }
     if t.size != expected {
@@ -769,14 +836,16 @@ fn check_operand(operand: Operand, t: &TensorRef, expected: u64, what: &'static 
             what,
         });
     }
+    // Bindings cover whole 32-bit words: a 16-bit tensor ending mid-word needs the rest of
+    // that word inside the buffer (it is never written).
     if t.offset
         .checked_add(t.size)
-        .is_none_or(|end| end > t.buffer.size())
+        .is_none_or(|end| end.next_multiple_of(4) > t.buffer.size())
     {
         return Err(Error::OutOfBounds {
             operand,
             offset: t.offset,
-            end: t.end(),
+            end: t.end().next_multiple_of(4),
             buffer_size: t.buffer.size(),
         });
     }

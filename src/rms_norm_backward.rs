@@ -110,6 +110,9 @@ impl Norms {
                 dim: op.dim,
                 eps: op.eps,
                 flags: f,
+                act: crate::DType::F32,
+                param: crate::DType::F32,
+                stat_len: None,
                 operands: vec![
                     Some(op.input),
                     Some(op.grad_output),

@@ -8,6 +8,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::dtype::DType;
+
 /// Smallest workgroup the kernels use (one workgroup per row).
 pub const MIN_WORKGROUP_SIZE: u32 = 64;
 
@@ -85,7 +87,7 @@ const COPY: &str = include_str!("../shaders/copy.wgsl");
 const LAYER_NORM_BACKWARD: &str = include_str!("../shaders/layer_norm_backward.wgsl");
 const RMS_NORM_BACKWARD: &str = include_str!("../shaders/rms_norm_backward.wgsl");
 const PARAM_GRAD: &str = include_str!("../shaders/param_grad.wgsl");
-const FORWARD_BINDINGS: &str = include_str!("../shaders/forward_bindings.wgsl");
+const HALF: &str = include_str!("../shaders/half.wgsl");
 const BACKWARD_BINDINGS: &str = include_str!("../shaders/backward_bindings.wgsl");
 
 /// Bits of [`Params::flags`]; twins of the `FLAG_*` constants in `common.wgsl`.
@@ -98,6 +100,11 @@ pub(crate) mod flags {
     pub const ACCUMULATE_PARAMS: u32 = 32;
     pub const GRAD_WEIGHT: u32 = 64;
     pub const GRAD_BIAS: u32 = 128;
+    pub const GEMMA_OFFSET: u32 = 256;
+    pub const LLAMA_ROUNDING: u32 = 512;
+    pub const EPS_OUTSIDE: u32 = 1024;
+    pub const RESIDUAL: u32 = 2048;
+    pub const RESIDUAL_OUT: u32 = 4096;
 }
 
 /// Uniform parameters of one dispatch. Twin of `struct Params` in `shaders/common.wgsl`;
@@ -112,7 +119,7 @@ pub struct Params {
     pub rows_per_group: u32,
     pub part_row0: u32,
     pub part_rows: u32,
-    pub _pad: u32,
+    pub stat_len: u32,
     /// Element offset of each operand inside its binding, indexed by binding number.
     pub off: [u32; 8],
 }
@@ -130,7 +137,7 @@ impl Params {
         ),
         ("part_row0", std::mem::offset_of!(Params, part_row0)),
         ("part_rows", std::mem::offset_of!(Params, part_rows)),
-        ("_pad", std::mem::offset_of!(Params, _pad)),
+        ("stat_len", std::mem::offset_of!(Params, stat_len)),
         ("off", std::mem::offset_of!(Params, off)),
     ];
 }
@@ -224,6 +231,10 @@ pub struct Variant {
     pub subgroups: bool,
     /// Inputs bound read_write because one of them shares a buffer with an output.
     pub shared: bool,
+    /// Storage of x, y and the residual stream (forward norms; f32 elsewhere).
+    pub act: DType,
+    /// Storage of weight and bias (forward norms; f32 elsewhere).
+    pub param: DType,
 }
 
 impl Variant {
@@ -254,7 +265,18 @@ impl Variant {
             cache,
             subgroups: subgroups && kernel.reduces(),
             shared,
+            act: DType::F32,
+            param: DType::F32,
         }
+    }
+
+    /// This variant with 16-bit storage (forward norms only).
+    pub fn with_storage(mut self, act: DType, param: DType) -> Self {
+        if matches!(self.kernel, Kernel::LayerNorm | Kernel::RmsNorm) {
+            self.act = act;
+            self.param = param;
+        }
+        self
     }
 
     /// Every variant the host can ask for, for validation.
@@ -278,14 +300,18 @@ impl Variant {
                     for vec4 in [false, true] {
                         for subgroups in [false, kernel.reduces()] {
                             for shared in [false, true] {
-                                out.insert(Variant {
-                                    kernel,
-                                    wg,
-                                    vec4,
-                                    cache,
-                                    subgroups,
-                                    shared,
-                                });
+                                for (act, param) in storage_pairs(kernel) {
+                                    out.insert(Variant {
+                                        kernel,
+                                        wg,
+                                        vec4,
+                                        cache,
+                                        subgroups,
+                                        shared,
+                                        act,
+                                        param,
+                                    });
+                                }
                             }
                         }
                     }
@@ -298,10 +324,12 @@ impl Variant {
     /// A label for wgpu objects and error messages.
     pub fn label(&self) -> String {
         format!(
-            "wgpu-norm {} wg={} {} cache={}{}{}",
+            "wgpu-norm {} {}/{} wg={} {} cache={}{}{}",
             self.kernel.name(),
+            self.act,
+            self.param,
             self.wg,
-            if self.vec4 { "vec4" } else { "f32" },
+            if self.vec4 { "vec4" } else { "scalar" },
             self.cache,
             if self.subgroups { " subgroups" } else { "" },
             if self.shared { " shared" } else { "" },
@@ -338,10 +366,21 @@ impl Variant {
             cache = self.cache,
         );
         let mut parts = vec![("common.wgsl", COMMON)];
-        match self.kernel.family() {
-            Family::Forward => parts.push(("forward_bindings.wgsl", FORWARD_BINDINGS)),
-            Family::Backward => parts.push(("backward_bindings.wgsl", BACKWARD_BINDINGS)),
-            Family::ParamGrad => {}
+        let storage;
+        match self.kernel {
+            Kernel::LayerNorm | Kernel::RmsNorm => {
+                // Only 16-bit storage needs the conversions (and the device's
+                // pack2x16float, which wgpu's GL ES backend may lack).
+                if self.act != DType::F32 || self.param != DType::F32 {
+                    parts.push(("half.wgsl", HALF));
+                }
+                storage = forward_storage(self);
+                parts.push(("(generated forward bindings)", &storage));
+            }
+            Kernel::LayerNormBackward | Kernel::RmsNormBackward => {
+                parts.push(("backward_bindings.wgsl", BACKWARD_BINDINGS))
+            }
+            Kernel::Copy | Kernel::ParamGrad => {}
         }
         if self.kernel.reduces() {
             parts.push(("reduce.wgsl", REDUCE));
@@ -360,6 +399,135 @@ impl Variant {
         }
         out
     }
+}
+
+/// The (activation, parameter) storage pairs a kernel is compiled for: 16-bit activations
+/// with parameters of the same type or f32 (the mixed mode).
+fn storage_pairs(kernel: Kernel) -> Vec<(DType, DType)> {
+    match kernel {
+        Kernel::LayerNorm | Kernel::RmsNorm => vec![
+            (DType::F32, DType::F32),
+            (DType::F16, DType::F16),
+            (DType::F16, DType::F32),
+            (DType::Bf16, DType::Bf16),
+            (DType::Bf16, DType::F32),
+        ],
+        _ => vec![(DType::F32, DType::F32)],
+    }
+}
+
+/// Bindings and typed accessors of the forward norms for the variant's storage: `ld_x`,
+/// `ld_r` (residual), `ld_w`, `ld_b` load the i-th V of a row (or of the parameters) as f32,
+/// `st_y`, `st_s` store one, and `round_act` rounds an f32 V to the activation type.
+///
+/// 16-bit tensors are arrays of u32 holding two elements each. With vec4 access one V is a
+/// vec2<u32> (four elements, 8-byte aligned). Scalar access reads the word holding element
+/// e, and writes its half with atomicAnd/atomicOr: the other half may belong to another
+/// workgroup's row (odd D or odd offsets), and two plain stores would race.
+fn forward_storage(v: &Variant) -> String {
+    let array = |d: DType, written: bool| match (d, v.vec4, written) {
+        (DType::F32, _, _) => "V",
+        (_, true, _) => "vec2<u32>",
+        (_, false, false) => "u32",
+        (_, false, true) => "atomic<u32>",
+    };
+    let mut out = String::new();
+    for (binding, name, d, written) in [
+        (1, "x", v.act, false),
+        (2, "y", v.act, true),
+        (3, "weight", v.param, false),
+        (4, "bias", v.param, false),
+        (7, "residual", v.act, false),
+        (8, "s_out", v.act, true),
+    ] {
+        let access = if written { "read_write" } else { "RO" };
+        let ty = array(d, written);
+        out.push_str(&format!(
+            "@group(0) @binding({binding}) var<storage, {access}> {name}: array<{ty}>;\n"
+        ));
+    }
+    out.push_str(
+        "@group(0) @binding(5) var<storage, read_write> mean_out: array<f32>;\n\
+         @group(0) @binding(6) var<storage, read_write> rstd_out: array<f32>;\n\n",
+    );
+    for (func, arr, binding, d, per_row) in [
+        ("ld_x", "x", 1, v.act, true),
+        ("ld_r", "residual", 7, v.act, true),
+        ("ld_w", "weight", 3, v.param, false),
+        ("ld_b", "bias", 4, v.param, false),
+    ] {
+        let args = if per_row {
+            "row: u32, i: u32"
+        } else {
+            "i: u32"
+        };
+        let row = if per_row {
+            " + row * (params.dim / VW)"
+        } else {
+            ""
+        };
+        let row_e = if per_row { " + row * params.dim" } else { "" };
+        let body = match (d, v.vec4) {
+            (DType::F32, _) => format!("return {arr}[off_v({binding}u){row} + i];"),
+            (DType::F16, true) => format!(
+                "let w = {arr}[off_v({binding}u){row} + i];\n    \
+                 return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));"
+            ),
+            (DType::Bf16, true) => format!(
+                "let w = {arr}[off_v({binding}u){row} + i];\n    \
+                 return vec4<f32>(bf16_unpack(w.x), bf16_unpack(w.y));"
+            ),
+            (DType::F16, false) => format!(
+                "let e = off_f({binding}u){row_e} + i;\n    \
+                 return unpack2x16float({arr}[e >> 1u])[e & 1u];"
+            ),
+            (DType::Bf16, false) => format!(
+                "let e = off_f({binding}u){row_e} + i;\n    \
+                 let w = {arr}[e >> 1u];\n    \
+                 return select(bf16_lo(w), bf16_hi(w), (e & 1u) == 1u);"
+            ),
+        };
+        out.push_str(&format!("fn {func}({args}) -> V {{\n    {body}\n}}\n\n"));
+    }
+    let (pack, bits) = match v.act {
+        DType::Bf16 => ("bf16_pack", "bf16_bits"),
+        _ => ("pack2x16float", "f16_bits"),
+    };
+    for (func, arr, binding) in [("st_y", "y", 2), ("st_s", "s_out", 8)] {
+        let body = match (v.act, v.vec4) {
+            (DType::F32, _) => {
+                format!("{arr}[off_v({binding}u) + row * (params.dim / VW) + i] = v;")
+            }
+            (_, true) => format!(
+                "{arr}[off_v({binding}u) + row * (params.dim / VW) + i] = \
+                 vec2<u32>({pack}(v.xy), {pack}(v.zw));"
+            ),
+            (_, false) => format!(
+                "let e = off_f({binding}u) + row * params.dim + i;\n    \
+                 let sh = (e & 1u) * 16u;\n    \
+                 atomicAnd(&{arr}[e >> 1u], ~(0xffffu << sh));\n    \
+                 atomicOr(&{arr}[e >> 1u], {bits}(v) << sh);"
+            ),
+        };
+        out.push_str(&format!(
+            "fn {func}(row: u32, i: u32, v: V) {{\n    {body}\n}}\n\n"
+        ));
+    }
+    let round = match (v.act, v.vec4) {
+        (DType::F32, _) => "v".to_string(),
+        (DType::F16, true) => "vec4<f32>(unpack2x16float(pack2x16float(v.xy)), \
+             unpack2x16float(pack2x16float(v.zw)))"
+            .to_string(),
+        (DType::Bf16, true) => {
+            "vec4<f32>(bf16_unpack(bf16_pack(v.xy)), bf16_unpack(bf16_pack(v.zw)))".to_string()
+        }
+        (DType::F16, false) => "unpack2x16float(f16_bits(v)).x".to_string(),
+        (DType::Bf16, false) => "bf16_lo(bf16_bits(v))".to_string(),
+    };
+    out.push_str(&format!(
+        "// v rounded to the activation storage type.\nfn round_act(v: V) -> V {{\n    return {round};\n}}\n"
+    ));
+    out
 }
 
 /// Resolves `//#if NAME`, `//#else`, `//#endif` (nestable). Lines of a dropped branch are

@@ -198,7 +198,8 @@ fn misaligned_offset() {
             err,
             Error::MisalignedOffset {
                 operand: Operand::Input,
-                offset: 2
+                offset: 2,
+                element: 4
             }
         ),
         "{err}"

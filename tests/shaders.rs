@@ -7,11 +7,14 @@ fn validate(variant: &Variant) -> Result<naga::Module, String> {
     let source = variant.source();
     let module = naga::front::wgsl::parse_str(&source)
         .map_err(|e| format!("{}:\n{}", variant.label(), e.emit_to_string(&source)))?;
-    let caps = if variant.subgroups {
-        naga::valid::Capabilities::SUBGROUP
-    } else {
-        naga::valid::Capabilities::empty()
-    };
+    let mut caps = naga::valid::Capabilities::empty();
+    if variant.subgroups {
+        caps |= naga::valid::Capabilities::SUBGROUP;
+    }
+    // pack2x16float / unpack2x16float, for 16-bit storage only.
+    if variant.act != wgpu_norm::DType::F32 || variant.param != wgpu_norm::DType::F32 {
+        caps |= naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    }
     naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
         .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
         .subgroup_operations(naga::valid::SubgroupOperationSet::all())
