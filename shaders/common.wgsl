@@ -22,7 +22,7 @@ struct Params {
     stat_len: u32,
     // Element (f32) offset of each operand inside its binding, by binding number: bindings
     // must start at min_storage_buffer_offset_alignment, the caller's data need not.
-    off: array<vec4<u32>, 2>,
+    off: array<vec4<u32>, 3>,
 }
 
 const FLAG_WEIGHT: u32 = 1u;

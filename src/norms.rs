@@ -469,7 +469,8 @@ impl Norms {
             self.subgroups,
             c.shared,
             self.max_wg,
-        );
+        )
+        .with_storage(l.act, l.param);
         let pipeline = self.pipeline(variant)?;
         let slots = family_slots(l.kernel.family());
         let rows_per_group = match partials {

@@ -4,6 +4,8 @@
 //! values, so these are more exact than any f32 kernel they check. Inputs are f32, as the
 //! kernels see them; outputs stay f64 so a comparison is not blurred by a final rounding.
 
+use crate::dtype::DType;
+
 /// The result of a reference norm: `y` has the input's shape, the statistics one value a row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reference {
@@ -12,6 +14,79 @@ pub struct Reference {
     pub mean: Vec<f64>,
     /// `1 / sqrt(var + eps)` (LayerNorm) or `1 / sqrt(mean(x^2) + eps)` (RMSNorm).
     pub rstd: Vec<f64>,
+    /// With a residual: `x + residual` rounded to the storage type, the rows normalized.
+    pub s: Vec<f64>,
+}
+
+/// The options of a reference LayerNorm (the defaults are PyTorch's, in f32).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormSpec<'a> {
+    pub weight: Option<&'a [f32]>,
+    pub bias: Option<&'a [f32]>,
+    pub eps: f32,
+    /// `(x - mean) / (sqrt(var) + eps)` instead of `/ sqrt(var + eps)`.
+    pub eps_added_to_std: bool,
+    pub residual: Option<&'a [f32]>,
+    /// Storage of x, y and the residual stream: where `x + residual` is rounded.
+    pub dtype: DType,
+}
+
+impl Default for LayerNormSpec<'_> {
+    fn default() -> Self {
+        LayerNormSpec {
+            weight: None,
+            bias: None,
+            eps: 1e-5,
+            eps_added_to_std: false,
+            residual: None,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// The options of a reference RMSNorm.
+#[derive(Clone, Copy, Debug)]
+pub struct RmsNormSpec<'a> {
+    pub weight: Option<&'a [f32]>,
+    pub eps: f32,
+    pub residual: Option<&'a [f32]>,
+    pub dtype: DType,
+    /// Multiply by `1 + weight`.
+    pub gemma_offset: bool,
+    /// Round `x * rrms` to the storage type before the weight (Hugging Face Llama).
+    pub llama_rounding: bool,
+    /// pRMSNorm: the statistic over the first `k` elements of each row.
+    pub stat_len: Option<usize>,
+}
+
+impl Default for RmsNormSpec<'_> {
+    fn default() -> Self {
+        RmsNormSpec {
+            weight: None,
+            eps: f32::EPSILON,
+            residual: None,
+            dtype: DType::F32,
+            gemma_offset: false,
+            llama_rounding: false,
+            stat_len: None,
+        }
+    }
+}
+
+/// The rows normalized: x, or `x + residual` rounded to `dtype`.
+fn input_rows(x: &[f32], residual: Option<&[f32]>, dtype: DType) -> (Vec<f64>, Vec<f64>) {
+    match residual {
+        None => (x.iter().map(|&v| f64::from(v)).collect(), Vec::new()),
+        Some(r) => {
+            assert_eq!(r.len(), x.len(), "the residual must have the shape of x");
+            let s: Vec<f64> = x
+                .iter()
+                .zip(r)
+                .map(|(&a, &b)| dtype.round(f64::from(a) + f64::from(b)))
+                .collect();
+            (s.clone(), s)
+        }
+    }
 }
 
 fn check_shapes(x: &[f32], dim: usize, params: &[Option<&[f32]>]) {
@@ -32,25 +107,39 @@ pub fn layer_norm(
     bias: Option<&[f32]>,
     eps: f32,
 ) -> Reference {
-    check_shapes(x, dim, &[weight, bias]);
+    let spec = LayerNormSpec {
+        weight,
+        bias,
+        eps,
+        ..Default::default()
+    };
+    layer_norm_with(x, dim, &spec)
+}
+
+/// [`layer_norm`] with every option of the kernel.
+pub fn layer_norm_with(x: &[f32], dim: usize, spec: &LayerNormSpec) -> Reference {
+    check_shapes(x, dim, &[spec.weight, spec.bias]);
+    let (rows_in, s) = input_rows(x, spec.residual, spec.dtype);
     let rows = x.len() / dim;
     let mut out = Reference {
         y: Vec::with_capacity(x.len()),
         mean: Vec::with_capacity(rows),
         rstd: Vec::with_capacity(rows),
+        s,
     };
-    for row in x.chunks_exact(dim) {
-        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / dim as f64;
-        let var = row
-            .iter()
-            .map(|&v| (f64::from(v) - mean).powi(2))
-            .sum::<f64>()
-            / dim as f64;
-        let rstd = 1.0 / (var + f64::from(eps)).sqrt();
+    for row in rows_in.chunks_exact(dim) {
+        let mean = row.iter().sum::<f64>() / dim as f64;
+        let var = row.iter().map(|&v| (v - mean).powi(2)).sum::<f64>() / dim as f64;
+        let eps = f64::from(spec.eps);
+        let rstd = if spec.eps_added_to_std {
+            1.0 / (var.sqrt() + eps)
+        } else {
+            1.0 / (var + eps).sqrt()
+        };
         for (i, &v) in row.iter().enumerate() {
-            let w = weight.map_or(1.0, |w| f64::from(w[i]));
-            let b = bias.map_or(0.0, |b| f64::from(b[i]));
-            out.y.push((f64::from(v) - mean) * rstd * w + b);
+            let w = spec.weight.map_or(1.0, |w| f64::from(w[i]));
+            let b = spec.bias.map_or(0.0, |b| f64::from(b[i]));
+            out.y.push((v - mean) * rstd * w + b);
         }
         out.mean.push(mean);
         out.rstd.push(rstd);
@@ -61,19 +150,41 @@ pub fn layer_norm(
 /// Mirror of `shaders/rms_norm.wgsl`: `y = x / sqrt(mean(x^2) + eps) * weight`. `mean` of
 /// the result is empty. Panics on shapes that do not fit.
 pub fn rms_norm(x: &[f32], dim: usize, weight: Option<&[f32]>, eps: f32) -> Reference {
-    check_shapes(x, dim, &[weight]);
+    let spec = RmsNormSpec {
+        weight,
+        eps,
+        ..Default::default()
+    };
+    rms_norm_with(x, dim, &spec)
+}
+
+/// [`rms_norm`] with every option of the kernel. With `llama_rounding`, `x * rrms` is
+/// rounded to the storage type before the weight, as the kernel does.
+pub fn rms_norm_with(x: &[f32], dim: usize, spec: &RmsNormSpec) -> Reference {
+    check_shapes(x, dim, &[spec.weight]);
+    let (rows_in, s) = input_rows(x, spec.residual, spec.dtype);
     let rows = x.len() / dim;
+    let k = spec.stat_len.unwrap_or(dim);
+    assert!(k >= 1 && k <= dim, "the statistic covers 1..=dim elements");
     let mut out = Reference {
         y: Vec::with_capacity(x.len()),
         mean: Vec::new(),
         rstd: Vec::with_capacity(rows),
+        s,
     };
-    for row in x.chunks_exact(dim) {
-        let ms = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / dim as f64;
-        let rrms = 1.0 / (ms + f64::from(eps)).sqrt();
+    for row in rows_in.chunks_exact(dim) {
+        let ms = row[..k].iter().map(|&v| v.powi(2)).sum::<f64>() / k as f64;
+        let rrms = 1.0 / (ms + f64::from(spec.eps)).sqrt();
         for (i, &v) in row.iter().enumerate() {
-            let w = weight.map_or(1.0, |w| f64::from(w[i]));
-            out.y.push(f64::from(v) * rrms * w);
+            let mut w = spec.weight.map_or(1.0, |w| f64::from(w[i]));
+            if spec.gemma_offset && spec.weight.is_some() {
+                w += 1.0;
+            }
+            let mut t = v * rrms;
+            if spec.llama_rounding {
+                t = spec.dtype.round(t);
+            }
+            out.y.push(t * w);
         }
         out.rstd.push(rrms);
     }
@@ -195,6 +306,31 @@ fn backward(
 /// (<= 1 passes), with the index where it occurs; a NaN or missing value counts as
 /// infinitely wrong unless the reference is NaN too.
 pub fn worst_error(gpu: &[f32], reference: &[f64]) -> (f64, usize) {
+    worst_error_in(DType::F32, gpu, reference)
+}
+
+/// The tolerance for one output element stored as `dtype` whose exact value is `r`:
+/// f32: `1e-5 + 1e-5 * |r|`; f16: one f16 ulp of `r` plus `1e-5 + 1e-3 * |r|`; bf16:
+/// `1e-5 + 1.6e-2 * |r|` (PyTorch's `assert_close` defaults for the 16-bit types).
+pub fn tolerance(dtype: DType, r: f64) -> f64 {
+    let a = r.abs();
+    match dtype {
+        DType::F32 => F32_ATOL + F32_RTOL * a,
+        DType::F16 => {
+            // Spacing of f16 at |r|: 2^(e - 10) for normal numbers, 2^-24 below 2^-14.
+            let ulp = if a < 2f64.powi(-14) {
+                2f64.powi(-24)
+            } else {
+                2f64.powi(a.log2().floor() as i32 - 10)
+            };
+            1e-5 + ulp + 1e-3 * a
+        }
+        DType::Bf16 => 1e-5 + 1.6e-2 * a,
+    }
+}
+
+/// [`worst_error`] with the tolerance of `dtype`.
+pub fn worst_error_in(dtype: DType, gpu: &[f32], reference: &[f64]) -> (f64, usize) {
     assert_eq!(gpu.len(), reference.len());
     let mut worst = (0.0, 0);
     for (i, (&g, &r)) in gpu.iter().zip(reference).enumerate() {
@@ -202,7 +338,7 @@ pub fn worst_error(gpu: &[f32], reference: &[f64]) -> (f64, usize) {
         let ratio = if r.is_nan() && g.is_nan() || (r.is_infinite() && g == r) {
             0.0
         } else {
-            let e = (g - r).abs() / (F32_ATOL + F32_RTOL * r.abs());
+            let e = (g - r).abs() / tolerance(dtype, r);
             if e.is_nan() { f64::INFINITY } else { e }
         };
         if ratio > worst.0 {

@@ -121,7 +121,7 @@ pub struct Params {
     pub part_rows: u32,
     pub stat_len: u32,
     /// Element offset of each operand inside its binding, indexed by binding number.
-    pub off: [u32; 8],
+    pub off: [u32; 12],
 }
 
 impl Params {

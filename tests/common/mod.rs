@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod backward;
+pub mod storage;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};

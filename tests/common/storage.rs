@@ -1,0 +1,289 @@
+//! Harness for every storage type and option of the forward norms: tensors in f32, f16 or
+//! bf16 at any element offset (odd ones too), outputs poisoned element by element, the
+//! GPU compared with `reference::*_with` under the tolerance of the storage type.
+
+use super::{Op, Rng, UNCAPTURED};
+use std::sync::atomic::Ordering;
+use wgpu_norm::reference::{self, LayerNormSpec, RmsNormSpec};
+use wgpu_norm::{DType, EpsPlacement, Gpu, LayerNorm, RmsNorm, RoundingOrder, TensorRef};
+
+/// One run: the values are f32 but representable in their storage type.
+#[derive(Clone, Debug)]
+pub struct AnyCase {
+    pub op: Op,
+    pub dim: usize,
+    pub dtype: DType,
+    pub param_dtype: DType,
+    pub x: Vec<f32>,
+    pub weight: Option<Vec<f32>>,
+    pub bias: Option<Vec<f32>>,
+    pub residual: Option<Vec<f32>>,
+    pub residual_out: bool,
+    pub eps: f32,
+    /// Element offset of every tensor in its buffer (odd offsets straddle 32-bit words).
+    pub offset: usize,
+    pub eps_added_to_std: bool,
+    pub gemma_offset: bool,
+    pub llama_rounding: bool,
+    pub partial: Option<f32>,
+}
+
+/// `values` rounded to `dtype`.
+pub fn quantize(dtype: DType, values: Vec<f32>) -> Vec<f32> {
+    values
+        .into_iter()
+        .map(|v| dtype.round(f64::from(v)) as f32)
+        .collect()
+}
+
+impl AnyCase {
+    pub fn new(op: Op, dtype: DType, rows: usize, dim: usize, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let x = quantize(dtype, rng.data(rows * dim, 0.5, 2.0));
+        let weight = Some(quantize(dtype, rng.data(dim, 1.0, 0.5)));
+        let bias = (op == Op::LayerNorm).then(|| quantize(dtype, rng.data(dim, 0.0, 0.5)));
+        AnyCase {
+            op,
+            dim,
+            dtype,
+            param_dtype: dtype,
+            x,
+            weight,
+            bias,
+            residual: None,
+            residual_out: false,
+            eps: 1e-5,
+            offset: 0,
+            eps_added_to_std: false,
+            gemma_offset: false,
+            llama_rounding: false,
+            partial: None,
+        }
+    }
+
+    /// f32 weight and bias with 16-bit activations.
+    pub fn mixed(mut self) -> Self {
+        self.param_dtype = DType::F32;
+        let mut rng = Rng::new(self.dim as u64 + 77);
+        self.weight = self.weight.map(|w| rng.data(w.len(), 1.0, 0.5));
+        self.bias = self.bias.map(|b| rng.data(b.len(), 0.0, 0.5));
+        self
+    }
+
+    pub fn with_residual(mut self, write_back: bool) -> Self {
+        let r = Rng::new(self.x.len() as u64).data(self.x.len(), -0.25, 1.0);
+        self.residual = Some(quantize(self.dtype, r));
+        self.residual_out = write_back;
+        self
+    }
+
+    pub fn rows(&self) -> usize {
+        self.x.len() / self.dim
+    }
+
+    pub fn reference(&self) -> reference::Reference {
+        match self.op {
+            Op::LayerNorm => reference::layer_norm_with(
+                &self.x,
+                self.dim,
+                &LayerNormSpec {
+                    weight: self.weight.as_deref(),
+                    bias: self.bias.as_deref(),
+                    eps: self.eps,
+                    eps_added_to_std: self.eps_added_to_std,
+                    residual: self.residual.as_deref(),
+                    dtype: self.dtype,
+                },
+            ),
+            Op::RmsNorm => reference::rms_norm_with(
+                &self.x,
+                self.dim,
+                &RmsNormSpec {
+                    weight: self.weight.as_deref(),
+                    eps: self.eps,
+                    residual: self.residual.as_deref(),
+                    dtype: self.dtype,
+                    gemma_offset: self.gemma_offset,
+                    llama_rounding: self.llama_rounding,
+                    stat_len: self
+                        .partial
+                        .map(|p| ((f64::from(p) * self.dim as f64).ceil() as usize).max(1)),
+                },
+            ),
+        }
+    }
+}
+
+/// Poison for one element of each type: NaNs that no arithmetic produces.
+fn poison(dtype: DType) -> Vec<u8> {
+    match dtype {
+        DType::F32 => 0x7FBA_DBADu32.to_le_bytes().to_vec(),
+        DType::F16 => 0x7DADu16.to_le_bytes().to_vec(),
+        DType::Bf16 => 0x7F8Du16.to_le_bytes().to_vec(),
+    }
+}
+
+/// A buffer holding `data` (or poison) as `dtype` after `offset` poison elements, with
+/// poison after it up to a whole word plus 16 bytes.
+fn stage(gpu: &Gpu, dtype: DType, data: Option<&[f32]>, len: usize, offset: usize) -> wgpu::Buffer {
+    let p = poison(dtype);
+    let mut bytes: Vec<u8> = p.repeat(offset);
+    match data {
+        Some(d) => bytes.extend(dtype.encode(d)),
+        None => bytes.extend(p.repeat(len)),
+    }
+    while bytes.len() % 4 != 0 || bytes.len() < (offset + len) * dtype.size() as usize + 16 {
+        bytes.extend(&p);
+    }
+    let words: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    gpu.upload("storage case", &words)
+}
+
+/// The `len` elements at `offset`, checking that each was written and nothing around them.
+fn unstage(words: &[f32], dtype: DType, len: usize, offset: usize, what: &str) -> Vec<f32> {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let p = poison(dtype);
+    let size = dtype.size() as usize;
+    for (e, chunk) in bytes.chunks_exact(size).enumerate() {
+        let inside = e >= offset && e < offset + len;
+        assert!(
+            inside != (chunk == p.as_slice()),
+            "{what}: element {e} {} (data at {offset}..{})",
+            if inside {
+                "was never written"
+            } else {
+                "outside the output was overwritten"
+            },
+            offset + len
+        );
+    }
+    dtype.decode(&bytes[offset * size..(offset + len) * size])
+}
+
+#[derive(Clone, Debug)]
+pub struct AnyOut {
+    pub y: Vec<f32>,
+    pub s: Vec<f32>,
+    pub rstd: Vec<f32>,
+}
+
+fn at(b: &wgpu::Buffer, off: usize, d: DType, len: usize) -> TensorRef<'_> {
+    TensorRef::new(b, (off as u64) * d.size(), (len as u64) * d.size())
+}
+
+pub fn run_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
+    let (rows, dim, off) = (c.rows(), c.dim, c.offset);
+    let n = c.x.len();
+    let (act, par) = (c.dtype, c.param_dtype);
+    let xb = stage(gpu, act, Some(&c.x), n, off);
+    let yb = stage(gpu, act, None, n, off);
+    let wb = c
+        .weight
+        .as_ref()
+        .map(|w| stage(gpu, par, Some(w), dim, off));
+    let bb = c.bias.as_ref().map(|b| stage(gpu, par, Some(b), dim, off));
+    let rb = c
+        .residual
+        .as_ref()
+        .map(|r| stage(gpu, act, Some(r), n, off));
+    let sb = stage(gpu, act, None, n, off);
+    let statb = stage(gpu, DType::F32, None, rows, off);
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    match c.op {
+        Op::LayerNorm => {
+            let mut op = LayerNorm::new(rows, dim, at(&xb, off, act, n), at(&yb, off, act, n))
+                .dtype(act)
+                .param_dtype(par)
+                .eps(c.eps)
+                .rstd(at(&statb, off, DType::F32, rows));
+            op.weight = wb.as_ref().map(|b| at(b, off, par, dim));
+            op.bias = bb.as_ref().map(|b| at(b, off, par, dim));
+            op.residual = rb.as_ref().map(|b| at(b, off, act, n));
+            if c.residual_out {
+                op = op.residual_out(at(&sb, off, act, n));
+            }
+            if c.eps_added_to_std {
+                op = op.eps_placement(EpsPlacement::AddedToStd);
+            }
+            gpu.norms.layer_norm(&mut encoder, &op).expect("layer_norm");
+        }
+        Op::RmsNorm => {
+            let mut op = RmsNorm::new(rows, dim, at(&xb, off, act, n), at(&yb, off, act, n))
+                .dtype(act)
+                .param_dtype(par)
+                .eps(c.eps)
+                .rrms(at(&statb, off, DType::F32, rows))
+                .gemma_offset(c.gemma_offset);
+            op.weight = wb.as_ref().map(|b| at(b, off, par, dim));
+            op.residual = rb.as_ref().map(|b| at(b, off, act, n));
+            if c.residual_out {
+                op = op.residual_out(at(&sb, off, act, n));
+            }
+            if c.llama_rounding {
+                op = op.rounding(RoundingOrder::Llama);
+            }
+            if let Some(p) = c.partial {
+                op = op.partial(p);
+            }
+            gpu.norms.rms_norm(&mut encoder, &op).expect("rms_norm");
+        }
+    }
+    gpu.queue.submit([encoder.finish()]);
+    let words = |b: &wgpu::Buffer| (b.size() / 4) as usize;
+    let read = pollster::block_on(gpu.read_async(&[
+        (&yb, words(&yb)),
+        (&sb, words(&sb)),
+        (&statb, words(&statb)),
+    ]))
+    .unwrap();
+    assert_eq!(
+        UNCAPTURED.load(Ordering::SeqCst),
+        0,
+        "a wgpu error reached the handler"
+    );
+    let s_len = if c.residual_out { n } else { 0 };
+    AnyOut {
+        y: unstage(&read[0], act, n, off, "y"),
+        s: unstage(&read[1], act, s_len, off, "residual_out"),
+        rstd: unstage(&read[2], DType::F32, rows, off, "rstd"),
+    }
+}
+
+/// Runs `c` and checks y (and s, and rstd) against the reference.
+pub fn check_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
+    let out = run_any(gpu, c);
+    let r = c.reference();
+    let what = format!(
+        "{:?} {}/{} rows={} dim={} offset={}",
+        c.op,
+        c.dtype,
+        c.param_dtype,
+        c.rows(),
+        c.dim,
+        c.offset
+    );
+    let (ratio, i) = reference::worst_error_in(c.dtype, &out.y, &r.y);
+    assert!(
+        ratio <= 1.0,
+        "{what}: y[{i}] = {} vs reference {} ({ratio:.2}x the {} tolerance)",
+        out.y[i],
+        r.y[i],
+        c.dtype
+    );
+    if c.residual_out {
+        // s is x + residual rounded once: exact up to the storage rounding.
+        let (ratio, i) = reference::worst_error_in(c.dtype, &out.s, &r.s);
+        assert!(ratio <= 1.0, "{what}: s[{i}] = {} vs {}", out.s[i], r.s[i]);
+    }
+    let worst = out
+        .rstd
+        .iter()
+        .zip(&r.rstd)
+        .map(|(&g, &e)| (f64::from(g) - e).abs() / e.abs().max(1e-30))
+        .fold(0.0, f64::max);
+    assert!(worst <= 1e-5, "{what}: rstd off by {worst:e} relative");
+    out
+}
