@@ -544,3 +544,105 @@ fn lnb<'a>(
     let op = f(wgpu_norm::LayerNormBackward::new(3, 4, x, dy, dx));
     record(|e| gpu().norms.layer_norm_backward(e, &op))
 }
+
+#[test]
+fn option_arguments() {
+    use wgpu_norm::DType;
+    let err = rms(|op| op.partial(0.0));
+    assert_eq!(err, Error::BadFraction(0.0));
+    let err = rms(|op| op.partial(1.5));
+    assert_eq!(err, Error::BadFraction(1.5));
+    let err = rms(|op| op.partial(f32::NAN));
+    assert!(matches!(err, Error::BadFraction(_)));
+    let s = storage(12);
+    let err = ln(|op| op.residual_out(&s));
+    assert_eq!(
+        err,
+        Error::MissingOperand {
+            needs: Operand::Residual,
+            given: Operand::ResidualOut
+        }
+    );
+    let err = rms(|op| op.residual_out(&s));
+    assert_eq!(
+        err,
+        Error::MissingOperand {
+            needs: Operand::Residual,
+            given: Operand::ResidualOut
+        }
+    );
+    // 16-bit tensors: sizes count 2-byte elements, offsets need 2-byte alignment.
+    let err = ln(|op| op.dtype(DType::F16));
+    assert!(
+        matches!(
+            err,
+            Error::WrongSize {
+                operand: Operand::Input,
+                expected: 24,
+                actual: 48,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let h = storage(13);
+    let err = rms(|op| {
+        RmsNorm {
+            input: t(&h, 1, 6),
+            output: t(&h, 28, 6),
+            ..op
+        }
+        .dtype(DType::Bf16)
+    });
+    assert!(
+        matches!(
+            err,
+            Error::MisalignedOffset {
+                operand: Operand::Input,
+                offset: 1,
+                element: 2
+            }
+        ),
+        "{err}"
+    );
+    // The f32 weight of the mixed mode is 16 bytes; as bf16 it would be 8.
+    let (xh, yh) = (storage(6), storage(6));
+    let w = storage(4);
+    let op = RmsNorm::new(3, 4, &xh, &yh).dtype(DType::Bf16).weight(&w);
+    let err = record(|e| gpu().norms.rms_norm(e, &op));
+    assert!(
+        matches!(
+            err,
+            Error::WrongSize {
+                operand: Operand::Weight,
+                expected: 8,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let op = op.param_dtype(DType::F32);
+    let mut encoder = gpu().device.create_command_encoder(&Default::default());
+    gpu().norms.rms_norm(&mut encoder, &op).unwrap();
+    gpu().queue.submit([encoder.finish()]);
+    // A 16-bit tensor ending mid-word needs the rest of the word in its buffer.
+    let odd = gpu().device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 6,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let op = RmsNorm::new(3, 1, &odd, TensorRef::new(&yh, 0, 6)).dtype(DType::F16);
+    let err = record(|e| gpu().norms.rms_norm(e, &op));
+    assert!(
+        matches!(
+            err,
+            Error::OutOfBounds {
+                operand: Operand::Input,
+                end: 8,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

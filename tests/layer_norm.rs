@@ -175,3 +175,36 @@ fn deterministic() {
 fn random_shapes() {
     common::random_shapes(Op::LayerNorm, 2024);
 }
+
+#[test]
+fn fused_residual_add() {
+    use common::storage::{AnyCase, check_any};
+    for dtype in [
+        wgpu_norm::DType::F32,
+        wgpu_norm::DType::F16,
+        wgpu_norm::DType::Bf16,
+    ] {
+        for (rows, dim, offset) in [(300, 64, 0), (7, 1025, 1), (3, 20000, 2), (70000, 3, 0)] {
+            for write_back in [false, true] {
+                let mut c = AnyCase::new(Op::LayerNorm, dtype, rows, dim, dim as u64)
+                    .with_residual(write_back);
+                c.offset = offset;
+                check_any(gpu(), &c);
+            }
+        }
+    }
+}
+
+#[test]
+fn eps_added_to_the_standard_deviation() {
+    use common::storage::{AnyCase, check_any};
+    for (rows, dim) in [(50, 100), (3, 4096), (2, 20000)] {
+        let mut c = AnyCase::new(Op::LayerNorm, wgpu_norm::DType::F32, rows, dim, 4);
+        c.eps_added_to_std = true;
+        c.eps = 0.1;
+        let with = check_any(gpu(), &c);
+        c.eps_added_to_std = false;
+        let without = check_any(gpu(), &c);
+        assert_ne!(with.y, without.y, "the placement must matter at eps = 0.1");
+    }
+}

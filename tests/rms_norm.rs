@@ -136,3 +136,78 @@ fn deterministic() {
 fn random_shapes() {
     common::random_shapes(Op::RmsNorm, 4048);
 }
+
+#[test]
+fn fused_residual_add() {
+    use common::storage::{AnyCase, check_any};
+    for dtype in [
+        wgpu_norm::DType::F32,
+        wgpu_norm::DType::F16,
+        wgpu_norm::DType::Bf16,
+    ] {
+        for (rows, dim, offset) in [(300, 64, 0), (7, 1025, 1), (3, 20000, 2), (70000, 3, 0)] {
+            for write_back in [false, true] {
+                let mut c = AnyCase::new(Op::RmsNorm, dtype, rows, dim, dim as u64)
+                    .with_residual(write_back);
+                c.offset = offset;
+                check_any(gpu(), &c);
+            }
+        }
+    }
+}
+
+#[test]
+fn gemma_offset() {
+    use common::storage::{AnyCase, check_any};
+    for dtype in [wgpu_norm::DType::F32, wgpu_norm::DType::Bf16] {
+        for (rows, dim) in [(40, 256), (5, 1001), (2, 20000)] {
+            let mut c = AnyCase::new(Op::RmsNorm, dtype, rows, dim, 6);
+            c.gemma_offset = true;
+            check_any(gpu(), &c);
+        }
+    }
+}
+
+#[test]
+fn rounding_orders() {
+    use common::storage::{AnyCase, check_any};
+    for dtype in [wgpu_norm::DType::F16, wgpu_norm::DType::Bf16] {
+        for (rows, dim, mixed) in [(64, 256, false), (9, 1001, true), (2, 20000, false)] {
+            let mut c = AnyCase::new(Op::RmsNorm, dtype, rows, dim, 7);
+            if mixed {
+                c = c.mixed();
+            }
+            let gemma = check_any(gpu(), &c);
+            c.llama_rounding = true;
+            let llama = check_any(gpu(), &c);
+            // Same data, two orders: some outputs must differ, by a rounding.
+            let differ = gemma.y.iter().zip(&llama.y).filter(|(a, b)| a != b).count();
+            assert!(differ > 0, "{dtype}: the two orders gave identical outputs");
+        }
+    }
+}
+
+#[test]
+fn partial_rms_norm() {
+    use common::storage::{AnyCase, check_any};
+    for (p, rows, dim) in [
+        (0.0625, 64, 1024),
+        (0.5, 100, 5),
+        (0.3, 3, 20000),
+        (1.0, 9, 77),
+        (1e-6, 4, 64),
+    ] {
+        for dtype in [wgpu_norm::DType::F32, wgpu_norm::DType::F16] {
+            let mut c = AnyCase::new(Op::RmsNorm, dtype, rows, dim, 8);
+            c.partial = Some(p);
+            check_any(gpu(), &c);
+        }
+    }
+    // p = 1 is plain RMSNorm, bit for bit.
+    let c = AnyCase::new(Op::RmsNorm, wgpu_norm::DType::F32, 9, 300, 9);
+    let mut p1 = c.clone();
+    p1.partial = Some(1.0);
+    let a = common::storage::run_any(gpu(), &c);
+    let b = common::storage::run_any(gpu(), &p1);
+    assert_eq!(a.y, b.y);
+}

@@ -132,7 +132,9 @@ fn stage(gpu: &Gpu, dtype: DType, data: Option<&[f32]>, len: usize, offset: usiz
         Some(d) => bytes.extend(dtype.encode(d)),
         None => bytes.extend(p.repeat(len)),
     }
-    while bytes.len() % 4 != 0 || bytes.len() < (offset + len) * dtype.size() as usize + 16 {
+    while !bytes.len().is_multiple_of(4)
+        || bytes.len() < (offset + len) * dtype.size() as usize + 16
+    {
         bytes.extend(&p);
     }
     let words: Vec<f32> = bytes
