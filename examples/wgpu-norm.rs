@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wgpu_norm::timing::{Clock, Timer};
-use wgpu_norm::{Error, Gpu, LayerNorm, NormsOptions, RmsNorm, SliceOptions, TensorRef, reference};
+use wgpu_norm::{
+    DType, Error, Gpu, LayerNorm, NormsOptions, RmsNorm, SliceOptions, TensorRef, reference,
+};
 
 #[derive(Parser)]
 #[command(
@@ -50,7 +52,7 @@ enum OpName {
 struct RunArgs {
     #[arg(long, value_enum)]
     op: OpName,
-    /// Input, float32 in C order, any rank.
+    /// Input, float32 or float16 in C order, any rank; the output has its dtype.
     #[arg(long)]
     input: PathBuf,
     /// Gamma, of shape input.shape[axis:].
@@ -228,10 +230,11 @@ fn info(adapter: Option<&str>) -> Result<(), Failure> {
 
 // ---- run
 
-/// A float32 array from a .npy file, C order.
+/// A float32 or float16 array from a .npy file, C order, its values as f32.
 struct Array {
     shape: Vec<u64>,
     data: Vec<f32>,
+    dtype: DType,
 }
 
 fn read_npy(path: &Path) -> Result<Array, Failure> {
@@ -246,30 +249,40 @@ fn read_npy(path: &Path) -> Result<Array, Failure> {
         ));
     }
     let dtype = npy.dtype();
-    let is_f32 = matches!(&dtype, npyz::DType::Plain(t)
-        if t.type_char() == npyz::TypeChar::Float && t.size_field() == 4);
-    if !is_f32 {
-        let descr = dtype.descr();
-        let half = matches!(&dtype, npyz::DType::Plain(t) if t.size_field() == 2);
-        return bad(format!(
-            "{show}: unsupported dtype {descr}: only float32 is supported{}",
-            if half {
-                " (16-bit storage is not implemented yet)"
-            } else {
-                ""
-            }
-        ));
-    }
+    let float_of = |size| {
+        matches!(&dtype, npyz::DType::Plain(t)
+            if t.type_char() == npyz::TypeChar::Float && t.size_field() == size)
+    };
     let shape = npy.shape().to_vec();
-    let data: Vec<f32> = npy
-        .into_vec()
-        .or_else(|e| bad(format!("{show}: truncated or unreadable data: {e}")))?;
-    Ok(Array { shape, data })
+    let truncated =
+        |e: std::io::Error| Failure::BadInput(format!("{show}: truncated or unreadable data: {e}"));
+    if float_of(4) {
+        let data: Vec<f32> = npy.into_vec().map_err(truncated)?;
+        Ok(Array {
+            shape,
+            data,
+            dtype: DType::F32,
+        })
+    } else if float_of(2) {
+        let data: Vec<half::f16> = npy.into_vec().map_err(truncated)?;
+        let data = data.into_iter().map(half::f16::to_f32).collect();
+        Ok(Array {
+            shape,
+            data,
+            dtype: DType::F16,
+        })
+    } else {
+        bad(format!(
+            "{show}: unsupported dtype {}: float32 and float16 are supported (.npy has no \
+             standard bfloat16)",
+            dtype.descr()
+        ))
+    }
 }
 
 /// Writes `data` with `shape` to `path` through a temporary file in the same directory, so an
 /// existing file is only ever replaced by a complete new one.
-fn write_npy(path: &Path, shape: &[u64], data: &[f32]) -> Result<(), Failure> {
+fn write_npy(path: &Path, shape: &[u64], data: &[f32], dtype: DType) -> Result<(), Failure> {
     let show = path.display();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let Some(name) = name else {
@@ -280,13 +293,23 @@ fn write_npy(path: &Path, shape: &[u64], data: &[f32]) -> Result<(), Failure> {
         let file = std::fs::File::create(&tmp)?;
         let mut out = std::io::BufWriter::new(file);
         use npyz::WriterBuilder;
-        let mut w = npyz::WriteOptions::<f32>::new()
-            .default_dtype()
-            .shape(shape)
-            .writer(&mut out)
-            .begin_nd()?;
-        w.extend(data.iter().copied())?;
-        w.finish()?;
+        if dtype == DType::F16 {
+            let mut w = npyz::WriteOptions::<half::f16>::new()
+                .default_dtype()
+                .shape(shape)
+                .writer(&mut out)
+                .begin_nd()?;
+            w.extend(data.iter().map(|&v| half::f16::from_f32(v)))?;
+            w.finish()?;
+        } else {
+            let mut w = npyz::WriteOptions::<f32>::new()
+                .default_dtype()
+                .shape(shape)
+                .writer(&mut out)
+                .begin_nd()?;
+            w.extend(data.iter().copied())?;
+            w.finish()?;
+        }
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -348,6 +371,8 @@ fn run(adapter: Option<&str>, a: &RunArgs) -> Result<(), Failure> {
         eps: a.eps,
         weight: weight.as_deref(),
         bias: bias.as_deref(),
+        // Output dtype = input dtype; f16 weights are exact in f32 (the mixed mode).
+        dtype: x.dtype,
     };
     let out = if layer {
         gpu.layer_norm(&x.data, dim, &opts)?
@@ -360,12 +385,12 @@ fn run(adapter: Option<&str>, a: &RunArgs) -> Result<(), Failure> {
         .copied()
         .chain(std::iter::repeat_n(1, x.shape.len() - axis))
         .collect();
-    write_npy(&a.output, &x.shape, &out.y)?;
+    write_npy(&a.output, &x.shape, &out.y, x.dtype)?;
     if let Some(p) = &a.mean {
-        write_npy(p, &stats_shape, &out.mean)?;
+        write_npy(p, &stats_shape, &out.mean, DType::F32)?;
     }
     if let Some(p) = &a.rstd {
-        write_npy(p, &stats_shape, &out.rstd)?;
+        write_npy(p, &stats_shape, &out.rstd, DType::F32)?;
     }
     if a.check {
         let r = if layer {
@@ -375,10 +400,11 @@ fn run(adapter: Option<&str>, a: &RunArgs) -> Result<(), Failure> {
             let eps = a.eps.unwrap_or(RmsNorm::DEFAULT_EPS);
             reference::rms_norm(&x.data, dim, weight.as_deref(), eps)
         };
-        let (abs, ratio) = largest_error(&out.y, &r.y);
+        let (abs, ratio) = largest_error(&out.y, &r.y, x.dtype);
         println!(
-            "check: largest error {abs:.3e} ({:.1}% of the tolerance 1e-5 + 1e-5*|ref|): {}",
+            "check: largest error {abs:.3e} ({:.1}% of the {} tolerance): {}",
             ratio * 100.0,
+            x.dtype,
             if ratio <= 1.0 { "ok" } else { "FAILED" }
         );
         if ratio > 1.0 {
@@ -390,15 +416,15 @@ fn run(adapter: Option<&str>, a: &RunArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Largest absolute error, and the largest ratio of error to tolerance.
-fn largest_error(gpu: &[f32], reference: &[f64]) -> (f64, f64) {
+/// Largest absolute error, and the largest ratio of error to the tolerance of `dtype`.
+fn largest_error(gpu: &[f32], reference: &[f64], dtype: DType) -> (f64, f64) {
     let abs = gpu
         .iter()
         .zip(reference)
         .map(|(&g, &r)| (f64::from(g) - r).abs())
         .filter(|e| !e.is_nan())
         .fold(0.0, f64::max);
-    (abs, reference::worst_error(gpu, reference).0)
+    (abs, reference::worst_error_in(dtype, gpu, reference).0)
 }
 
 // ---- bench
@@ -541,7 +567,7 @@ fn bench_dim(
         } else {
             reference::rms_norm(&x, dim, Some(&w), rms.eps)
         };
-        let (abs, ratio) = largest_error(&y, &r.y);
+        let (abs, ratio) = largest_error(&y, &r.y, DType::F32);
         Ok((abs, ratio <= 1.0))
     };
     let ln_check = check(true)?;

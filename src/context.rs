@@ -2,6 +2,7 @@
 
 use wgpu::util::DeviceExt;
 
+use crate::DType;
 use crate::adapter;
 use crate::error::{Error, Result};
 use crate::layer_norm::LayerNorm;
@@ -30,6 +31,10 @@ pub struct SliceOptions<'a> {
     pub weight: Option<&'a [f32]>,
     /// LayerNorm only.
     pub bias: Option<&'a [f32]>,
+    /// How x and y are stored on the GPU: with f16/bf16 the values of `x` are rounded to it,
+    /// and y comes back as the stored 16-bit values (weight and bias stay f32: the mixed
+    /// mode).
+    pub dtype: DType,
 }
 
 /// What a slice call returns: `y` and the saved statistics.
@@ -99,6 +104,20 @@ impl Gpu {
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
                 contents: bytes,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// A storage buffer holding `data` stored as `dtype` (padded to whole words).
+    pub fn upload_as(&self, label: &str, data: &[f32], dtype: DType) -> wgpu::Buffer {
+        let mut bytes = dtype.encode(data);
+        bytes.resize(bytes.len().next_multiple_of(4).max(4), 0);
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: &bytes,
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
@@ -240,13 +259,15 @@ impl Gpu {
             }
         }
         let rows = x.len() / dim;
-        let xb = self.upload("wgpu-norm x", x);
-        let yb = self.storage("wgpu-norm y", x.len());
+        let dt = opts.dtype;
+        let xb = self.upload_as("wgpu-norm x", x, dt);
+        // Whole words for 16-bit y too (`storage` counts f32).
+        let yb = self.storage("wgpu-norm y", (x.len() * dt.size() as usize).div_ceil(4));
         let wb = opts.weight.map(|w| self.upload("wgpu-norm weight", w));
         let bb = opts.bias.map(|b| self.upload("wgpu-norm bias", b));
         let mb = self.storage("wgpu-norm mean", rows);
         let rb = self.storage("wgpu-norm rstd", rows);
-        let n = (x.len() * 4) as u64;
+        let n = x.len() as u64 * dt.size();
         let s = (rows * 4) as u64;
         let mut encoder = self
             .device
@@ -260,6 +281,8 @@ impl Gpu {
                 crate::TensorRef::new(&xb, 0, n),
                 crate::TensorRef::new(&yb, 0, n),
             )
+            .dtype(dt)
+            .param_dtype(DType::F32)
             .mean(crate::TensorRef::new(&mb, 0, s))
             .rstd(crate::TensorRef::new(&rb, 0, s));
             op.eps = opts.eps.unwrap_or(LayerNorm::DEFAULT_EPS);
@@ -273,23 +296,31 @@ impl Gpu {
                 crate::TensorRef::new(&xb, 0, n),
                 crate::TensorRef::new(&yb, 0, n),
             )
+            .dtype(dt)
+            .param_dtype(DType::F32)
             .rrms(crate::TensorRef::new(&rb, 0, s));
             op.eps = opts.eps.unwrap_or(RmsNorm::DEFAULT_EPS);
             op.weight = wb.as_ref().map(crate::TensorRef::from);
             self.norms.rms_norm(&mut encoder, &op)?;
         }
         self.queue.submit([encoder.finish()]);
+        let y_bytes = x.len() * dt.size() as usize;
         let mut out = self
             .read_async(&[
-                (&yb, x.len()),
+                (&yb, y_bytes.div_ceil(4)),
                 (&mb, if layer { rows } else { 0 }),
                 (&rb, rows),
             ])
             .await?
             .into_iter();
         let (y, mean, rstd) = (out.next(), out.next(), out.next());
+        let y: Vec<u8> = y
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
         Ok(Normalized {
-            y: y.unwrap_or_default(),
+            y: dt.decode(&y[..y_bytes]),
             mean: mean.unwrap_or_default(),
             rstd: rstd.unwrap_or_default(),
         })

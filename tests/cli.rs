@@ -211,7 +211,16 @@ fn bad_input_is_one_line_and_exit_code_2() {
     rejects(&dir, &["--input", "fortran.npy"], "fortran");
     rejects(&dir, &["--input", "f64.npy"], "unsupported dtype");
     rejects(&dir, &["--input", "i32.npy"], "unsupported dtype");
-    rejects(&dir, &["--input", "f16.npy"], "unsupported dtype");
+    // A '<V2' (void) array, as bfloat16 arrives from ml_dtypes: not a float this tool knows.
+    let mut v2 = b"\x93NUMPY\x01\x00".to_vec();
+    let header = "{'descr': '<V2', 'fortran_order': False, 'shape': (4, 6), }";
+    let pad = 64 - (10 + header.len() + 1) % 64;
+    let header = format!("{header}{}\n", " ".repeat(pad));
+    v2.extend((header.len() as u16).to_le_bytes());
+    v2.extend(header.as_bytes());
+    v2.extend([0u8; 48]);
+    std::fs::write(dir.join("v2.npy"), v2).unwrap();
+    rejects(&dir, &["--input", "v2.npy"], "unsupported dtype");
     rejects(&dir, &["--input", "x.npy", "--axis", "2"], "axis");
     rejects(&dir, &["--input", "x.npy", "--axis", "-3"], "axis");
     rejects(&dir, &["--input", "x.npy", "--weight", "w5.npy"], "shape");
@@ -223,6 +232,40 @@ fn bad_input_is_one_line_and_exit_code_2() {
         &["--input", "x.npy", "--op", "rms-norm", "--bias", "w5.npy"],
         "bias",
     );
+}
+
+#[test]
+fn run_float16_gives_float16() {
+    let dir = scratch("f16");
+    let x: Vec<f32> = Rng::new(9)
+        .data(3 * 70, 1.0, 2.0)
+        .into_iter()
+        .map(|v| half::f16::from_f32(v).to_f32())
+        .collect();
+    save_as(
+        &dir.join("x.npy"),
+        &[3, 70],
+        x.iter().map(|&v| half::f16::from_f32(v)).collect(),
+        npyz::Order::C,
+    );
+    let w = Rng::new(10).data(70, 1.0, 0.2);
+    save(&dir.join("w.npy"), &[70], &w);
+    let out = run(tool().current_dir(&dir).args([
+        "run", "--op", "rms-norm", "--input", "x.npy", "--weight", "w.npy", "--eps", "1e-5",
+        "--output", "y.npy", "--check",
+    ]));
+    assert!(out.status.success());
+    let npy = npyz::NpyFile::new(std::fs::File::open(dir.join("y.npy")).unwrap()).unwrap();
+    assert_eq!(npy.dtype().descr(), "'<f2'");
+    let y: Vec<f32> = npy
+        .into_vec::<half::f16>()
+        .unwrap()
+        .into_iter()
+        .map(half::f16::to_f32)
+        .collect();
+    let r = reference::rms_norm(&x, 70, Some(&w), 1e-5);
+    let (ratio, i) = reference::worst_error_in(wgpu_norm::DType::F16, &y, &r.y);
+    assert!(ratio <= 1.0, "y[{i}] = {} vs {}", y[i], r.y[i]);
 }
 
 #[test]

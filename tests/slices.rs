@@ -16,6 +16,7 @@ fn layer_norm_of_slices() {
         eps: Some(1e-3),
         weight: Some(&w),
         bias: Some(&b),
+        ..Default::default()
     };
     let out = gpu().layer_norm(&x, dim, &opts).unwrap();
     let r = reference::layer_norm(&x, dim, Some(&w), Some(&b), 1e-3);
@@ -41,4 +42,28 @@ fn rms_norm_of_slices_with_default_eps() {
 fn empty_input_is_empty_output() {
     let out = gpu().layer_norm(&[], 8, &SliceOptions::default()).unwrap();
     assert!(out.y.is_empty() && out.mean.is_empty() && out.rstd.is_empty());
+}
+
+#[test]
+fn sixteen_bit_storage_of_slices() {
+    let mut rng = Rng::new(3);
+    let x = rng.data(9 * 301, 0.0, 2.0);
+    let w = rng.data(301, 1.0, 0.2);
+    for dtype in [wgpu_norm::DType::F16, wgpu_norm::DType::Bf16] {
+        let opts = SliceOptions {
+            weight: Some(&w),
+            eps: Some(1e-5),
+            dtype,
+            ..Default::default()
+        };
+        let out = gpu().rms_norm(&x, 301, &opts).unwrap();
+        // The reference sees the values as the GPU stored them.
+        let stored: Vec<f32> = x
+            .iter()
+            .map(|&v| dtype.round(f64::from(v)) as f32)
+            .collect();
+        let r = reference::rms_norm(&stored, 301, Some(&w), 1e-5);
+        let (ratio, i) = reference::worst_error_in(dtype, &out.y, &r.y);
+        assert!(ratio <= 1.0, "{dtype}: y[{i}] = {} vs {}", out.y[i], r.y[i]);
+    }
 }
