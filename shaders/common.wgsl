@@ -64,6 +64,16 @@ fn hsum(v: V) -> f32 {
 //#endif
 }
 
+// v with the lanes (of the row's i-th V) of elements at or past stat_len zeroed.
+fn in_prefix(i: u32, v: V) -> V {
+//#if vec4
+    let e = vec4<u32>(i * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+    return select(V(0.0), v, e < vec4<u32>(params.stat_len));
+//#else
+    return select(0.0, v, i < params.stat_len);
+//#endif
+}
+
 // The first scalar element of one V.
 fn first_lane(v: V) -> f32 {
 //#if vec4

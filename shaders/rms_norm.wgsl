@@ -86,16 +86,6 @@ fn ld_in(row: u32, i: u32) -> V {
     return ld_x(row, i);
 }
 
-// v with the lanes of elements at or past stat_len zeroed.
-fn in_prefix(i: u32, v: V) -> V {
-//#if vec4
-    let e = vec4<u32>(i * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
-    return select(V(0.0), v, e < vec4<u32>(params.stat_len));
-//#else
-    return select(0.0, v, i < params.stat_len);
-//#endif
-}
-
 // xhat * weight (or * (1 + weight)) for the i-th V of the row, in the configured order.
 fn scale(xhat: V, i: u32) -> V {
     var o = xhat;

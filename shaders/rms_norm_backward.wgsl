@@ -2,9 +2,11 @@
 // dy * xhat, which param_grad.wgsl reduces to dweight in a fixed order.
 // CPU mirror: `wgpu_norm::reference::rms_norm_backward`.
 //
-// With xhat = x * rrms and g = dy * weight:
-//     dx = rrms * (g - xhat * mean(g * xhat))
-// rrms comes from the forward pass (FLAG_RSTD) or is recomputed as rms_norm.wgsl does.
+// With xhat = x * rrms and g = dy * weight (or dy * (1 + weight), FLAG_GEMMA_OFFSET):
+//     dx = rrms * (g - xhat * sum(g * xhat) / k)   for the first k = stat_len elements,
+//     dx = rrms * g                                 for the rest (pRMSNorm; k = D otherwise),
+// since only the first k elements enter rrms. rrms comes from the forward pass (FLAG_RSTD)
+// or is recomputed as rms_norm.wgsl does.
 
 @compute @workgroup_size(WG)
 fn main(ids: Ids) {
@@ -24,7 +26,7 @@ fn main(ids: Ids) {
         let xb = off_v(1u) + row * n;
         let gb = off_v(2u) + row * n;
         let db = off_v(6u) + row * n;
-        let inv_dim = 1.0 / f32(params.dim);
+        let inv_len = 1.0 / f32(params.stat_len);
         let saved = has_flag(FLAG_RSTD);
         var rrms = 0.0;
         if saved {
@@ -42,9 +44,9 @@ fn main(ids: Ids) {
         if !saved {
             var q = V(0.0);
 //#unroll k
-            q += c[k] * c[k];
+            q += in_prefix(lid + k * WG, c[k] * c[k]);
 //#endunroll
-            rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_dim + params.eps);
+            rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_len + params.eps);
         }
         var s = V(0.0);
 //#unroll k
@@ -53,11 +55,11 @@ fn main(ids: Ids) {
             s += grad_g(d[k], lid + k * WG) * c[k];
         }
 //#endunroll
-        let t = wg_sum(hsum(s), lid) * inv_dim;
+        let t = wg_sum(hsum(s), lid) * inv_len;
 //#unroll k
         if lid + k * WG < n {
             let i = lid + k * WG;
-            var v = rrms * (grad_g(d[k], i) - c[k] * t);
+            var v = rrms * (grad_g(d[k], i) - in_prefix(i, c[k] * t));
             if has_flag(FLAG_ACCUMULATE_DX) {
                 v += dx[db + i];
             }
@@ -70,20 +72,20 @@ fn main(ids: Ids) {
             var q = V(0.0);
             for (var i = lid; i < n; i += WG) {
                 let v = x[xb + i];
-                q += v * v;
+                q += in_prefix(i, v * v);
             }
-            rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_dim + params.eps);
+            rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_len + params.eps);
         }
         var s = V(0.0);
         for (var i = lid; i < n; i += WG) {
             s += grad_g(dy[gb + i], i) * (x[xb + i] * rrms);
         }
-        let t = wg_sum(hsum(s), lid) * inv_dim;
+        let t = wg_sum(hsum(s), lid) * inv_len;
         let pr = (params.part_row0 + group) * n;
         for (var i = lid; i < n; i += WG) {
             let xh = x[xb + i] * rrms;
             let d = dy[gb + i];
-            var v = rrms * (grad_g(d, i) - xh * t);
+            var v = rrms * (grad_g(d, i) - in_prefix(i, xh * t));
             if has_flag(FLAG_ACCUMULATE_DX) {
                 v += dx[db + i];
             }
@@ -109,10 +111,14 @@ fn main(ids: Ids) {
 //#endif
 }
 
-// g = dy * weight for the i-th V of the row.
+// g = dy * weight (or * (1 + weight)) for the i-th V of the row.
 fn grad_g(d: V, i: u32) -> V {
     if has_flag(FLAG_WEIGHT) {
-        return d * weight[off_v(3u) + i];
+        var w = weight[off_v(3u) + i];
+        if has_flag(FLAG_GEMMA_OFFSET) {
+            w += V(1.0);
+        }
+        return d * w;
     }
     return d;
 }

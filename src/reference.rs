@@ -221,15 +221,9 @@ pub fn layer_norm_backward(
     eps: f32,
 ) -> Gradients {
     let fwd = layer_norm(x, dim, None, None, eps);
-    backward(
-        x,
-        dy,
-        dim,
-        weight,
-        |row, v| (f64::from(v) - fwd.mean[row]) * fwd.rstd[row],
-        &fwd.rstd,
-        true,
-    )
+    let xhat = |row: usize, v: f32| (f64::from(v) - fwd.mean[row]) * fwd.rstd[row];
+    let w = |i: usize| weight.map_or(1.0, |w| f64::from(w[i]));
+    backward(x, dy, dim, weight, w, xhat, &fwd.rstd, true, dim)
 }
 
 /// Mirror of `shaders/rms_norm_backward.wgsl` and `param_grad.wgsl`: with `xhat = x * rrms`
@@ -242,27 +236,51 @@ pub fn rms_norm_backward(
     weight: Option<&[f32]>,
     eps: f32,
 ) -> Gradients {
-    let fwd = rms_norm(x, dim, None, eps);
-    backward(
-        x,
-        dy,
-        dim,
+    let spec = RmsNormSpec {
         weight,
-        |row, v| f64::from(v) * fwd.rstd[row],
-        &fwd.rstd,
-        false,
-    )
+        eps,
+        ..Default::default()
+    };
+    rms_norm_backward_with(x, dy, dim, &spec)
 }
 
-/// The shared shape of both backward passes; `centred` selects LayerNorm's mean(g) term.
+/// [`rms_norm_backward`] with the forward's options that change the gradient: the Gemma
+/// offset (`g = dy * (1 + weight)`) and pRMSNorm (`stat_len` = k: only the first k elements
+/// enter rrms, so only they get the statistics term, `sum(g * xhat) / k`). Residual and
+/// storage options do not apply (the backward is f32).
+pub fn rms_norm_backward_with(x: &[f32], dy: &[f32], dim: usize, spec: &RmsNormSpec) -> Gradients {
+    let fwd_spec = RmsNormSpec {
+        weight: None,
+        gemma_offset: false,
+        ..*spec
+    };
+    let fwd = rms_norm_with(x, dim, &fwd_spec);
+    let xhat = |row: usize, v: f32| f64::from(v) * fwd.rstd[row];
+    let w = |i: usize| {
+        let w = spec.weight.map_or(1.0, |w| f64::from(w[i]));
+        if spec.gemma_offset && spec.weight.is_some() {
+            w + 1.0
+        } else {
+            w
+        }
+    };
+    let k = spec.stat_len.unwrap_or(dim);
+    backward(x, dy, dim, spec.weight, w, xhat, &fwd.rstd, false, k)
+}
+
+/// The shared shape of both backward passes; `centred` selects LayerNorm's mean(g) term, and
+/// only the first `k` elements of a row get the statistics terms (k = dim but for pRMSNorm).
+#[allow(clippy::too_many_arguments)]
 fn backward(
     x: &[f32],
     dy: &[f32],
     dim: usize,
     weight: Option<&[f32]>,
+    w: impl Fn(usize) -> f64,
     xhat: impl Fn(usize, f32) -> f64,
     scale: &[f64],
     centred: bool,
+    k: usize,
 ) -> Gradients {
     check_shapes(x, dim, &[weight]);
     assert_eq!(x.len(), dy.len(), "dy must have the shape of x");
@@ -276,19 +294,18 @@ fn backward(
     };
     for (row, (xr, dr)) in x.chunks_exact(dim).zip(dy.chunks_exact(dim)).enumerate() {
         let xh: Vec<f64> = xr.iter().map(|&v| xhat(row, v)).collect();
-        let g: Vec<f64> = (0..dim)
-            .map(|i| f64::from(dr[i]) * weight.map_or(1.0, |w| f64::from(w[i])))
-            .collect();
+        let g: Vec<f64> = (0..dim).map(|i| f64::from(dr[i]) * w(i)).collect();
         let mean_g = if centred {
             g.iter().sum::<f64>() / dim as f64
         } else {
             0.0
         };
-        let mean_gx = g.iter().zip(&xh).map(|(a, b)| a * b).sum::<f64>() / dim as f64;
+        let mean_gx = g.iter().zip(&xh).map(|(a, b)| a * b).sum::<f64>() / k as f64;
         for i in 0..dim {
-            out.dx.push(scale[row] * (g[i] - mean_g - xh[i] * mean_gx));
+            let stat = if i < k { xh[i] * mean_gx } else { 0.0 };
+            out.dx.push(scale[row] * (g[i] - mean_g - stat));
             out.dx_scale
-                .push(scale[row] * (g[i].abs() + mean_g.abs() + (xh[i] * mean_gx).abs()));
+                .push(scale[row] * (g[i].abs() + mean_g.abs() + stat.abs()));
             let d = f64::from(dr[i]);
             out.dweight[i] += d * xh[i];
             out.dweight_scale[i] += (d * xh[i]).abs();

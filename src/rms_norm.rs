@@ -137,6 +137,17 @@ impl<'a> RmsNorm<'a> {
     }
 }
 
+/// pRMSNorm's `ceil(p * dim)`: at least one element, at most the row.
+pub(crate) fn prefix_len(partial: Option<f32>, dim: usize) -> Result<Option<usize>> {
+    match partial {
+        None => Ok(None),
+        Some(p) if p > 0.0 && p <= 1.0 => Ok(Some(
+            ((f64::from(p) * dim as f64).ceil() as usize).clamp(1, dim.max(1)),
+        )),
+        Some(p) => Err(Error::BadFraction(p)),
+    }
+}
+
 impl Norms {
     /// Validates `op` and records it into `encoder` (one compute pass). Zero rows records
     /// nothing. Nothing is submitted.
@@ -147,14 +158,7 @@ impl Norms {
                 given: Operand::ResidualOut,
             });
         }
-        let stat_len = match op.partial {
-            None => None,
-            Some(p) if p > 0.0 && p <= 1.0 => {
-                // At least one element, at most the row (p * dim rounds up).
-                Some(((f64::from(p) * op.dim as f64).ceil() as usize).clamp(1, op.dim.max(1)))
-            }
-            Some(p) => return Err(Error::BadFraction(p)),
-        };
+        let stat_len = prefix_len(op.partial, op.dim)?;
         let mut f = 0;
         if op.gemma_offset {
             f |= flags::GEMMA_OFFSET;

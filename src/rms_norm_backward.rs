@@ -15,6 +15,11 @@ use crate::tensor::TensorRef;
 /// `rrms` is the statistic the forward pass saved; without it, it is recomputed. dweight is
 /// summed in a fixed order (bitwise identical from run to run). The accumulate flags add to
 /// what `grad_input` / `grad_weight` hold.
+///
+/// With the Gemma offset `g = dy * (1 + weight)` (dweight is unchanged: `sum dy * xhat`).
+/// With pRMSNorm (`partial(p)`, k = ceil(p * dim)) only the first k elements enter rrms, so
+/// only they get the statistics term: `dx = rrms * (g - xhat * sum(g * xhat) / k)` for
+/// them, `rrms * g` for the rest.
 #[derive(Clone, Copy, Debug)]
 pub struct RmsNormBackward<'a> {
     pub rows: usize,
@@ -29,6 +34,9 @@ pub struct RmsNormBackward<'a> {
     pub grad_weight: Option<TensorRef<'a>>,
     pub accumulate_grad_input: bool,
     pub accumulate_grad_params: bool,
+    pub gemma_offset: bool,
+    /// pRMSNorm's p, as in the forward pass.
+    pub partial: Option<f32>,
 }
 
 impl<'a> RmsNormBackward<'a> {
@@ -51,7 +59,21 @@ impl<'a> RmsNormBackward<'a> {
             grad_weight: None,
             accumulate_grad_input: false,
             accumulate_grad_params: false,
+            gemma_offset: false,
+            partial: None,
         }
+    }
+
+    /// The forward used `(1 + weight)`.
+    pub fn gemma_offset(mut self, yes: bool) -> Self {
+        self.gemma_offset = yes;
+        self
+    }
+
+    /// The forward was pRMSNorm with this p.
+    pub fn partial(mut self, p: f32) -> Self {
+        self.partial = Some(p);
+        self
     }
 
     pub fn eps(mut self, eps: f32) -> Self {
@@ -102,6 +124,10 @@ impl Norms {
         if op.accumulate_grad_params {
             f |= flags::ACCUMULATE_PARAMS;
         }
+        if op.gemma_offset {
+            f |= flags::GEMMA_OFFSET;
+        }
+        let stat_len = crate::rms_norm::prefix_len(op.partial, op.dim)?;
         self.backward(
             encoder,
             &Launch {
@@ -112,7 +138,7 @@ impl Norms {
                 flags: f,
                 act: crate::DType::F32,
                 param: crate::DType::F32,
-                stat_len: None,
+                stat_len,
                 operands: vec![
                     Some(op.input),
                     Some(op.grad_output),

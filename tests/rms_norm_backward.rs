@@ -146,3 +146,75 @@ fn data_offset_by_1e4_with_recomputed_statistics() {
         check_backward(gpu(), &c);
     }
 }
+
+/// sum(y * dy) for RMSNorm(x; w) with the Gemma offset and a pRMSNorm prefix, in f64.
+fn loss_with(x: &[f32], dy: &[f32], dim: usize, w: &[f32], gemma: bool, k: usize) -> f64 {
+    let spec = reference::RmsNormSpec {
+        weight: Some(w),
+        eps: 1e-5,
+        gemma_offset: gemma,
+        stat_len: Some(k),
+        ..Default::default()
+    };
+    let y = reference::rms_norm_with(x, dim, &spec).y;
+    y.iter().zip(dy).map(|(a, &d)| a * f64::from(d)).sum()
+}
+
+#[test]
+fn gemma_offset_and_partial_reference_matches_finite_differences() {
+    for (rows, dim, k, gemma) in [
+        (2, 5, 3, true),
+        (3, 8, 1, false),
+        (2, 7, 7, true),
+        (1, 6, 2, true),
+    ] {
+        let mut rng = Rng::new(40 + dim as u64);
+        let x = rng.data(rows * dim, 0.3, 1.5);
+        let dy = rng.data(rows * dim, 0.0, 1.0);
+        let w = rng.data(dim, 0.2, 0.4);
+        let spec = reference::RmsNormSpec {
+            weight: Some(&w),
+            eps: 1e-5,
+            gemma_offset: gemma,
+            stat_len: Some(k),
+            ..Default::default()
+        };
+        let g = reference::rms_norm_backward_with(&x, &dy, dim, &spec);
+        for i in 0..x.len() {
+            let fd = central(&x, i, |x| loss_with(x, &dy, dim, &w, gemma, k));
+            assert!(
+                (fd - g.dx[i]).abs() <= 1e-4 * (1.0 + fd.abs()),
+                "dx[{i}]: {fd} vs {}",
+                g.dx[i]
+            );
+        }
+        for i in 0..dim {
+            let fd = central(&w, i, |w| loss_with(&x, &dy, dim, w, gemma, k));
+            assert!(
+                (fd - g.dweight[i]).abs() <= 1e-4 * (1.0 + fd.abs()),
+                "dweight[{i}]"
+            );
+        }
+    }
+}
+
+#[test]
+fn gemma_offset_and_partial_on_the_gpu() {
+    for (i, (rows, dim, p, gemma)) in [
+        (64, 1024, Some(0.0625), false),
+        (9, 77, Some(0.5), true),
+        (3, 20000, Some(0.3), true),
+        (40, 256, None, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for saved in [false, true] {
+            let mut c = BwdCase::new(Op::RmsNorm, rows, dim, 1200 + i as u64);
+            c.partial = p;
+            c.gemma_offset = gemma;
+            c.saved = saved;
+            check_backward(gpu(), &c);
+        }
+    }
+}

@@ -21,6 +21,9 @@ pub struct BwdCase {
     pub offset: u64,
     /// Existing contents of dx and dweight/dbias to accumulate into.
     pub accumulate: Option<(Vec<f32>, Vec<f32>)>,
+    /// RMSNorm only: the forward's Gemma offset and pRMSNorm p.
+    pub gemma_offset: bool,
+    pub partial: Option<f32>,
 }
 
 impl BwdCase {
@@ -37,6 +40,8 @@ impl BwdCase {
             grad_params: true,
             offset: 0,
             accumulate: None,
+            gemma_offset: false,
+            partial: None,
         }
     }
 
@@ -50,7 +55,20 @@ impl BwdCase {
             Op::LayerNorm => {
                 reference::layer_norm_backward(&self.x, &self.dy, self.dim, w, self.eps)
             }
-            Op::RmsNorm => reference::rms_norm_backward(&self.x, &self.dy, self.dim, w, self.eps),
+            Op::RmsNorm => reference::rms_norm_backward_with(
+                &self.x,
+                &self.dy,
+                self.dim,
+                &reference::RmsNormSpec {
+                    weight: w,
+                    eps: self.eps,
+                    gemma_offset: self.gemma_offset,
+                    stat_len: self
+                        .partial
+                        .map(|p| ((f64::from(p) * self.dim as f64).ceil() as usize).max(1)),
+                    ..Default::default()
+                },
+            ),
         }
     }
 }
@@ -127,9 +145,12 @@ pub fn run_backward(gpu: &Gpu, c: &BwdCase) -> BwdOut {
                 .rstd(t(&rb, off, rows));
             gpu.norms.layer_norm(&mut encoder, &op).unwrap();
         } else {
-            let op = RmsNorm::new(rows, dim, t(&xb, off, n), t(&yb, off, n))
+            let mut op = RmsNorm::new(rows, dim, t(&xb, off, n), t(&yb, off, n))
                 .eps(c.eps)
                 .rrms(t(&rb, off, rows));
+            if let Some(p) = c.partial {
+                op = op.partial(p);
+            }
             gpu.norms.rms_norm(&mut encoder, &op).unwrap();
         }
     }
@@ -157,7 +178,9 @@ pub fn run_backward(gpu: &Gpu, c: &BwdCase) -> BwdOut {
             RmsNormBackward::new(rows, dim, t(&xb, off, n), t(&dyb, off, n), t(&dxb, off, n))
                 .eps(c.eps)
                 .accumulate_grad_input(acc)
-                .accumulate_grad_params(acc);
+                .accumulate_grad_params(acc)
+                .gemma_offset(c.gemma_offset);
+        op.partial = c.partial;
         op.weight = wb.as_ref().map(|w| t(w, off, dim));
         if c.saved {
             op = op.saved(t(&rb, off, rows));
