@@ -3,22 +3,14 @@
 
 mod common;
 
-use common::backward::{BwdCase, backward_grid, check_backward, run_backward};
-use common::{Op, Rng, gpu, small_binding_gpu, tree_gpu};
+use common::backward::{BwdCase, backward_grid, central, check_backward};
+use common::{Op, Rng, gpu, tree_gpu};
 use wgpu_norm::reference;
 
 /// sum(y * dy) for RMSNorm(x; w), in f64 via the reference forward.
 fn loss(x: &[f32], dy: &[f32], dim: usize, w: &[f32]) -> f64 {
     let y = reference::rms_norm(x, dim, Some(w), 1e-5).y;
     y.iter().zip(dy).map(|(a, &d)| a * f64::from(d)).sum()
-}
-
-fn central(v: &[f32], i: usize, f: impl Fn(&[f32]) -> f64) -> f64 {
-    let h = 1e-3 * v[i].abs().max(1.0);
-    let (mut up, mut down) = (v.to_vec(), v.to_vec());
-    up[i] += h;
-    down[i] -= h;
-    (f(&up) - f(&down)) / f64::from(up[i] - down[i])
 }
 
 #[test]
@@ -59,62 +51,22 @@ fn shape_grid_tree_reduction() {
 
 #[test]
 fn weight_stats_and_param_grads_optional() {
-    for (k, (weight, saved, grads)) in [
-        (false, false, true),
-        (true, true, false),
-        (false, true, true),
-        (true, false, false),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        for (rows, dim) in [(9, 3), (40, 256), (5, 4097), (2, 20000)] {
-            let mut c = BwdCase::new(Op::RmsNorm, rows, dim, 700 + k as u64);
-            if !weight {
-                c.weight = None;
-            }
-            c.saved = saved;
-            c.grad_params = grads;
-            c.offset = [0, 4, 16, 260][k];
-            check_backward(gpu(), &c);
-        }
-    }
+    common::backward::options_grid(Op::RmsNorm);
 }
 
 #[test]
 fn accumulates_into_existing_gradients() {
-    for dim in [7, 1024, 20000] {
-        let mut c = BwdCase::new(Op::RmsNorm, 6, dim, 800);
-        let mut rng = Rng::new(801);
-        c.accumulate = Some((rng.data(6 * dim, 0.0, 1.0), rng.data(dim, 0.0, 1.0)));
-        check_backward(gpu(), &c);
-    }
+    common::backward::accumulates(Op::RmsNorm);
 }
 
 #[test]
 fn deterministic() {
-    let c = BwdCase::new(Op::RmsNorm, 3000, 1024, 900);
-    let first = run_backward(gpu(), &c);
-    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-    for _ in 0..3 {
-        let again = run_backward(gpu(), &c);
-        assert_eq!(bits(&again.dx), bits(&first.dx));
-        assert_eq!(bits(&again.dweight), bits(&first.dweight));
-    }
+    common::backward::deterministic(Op::RmsNorm);
 }
 
 #[test]
 fn split_over_small_bindings() {
-    let gpu = small_binding_gpu(256 << 10);
-    for (i, (rows, dim, offset)) in [(300, 1000, 0), (5000, 28, 4), (13, 16384, 16)]
-        .into_iter()
-        .enumerate()
-    {
-        let mut c = BwdCase::new(Op::RmsNorm, rows, dim, 950 + i as u64);
-        c.offset = offset;
-        c.saved = i == 1;
-        check_backward(gpu, &c);
-    }
+    common::backward::split(Op::RmsNorm);
 }
 
 #[test]
@@ -140,11 +92,7 @@ fn in_place_over_grad_output() {
 
 #[test]
 fn data_offset_by_1e4_with_recomputed_statistics() {
-    for (i, dim) in [31, 1024, 12288].into_iter().enumerate() {
-        let mut c = BwdCase::new(Op::RmsNorm, 3, dim, 1100 + i as u64);
-        c.x = Rng::new(i as u64).data(3 * dim, 1e4, 1.0);
-        check_backward(gpu(), &c);
-    }
+    common::backward::offset_data(Op::RmsNorm);
 }
 
 /// sum(y * dy) for RMSNorm(x; w) with the Gemma offset and a pRMSNorm prefix, in f64.

@@ -298,3 +298,80 @@ pub fn backward_grid(gpu: &Gpu, op: Op, seed: u64) {
         check_backward(gpu, &c);
     }
 }
+
+/// d f / d v[i] by central differences, with the step as f32 really made it.
+pub fn central(v: &[f32], i: usize, f: impl Fn(&[f32]) -> f64) -> f64 {
+    let h = 1e-3 * v[i].abs().max(1.0);
+    let (mut up, mut down) = (v.to_vec(), v.to_vec());
+    up[i] += h;
+    down[i] -= h;
+    (f(&up) - f(&down)) / f64::from(up[i] - down[i])
+}
+
+/// With and without weight, saved statistics and parameter gradients, at several offsets.
+pub fn options_grid(op: Op) {
+    let cases = [
+        (false, false, true),
+        (true, true, false),
+        (false, true, true),
+        (true, false, false),
+    ];
+    for (k, (weight, saved, grads)) in cases.into_iter().enumerate() {
+        for (rows, dim) in [(9, 3), (40, 256), (5, 4097), (2, 20000)] {
+            let mut c = BwdCase::new(op, rows, dim, 700 + k as u64);
+            if !weight {
+                c.weight = None;
+            }
+            c.saved = saved;
+            c.grad_params = grads;
+            c.offset = [0, 4, 16, 260][k];
+            check_backward(super::gpu(), &c);
+        }
+    }
+}
+
+pub fn accumulates(op: Op) {
+    for dim in [7, 1024, 20000] {
+        let mut c = BwdCase::new(op, 6, dim, 800);
+        let mut rng = Rng::new(801);
+        c.accumulate = Some((rng.data(6 * dim, 0.0, 1.0), rng.data(dim, 0.0, 1.0)));
+        check_backward(super::gpu(), &c);
+    }
+}
+
+/// The same inputs four times give the same bits.
+pub fn deterministic(op: Op) {
+    let mut c = BwdCase::new(op, 3000, 1024, 900);
+    c.saved = true;
+    let first = run_backward(super::gpu(), &c);
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for _ in 0..3 {
+        let again = run_backward(super::gpu(), &c);
+        assert_eq!(bits(&again.dx), bits(&first.dx));
+        assert_eq!(bits(&again.dweight), bits(&first.dweight));
+        assert_eq!(bits(&again.dbias), bits(&first.dbias));
+    }
+}
+
+/// Work over many small bindings (several chunks, each reduced on its own).
+pub fn split(op: Op) {
+    let gpu = super::small_binding_gpu(256 << 10);
+    for (i, (rows, dim, offset)) in [(300, 1000, 0), (5000, 28, 4), (13, 16384, 16)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut c = BwdCase::new(op, rows, dim, 950 + i as u64);
+        c.offset = offset;
+        c.saved = i == 1;
+        check_backward(gpu, &c);
+    }
+}
+
+/// Data at 1e4 +- 1 with the statistics recomputed (pivoted) by the kernel.
+pub fn offset_data(op: Op) {
+    for (i, dim) in [31, 1024, 12288].into_iter().enumerate() {
+        let mut c = BwdCase::new(op, 3, dim, 1100 + i as u64);
+        c.x = Rng::new(i as u64).data(3 * dim, 1e4, 1.0);
+        check_backward(super::gpu(), &c);
+    }
+}
