@@ -61,24 +61,12 @@ fn constant_rows_give_the_bias() {
 
 #[test]
 fn data_offset_by_1e4_keeps_f32_accuracy() {
-    // E[x^2] - mean^2 loses everything here, and a mean held in f32 is off by up to 5e-4.
-    for (i, dim) in [31, 1024, 4096, 12288, 65536].into_iter().enumerate() {
-        let mut case = Case::new(Op::LayerNorm, 3, dim, 40 + i as u64);
-        case.x = Rng::new(i as u64).data(3 * dim, 1e4, 1.0);
-        check(gpu(), &case);
-        check(tree_gpu(), &case);
-    }
+    common::offset_data(Op::LayerNorm);
 }
 
 #[test]
 fn very_small_and_very_large_magnitudes() {
-    for (i, scale) in [1e-20, 1e-10, 1e10, 1e15].into_iter().enumerate() {
-        for dim in [5, 1024, 65536] {
-            let mut case = Case::new(Op::LayerNorm, 2, dim, 50 + i as u64);
-            case.x = Rng::new(i as u64).data(2 * dim, 0.3 * scale, scale);
-            check(gpu(), &case);
-        }
-    }
+    common::magnitudes(Op::LayerNorm);
 }
 
 #[test]

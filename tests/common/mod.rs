@@ -406,3 +406,25 @@ pub fn random_shapes(op: Op, seed: u64) {
         check(gpu, &case);
     }
 }
+
+/// Data at 1e4 +- 1: `E[x^2] - mean^2` loses everything here, and a mean held in f32 is off
+/// by up to 5e-4; both reductions must still meet the f32 tolerance.
+pub fn offset_data(op: Op) {
+    for (i, dim) in [31, 1024, 4096, 12288, 65536].into_iter().enumerate() {
+        let mut case = Case::new(op, 3, dim, 40 + i as u64);
+        case.x = Rng::new(i as u64).data(3 * dim, 1e4, 1.0);
+        check(gpu(), &case);
+        check(tree_gpu(), &case);
+    }
+}
+
+/// Rows of magnitude 1e-20 to 1e15 (squares stay within f32).
+pub fn magnitudes(op: Op) {
+    for (i, scale) in [1e-20, 1e-10, 1e10, 1e15].into_iter().enumerate() {
+        for dim in [5, 1024, 65536] {
+            let mut case = Case::new(op, 2, dim, 50 + i as u64);
+            case.x = Rng::new(i as u64).data(2 * dim, 0.3 * scale, scale);
+            check(gpu(), &case);
+        }
+    }
+}
