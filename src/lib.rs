@@ -7,7 +7,11 @@
 //! - **RMSNorm**: `y = x * rrms * weight`, `rrms = 1 / sqrt(mean(x^2) + eps)`, as
 //!   `torch.nn.functional.rms_norm` and ONNX `RMSNormalization`.
 //!
-//! Both normalise the last `dim` elements of each row of a row-major f32 `[rows, dim]` tensor.
+//! Both normalise the last `dim` elements of each row of a row-major `[rows, dim]` tensor
+//! stored as f32, f16 or bf16 ([`DType`]; arithmetic and statistics are always f32), with
+//! the options real models use: a fused residual add, Gemma's `(1 + weight)`, two rounding
+//! orders, pRMSNorm, and ε added to σ. The backward passes ([`LayerNormBackward`],
+//! [`RmsNormBackward`]) give dx, dweight and dbias, bitwise deterministic.
 //!
 //! Two layers:
 //! - [`Norms`] for runtimes that own the device: built once per device (it is `Send + Sync`),
