@@ -21,7 +21,7 @@
 //! - [`Gpu`] for data in slices: picks an adapter ([`pick_adapter`]), uploads, runs, reads
 //!   back.
 //!
-//! [`reference`] holds the CPU mirrors of the kernels (f64, two-pass) they are tested against.
+//! [`mod@reference`] holds the CPU mirrors of the kernels (f64, two-pass) they are tested against.
 //!
 //! ## Non-finite input
 //! Rows are independent. A NaN or ±Inf anywhere in a row makes that row's statistics and its
