@@ -31,6 +31,11 @@ fn layer_norm_row(row: u32, lid: u32) {
     let inv_dim = 1.0 / f32(params.dim);
     let p = first_lane(ld_in(row, 0u));
     let pv = V(p);
+    if has_flag(FLAG_RESIDUAL_OUT) {
+        // Every invocation has read the pivot before s (which may replace x or the
+        // residual in place) is written over it.
+        workgroupBarrier();
+    }
 
 //#if cached
     // The row stays in registers: one read of x, two exact passes over it. All loads are
@@ -84,12 +89,12 @@ fn layer_norm_row(row: u32, lid: u32) {
     let mv = V(m);
     var q = V(0.0);
     for (var i = lid; i < n; i += WG) {
-        let d = (ld_in(row, i) - pv) - mv;
+        let d = (ld_again(row, i) - pv) - mv;
         q += d * d;
     }
     let rstd = inv_std(wg_sum(hsum(q), lid) * inv_dim);
     for (var i = lid; i < n; i += WG) {
-        st_y(row, i, affine(((ld_in(row, i) - pv) - mv) * rstd, i));
+        st_y(row, i, affine(((ld_again(row, i) - pv) - mv) * rstd, i));
     }
 //#endif
 
@@ -109,6 +114,16 @@ fn ld_in(row: u32, i: u32) -> V {
         return round_act(ld_x(row, i) + ld_r(row, i));
     }
     return ld_x(row, i);
+}
+
+// ld_in again, in a later streamed pass. Once s is written back it is read from there:
+// residual_out may replace x or the residual in place (as vLLM's fused add does), and
+// x + residual would then no longer be there to add. The same invocation wrote it.
+fn ld_again(row: u32, i: u32) -> V {
+    if has_flag(FLAG_RESIDUAL_OUT) {
+        return ld_s(row, i);
+    }
+    return ld_in(row, i);
 }
 
 fn inv_std(var_: f32) -> f32 {

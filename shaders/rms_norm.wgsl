@@ -69,7 +69,7 @@ fn rms_norm_row(row: u32, lid: u32) {
     }
     let rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_len + params.eps);
     for (var i = lid; i < n; i += WG) {
-        st_y(row, i, scale(ld_in(row, i) * rrms, i));
+        st_y(row, i, scale(ld_again(row, i) * rrms, i));
     }
 //#endif
 
@@ -84,6 +84,16 @@ fn ld_in(row: u32, i: u32) -> V {
         return round_act(ld_x(row, i) + ld_r(row, i));
     }
     return ld_x(row, i);
+}
+
+// ld_in again, in a later streamed pass. Once s is written back it is read from there:
+// residual_out may replace x or the residual in place (as vLLM's fused add does), and
+// x + residual would then no longer be there to add. The same invocation wrote it.
+fn ld_again(row: u32, i: u32) -> V {
+    if has_flag(FLAG_RESIDUAL_OUT) {
+        return ld_s(row, i);
+    }
+    return ld_in(row, i);
 }
 
 // xhat * weight (or * (1 + weight)) for the i-th V of the row, in the configured order.

@@ -417,8 +417,9 @@ fn storage_pairs(kernel: Kernel) -> Vec<(DType, DType)> {
 }
 
 /// Bindings and typed accessors of the forward norms for the variant's storage: `ld_x`,
-/// `ld_r` (residual), `ld_w`, `ld_b` load the i-th V of a row (or of the parameters) as f32,
-/// `st_y`, `st_s` store one, and `round_act` rounds an f32 V to the activation type.
+/// `ld_r` (residual), `ld_s` (the written-back sum), `ld_w`, `ld_b` load the i-th V of a row
+/// (or of the parameters) as f32, `st_y`, `st_s` store one, and `round_act` rounds an f32 V
+/// to the activation type.
 ///
 /// 16-bit tensors are arrays of u32 holding two elements each. With vec4 access one V is a
 /// vec2<u32> (four elements, 8-byte aligned). Scalar access reads the word holding element
@@ -489,6 +490,32 @@ fn forward_storage(v: &Variant) -> String {
         };
         out.push_str(&format!("fn {func}({args}) -> V {{\n    {body}\n}}\n\n"));
     }
+    // s as stored (the streamed passes re-read it: s_out may alias x or the residual).
+    let ld_s = match (v.act, v.vec4) {
+        (DType::F32, _) => "return s_out[off_v(8u) + row * (params.dim / VW) + i];".to_string(),
+        (d, true) => format!(
+            "let w = s_out[off_v(8u) + row * (params.dim / VW) + i];\n    \
+             return vec4<f32>({u}(w.x), {u}(w.y));",
+            u = if d == DType::F16 {
+                "unpack2x16float"
+            } else {
+                "bf16_unpack"
+            }
+        ),
+        (d, false) => format!(
+            "let e = off_f(8u) + row * params.dim + i;\n    \
+             let w = atomicLoad(&s_out[e >> 1u]);\n    \
+             return {};",
+            if d == DType::F16 {
+                "unpack2x16float(w)[e & 1u]"
+            } else {
+                "select(bf16_lo(w), bf16_hi(w), (e & 1u) == 1u)"
+            }
+        ),
+    };
+    out.push_str(&format!(
+        "fn ld_s(row: u32, i: u32) -> V {{\n    {ld_s}\n}}\n\n"
+    ));
     let (pack, bits) = match v.act {
         DType::Bf16 => ("bf16_pack", "bf16_bits"),
         _ => ("pack2x16float", "f16_bits"),

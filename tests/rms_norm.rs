@@ -200,3 +200,92 @@ fn partial_rms_norm() {
     let b = common::storage::run_any(gpu(), &p1);
     assert_eq!(a.y, b.y);
 }
+
+#[test]
+fn residual_updated_in_place() {
+    // vLLM's fused_add_rms_norm writes the new residual stream over the old one; the written
+    // sum may also replace x. Both in the register-cached and the streamed paths.
+    use wgpu_norm::{DType, LayerNorm, RmsNorm, TensorRef, reference};
+    let gpu = gpu();
+    for dtype in [DType::F32, DType::Bf16] {
+        for (rows, dim) in [(5, 1000), (2, 65536)] {
+            let n = rows * dim;
+            let mut rng = Rng::new(dim as u64);
+            let q = |v: Vec<f32>| -> Vec<f32> {
+                v.into_iter()
+                    .map(|x| dtype.round(f64::from(x)) as f32)
+                    .collect()
+            };
+            let x = q(rng.data(n, 0.5, 2.0));
+            let r = q(rng.data(n, -0.25, 1.0));
+            let bytes = n as u64 * dtype.size();
+            for over_x in [false, true] {
+                let xb = gpu.upload_as("x", &x, dtype);
+                let rb = gpu.upload_as("r", &r, dtype);
+                let yb = gpu.upload_as("y", &x, dtype);
+                let t = |b| TensorRef::new(b, 0, bytes);
+                let s_into = if over_x { &xb } else { &rb };
+                let mut encoder = gpu.device.create_command_encoder(&Default::default());
+                if over_x {
+                    let op = LayerNorm::new(rows, dim, t(&xb), t(&yb))
+                        .dtype(dtype)
+                        .residual(t(&rb))
+                        .residual_out(t(s_into));
+                    gpu.norms.layer_norm(&mut encoder, &op).unwrap();
+                } else {
+                    let op = RmsNorm::new(rows, dim, t(&xb), t(&yb))
+                        .dtype(dtype)
+                        .eps(1e-5)
+                        .residual(t(&rb))
+                        .residual_out(t(s_into));
+                    gpu.norms.rms_norm(&mut encoder, &op).unwrap();
+                }
+                gpu.queue.submit([encoder.finish()]);
+                let words = (bytes as usize).div_ceil(4);
+                let out =
+                    pollster::block_on(gpu.read_async(&[(&yb, words), (s_into, words)])).unwrap();
+                let decode = |w: &[f32]| {
+                    let b: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    dtype.decode(&b[..bytes as usize])
+                };
+                let (y, s) = (decode(&out[0]), decode(&out[1]));
+                let want = if over_x {
+                    reference::layer_norm_with(
+                        &x,
+                        dim,
+                        &reference::LayerNormSpec {
+                            residual: Some(&r),
+                            dtype,
+                            ..Default::default()
+                        },
+                    )
+                } else {
+                    reference::rms_norm_with(
+                        &x,
+                        dim,
+                        &reference::RmsNormSpec {
+                            residual: Some(&r),
+                            dtype,
+                            eps: 1e-5,
+                            ..Default::default()
+                        },
+                    )
+                };
+                let (ratio, i) = reference::worst_error_in(dtype, &y, &want.y);
+                assert!(
+                    ratio <= 1.0,
+                    "{dtype} D={dim} over_x={over_x}: y[{i}] = {} vs {}",
+                    y[i],
+                    want.y[i]
+                );
+                let (ratio, i) = reference::worst_error_in(dtype, &s, &want.s);
+                assert!(
+                    ratio <= 1.0,
+                    "{dtype} D={dim}: s[{i}] = {} vs {}",
+                    s[i],
+                    want.s[i]
+                );
+            }
+        }
+    }
+}
