@@ -10,7 +10,7 @@ mod common;
 
 use common::Bench;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use wgpu_norm::{LayerNormBackward, RmsNormBackward};
+use wgpu_norm::{DType, LayerNormBackward, RmsNormBackward, TensorRef};
 
 const DIMS: [usize; 3] = [1024, 4096, 8192];
 
@@ -60,5 +60,57 @@ fn backward(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, backward);
+/// The backward with x, dy and dx stored in 16 bits (dweight/dbias f32), at D = 4096.
+fn backward_16_bit(c: &mut Criterion) {
+    let bench = Bench::new();
+    let gpu = &bench.gpu;
+    let dim = 4096;
+    let rows = (bench.mib << 20) / 4 / dim;
+    let n = rows * dim;
+    let x: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.3)
+        .collect();
+    let dy: Vec<f32> = (0..n)
+        .map(|i| ((i * 104729) % 997) as f32 * 1e-3 - 0.5)
+        .collect();
+    let mean = gpu.upload("bench mean", &vec![0.2; rows]);
+    let rstd = gpu.upload("bench rstd", &vec![3.4; rows]);
+    let dw = gpu.storage("bench dweight", dim);
+    let db = gpu.storage("bench dbias", dim);
+    let mut group = c.benchmark_group(format!("backward 16-bit/D={dim}"));
+    bench.configure(&mut group);
+    for d in [DType::F16, DType::Bf16] {
+        let bytes = n as u64 * d.size();
+        let t = |b| TensorRef::new(b, 0, bytes);
+        let (xb, dyb) = (gpu.upload_as("x", &x, d), gpu.upload_as("dy", &dy, d));
+        let dxb = gpu.upload_as("dx", &x, d);
+        let wb = gpu.upload_as("weight", &vec![1.5; dim], d);
+        group.throughput(Throughput::BytesDecimal(2 * bytes));
+        let words = (bytes / 4) as usize;
+        bench.run(&mut group, &format!("copy {d}"), &|e| {
+            gpu.norms.copy(e, 1, words, &xb, &dxb)
+        });
+        group.throughput(Throughput::BytesDecimal(3 * bytes));
+        let ln = LayerNormBackward::new(rows, dim, t(&xb), t(&dyb), t(&dxb))
+            .dtype(d)
+            .weight(&wb)
+            .saved(&mean, &rstd)
+            .grad_weight(&dw)
+            .grad_bias(&db);
+        let name = format!("layer_norm_backward {d}");
+        bench.run(&mut group, &name, &|e| {
+            gpu.norms.layer_norm_backward(e, &ln)
+        });
+        let rms = RmsNormBackward::new(rows, dim, t(&xb), t(&dyb), t(&dxb))
+            .dtype(d)
+            .weight(&wb)
+            .saved(&rstd)
+            .grad_weight(&dw);
+        let name = format!("rms_norm_backward {d}");
+        bench.run(&mut group, &name, &|e| gpu.norms.rms_norm_backward(e, &rms));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, backward, backward_16_bit);
 criterion_main!(benches);

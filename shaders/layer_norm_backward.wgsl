@@ -24,9 +24,6 @@ fn main(ids: Ids) {
         }
         let row = first + r;
         let n = params.dim / VW;
-        let xb = off_v(1u) + row * n;
-        let gb = off_v(2u) + row * n;
-        let db = off_v(6u) + row * n;
         let inv_dim = 1.0 / f32(params.dim);
         let saved = has_flag(FLAG_MEAN);
         var mean = 0.0;
@@ -36,15 +33,15 @@ fn main(ids: Ids) {
             mean = mean_in[off_f(4u) + row];
             rstd = rstd_in[off_f(5u) + row];
         } else {
-            p = first_lane(x[xb]);
+            p = first_lane(ld_x(row, 0u));
         }
 //#if cached
         var c: array<V, CACHE>;
         var d: array<V, CACHE>;
 //#unroll k
         if lid + k * WG < n {
-            c[k] = x[xb + lid + k * WG];
-            d[k] = dy[gb + lid + k * WG];
+            c[k] = ld_x(row, lid + k * WG);
+            d[k] = ld_dy(row, lid + k * WG);
         }
 //#endunroll
         if !saved {
@@ -84,9 +81,9 @@ fn main(ids: Ids) {
             let i = lid + k * WG;
             var v = rstd * (grad_g(d[k], i) - V(t.x) - c[k] * t.y);
             if has_flag(FLAG_ACCUMULATE_DX) {
-                v += dx[db + i];
+                v += ld_dx(row, i);
             }
-            dx[db + i] = v;
+            st_dx(row, i, v);
             pw[k] += d[k] * c[k];
             pb[k] += d[k];
         }
@@ -98,33 +95,33 @@ fn main(ids: Ids) {
         if !saved {
             var s = V(0.0);
             for (var i = lid; i < n; i += WG) {
-                s += x[xb + i] - pv;
+                s += ld_x(row, i) - pv;
             }
             m = wg_sum(hsum(s), lid) * inv_dim;
             var q = V(0.0);
             for (var i = lid; i < n; i += WG) {
-                let e = (x[xb + i] - pv) - V(m);
+                let e = (ld_x(row, i) - pv) - V(m);
                 q += e * e;
             }
             rstd = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_dim + params.eps);
         }
         var sums = vec2<f32>(0.0);
         for (var i = lid; i < n; i += WG) {
-            let xh = ((x[xb + i] - pv) - V(m)) * rstd;
-            let g = grad_g(dy[gb + i], i);
+            let xh = ((ld_x(row, i) - pv) - V(m)) * rstd;
+            let g = grad_g(ld_dy(row, i), i);
             sums += vec2<f32>(hsum(g), hsum(g * xh));
         }
         let t = wg_sum2(sums, lid) * inv_dim;
         let pr = (params.part_row0 + group) * n;
         let pbase = select(0u, params.part_rows * n, has_flag(FLAG_GRAD_WEIGHT));
         for (var i = lid; i < n; i += WG) {
-            let xh = ((x[xb + i] - pv) - V(m)) * rstd;
-            let d = dy[gb + i];
+            let xh = ((ld_x(row, i) - pv) - V(m)) * rstd;
+            let d = ld_dy(row, i);
             var v = rstd * (grad_g(d, i) - V(t.x) - xh * t.y);
             if has_flag(FLAG_ACCUMULATE_DX) {
-                v += dx[db + i];
+                v += ld_dx(row, i);
             }
-            dx[db + i] = v;
+            st_dx(row, i, v);
             // This workgroup owns its partial row: no other invocation touches it.
             if has_flag(FLAG_GRAD_WEIGHT) {
                 part[pr + i] = select(part[pr + i], V(0.0), r == 0u) + d * xh;
@@ -159,7 +156,7 @@ fn main(ids: Ids) {
 // g = dy * weight for the i-th V of the row.
 fn grad_g(d: V, i: u32) -> V {
     if has_flag(FLAG_WEIGHT) {
-        return d * weight[off_v(3u) + i];
+        return d * ld_w(i);
     }
     return d;
 }

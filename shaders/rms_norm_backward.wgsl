@@ -23,9 +23,6 @@ fn main(ids: Ids) {
         }
         let row = first + r;
         let n = params.dim / VW;
-        let xb = off_v(1u) + row * n;
-        let gb = off_v(2u) + row * n;
-        let db = off_v(6u) + row * n;
         let inv_len = 1.0 / f32(params.stat_len);
         let saved = has_flag(FLAG_RSTD);
         var rrms = 0.0;
@@ -37,8 +34,8 @@ fn main(ids: Ids) {
         var d: array<V, CACHE>;
 //#unroll k
         if lid + k * WG < n {
-            c[k] = x[xb + lid + k * WG];
-            d[k] = dy[gb + lid + k * WG];
+            c[k] = ld_x(row, lid + k * WG);
+            d[k] = ld_dy(row, lid + k * WG);
         }
 //#endunroll
         if !saved {
@@ -61,9 +58,9 @@ fn main(ids: Ids) {
             let i = lid + k * WG;
             var v = rrms * (grad_g(d[k], i) - in_prefix(i, c[k] * t));
             if has_flag(FLAG_ACCUMULATE_DX) {
-                v += dx[db + i];
+                v += ld_dx(row, i);
             }
-            dx[db + i] = v;
+            st_dx(row, i, v);
             pw[k] += d[k] * c[k];
         }
 //#endunroll
@@ -71,25 +68,25 @@ fn main(ids: Ids) {
         if !saved {
             var q = V(0.0);
             for (var i = lid; i < n; i += WG) {
-                let v = x[xb + i];
+                let v = ld_x(row, i);
                 q += in_prefix(i, v * v);
             }
             rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_len + params.eps);
         }
         var s = V(0.0);
         for (var i = lid; i < n; i += WG) {
-            s += grad_g(dy[gb + i], i) * (x[xb + i] * rrms);
+            s += grad_g(ld_dy(row, i), i) * (ld_x(row, i) * rrms);
         }
         let t = wg_sum(hsum(s), lid) * inv_len;
         let pr = (params.part_row0 + group) * n;
         for (var i = lid; i < n; i += WG) {
-            let xh = x[xb + i] * rrms;
-            let d = dy[gb + i];
+            let xh = ld_x(row, i) * rrms;
+            let d = ld_dy(row, i);
             var v = rrms * (grad_g(d, i) - in_prefix(i, xh * t));
             if has_flag(FLAG_ACCUMULATE_DX) {
-                v += dx[db + i];
+                v += ld_dx(row, i);
             }
-            dx[db + i] = v;
+            st_dx(row, i, v);
             if has_flag(FLAG_GRAD_WEIGHT) {
                 part[pr + i] = select(part[pr + i], V(0.0), r == 0u) + d * xh;
             }
@@ -114,7 +111,7 @@ fn main(ids: Ids) {
 // g = dy * weight (or * (1 + weight)) for the i-th V of the row.
 fn grad_g(d: V, i: u32) -> V {
     if has_flag(FLAG_WEIGHT) {
-        var w = weight[off_v(3u) + i];
+        var w = ld_w(i);
         if has_flag(FLAG_GEMMA_OFFSET) {
             w += V(1.0);
         }

@@ -2,6 +2,7 @@
 //! `shaders/param_grad.wgsl`. CPU mirror: [`crate::reference::layer_norm_backward`];
 //! tests: `tests/layer_norm_backward.rs`.
 
+use crate::dtype::DType;
 use crate::error::Result;
 use crate::norms::{Launch, Norms};
 use crate::shaders::{Kernel, flags};
@@ -34,6 +35,10 @@ pub struct LayerNormBackward<'a> {
     pub grad_bias: Option<TensorRef<'a>>,
     pub accumulate_grad_input: bool,
     pub accumulate_grad_params: bool,
+    /// Storage of x, dy and dx; dweight/dbias and statistics are f32.
+    pub dtype: DType,
+    /// Storage of the weight.
+    pub param_dtype: DType,
 }
 
 impl<'a> LayerNormBackward<'a> {
@@ -58,6 +63,8 @@ impl<'a> LayerNormBackward<'a> {
             grad_bias: None,
             accumulate_grad_input: false,
             accumulate_grad_params: false,
+            dtype: DType::F32,
+            param_dtype: DType::F32,
         }
     }
 
@@ -85,6 +92,19 @@ impl<'a> LayerNormBackward<'a> {
 
     pub fn grad_bias(mut self, grad_bias: impl Into<TensorRef<'a>>) -> Self {
         self.grad_bias = Some(grad_bias.into());
+        self
+    }
+
+    /// Storage of x, dy and dx and, unless set apart, of the weight.
+    pub fn dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self.param_dtype = dtype;
+        self
+    }
+
+    /// Storage of the weight (set after `dtype`).
+    pub fn param_dtype(mut self, dtype: DType) -> Self {
+        self.param_dtype = dtype;
         self
     }
 
@@ -123,8 +143,8 @@ impl Norms {
                 dim: op.dim,
                 eps: op.eps,
                 flags: f,
-                act: crate::DType::F32,
-                param: crate::DType::F32,
+                act: op.dtype,
+                param: op.param_dtype,
                 stat_len: None,
                 operands: vec![
                     Some(op.input),

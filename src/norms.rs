@@ -92,13 +92,15 @@ pub(crate) const FORWARD_SLOTS: [Slot; 8] = [
 ];
 
 /// `shaders/backward_bindings.wgsl`.
+/// The backward row kernels: x, dy and dx in the activation type, the weight in the parameter
+/// type, statistics and partial sums f32 (`shaders/backward_bindings.wgsl` and generated).
 pub(crate) const BACKWARD_SLOTS: [Slot; 7] = [
-    f32_slot(slot(Operand::Input, 1, false, Extent::Rows, 0)),
-    f32_slot(slot(Operand::GradOutput, 2, false, Extent::Rows, 0)),
-    f32_slot(slot(Operand::Weight, 3, false, Extent::Dim, flags::WEIGHT)),
+    slot(Operand::Input, 1, false, Extent::Rows, 0),
+    slot(Operand::GradOutput, 2, false, Extent::Rows, 0),
+    slot(Operand::Weight, 3, false, Extent::Dim, flags::WEIGHT),
     slot(Operand::Mean, 4, false, Extent::PerRow, flags::MEAN),
     slot(Operand::Rstd, 5, false, Extent::PerRow, flags::RSTD),
-    f32_slot(slot(Operand::GradInput, 6, true, Extent::Rows, 0)),
+    slot(Operand::GradInput, 6, true, Extent::Rows, 0),
     slot(Operand::Partials, 7, true, Extent::Internal, 0),
 ];
 
@@ -188,8 +190,6 @@ pub(crate) struct Launch<'a> {
 /// A launch after validation: what every dispatch of it needs.
 struct Checked {
     dim: u32,
-    /// Bytes of one row of activations.
-    row_bytes: u64,
     shared: bool,
     vec4: bool,
     align: u64,
@@ -427,7 +427,6 @@ impl Norms {
         let chunk_rows = ((max_binding - align) / row_bytes).min(max_groups);
         Ok(Checked {
             dim,
-            row_bytes,
             shared,
             vec4,
             align,
@@ -663,11 +662,13 @@ impl Norms {
             c.shared,
             self.max_wg,
         );
-        let by_size = self.max_binding() / (c.row_bytes * u64::from(arrays.max(1)));
+        // Partial sums are f32 whatever the storage.
+        let part_row = u64::from(c.dim) * 4;
+        let by_size = self.max_binding() / (part_row * u64::from(arrays.max(1)));
         if by_size == 0 {
             return Err(Error::RowTooLarge {
                 dim: l.dim,
-                row_bytes: c.row_bytes * u64::from(arrays),
+                row_bytes: part_row * u64::from(arrays),
                 max_binding: self.limits.max_storage_buffer_binding_size,
             });
         }
@@ -679,7 +680,7 @@ impl Norms {
         let part_buffer = (arrays > 0 && rows > 0).then(|| {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-norm backward partial sums"),
-                size: most_groups * c.row_bytes * u64::from(arrays),
+                size: most_groups * part_row * u64::from(arrays),
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             })

@@ -2,6 +2,7 @@
 //! `shaders/param_grad.wgsl`. CPU mirror: [`crate::reference::rms_norm_backward`];
 //! tests: `tests/rms_norm_backward.rs`.
 
+use crate::dtype::DType;
 use crate::error::Result;
 use crate::norms::{Launch, Norms};
 use crate::shaders::{Kernel, flags};
@@ -34,6 +35,10 @@ pub struct RmsNormBackward<'a> {
     pub grad_weight: Option<TensorRef<'a>>,
     pub accumulate_grad_input: bool,
     pub accumulate_grad_params: bool,
+    /// Storage of x, dy and dx; dweight/dbias and statistics are f32.
+    pub dtype: DType,
+    /// Storage of the weight.
+    pub param_dtype: DType,
     pub gemma_offset: bool,
     /// pRMSNorm's p, as in the forward pass.
     pub partial: Option<f32>,
@@ -59,6 +64,8 @@ impl<'a> RmsNormBackward<'a> {
             grad_weight: None,
             accumulate_grad_input: false,
             accumulate_grad_params: false,
+            dtype: DType::F32,
+            param_dtype: DType::F32,
             gemma_offset: false,
             partial: None,
         }
@@ -94,6 +101,19 @@ impl<'a> RmsNormBackward<'a> {
 
     pub fn grad_weight(mut self, grad_weight: impl Into<TensorRef<'a>>) -> Self {
         self.grad_weight = Some(grad_weight.into());
+        self
+    }
+
+    /// Storage of x, dy and dx and, unless set apart, of the weight.
+    pub fn dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self.param_dtype = dtype;
+        self
+    }
+
+    /// Storage of the weight (set after `dtype`).
+    pub fn param_dtype(mut self, dtype: DType) -> Self {
+        self.param_dtype = dtype;
         self
     }
 
@@ -136,8 +156,8 @@ impl Norms {
                 dim: op.dim,
                 eps: op.eps,
                 flags: f,
-                act: crate::DType::F32,
-                param: crate::DType::F32,
+                act: op.dtype,
+                param: op.param_dtype,
                 stat_len,
                 operands: vec![
                     Some(op.input),

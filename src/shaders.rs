@@ -231,9 +231,9 @@ pub struct Variant {
     pub subgroups: bool,
     /// Inputs bound read_write because one of them shares a buffer with an output.
     pub shared: bool,
-    /// Storage of x, y and the residual stream (forward norms; f32 elsewhere).
+    /// Storage of x, y, dy, dx and the residual stream (norms and backward; f32 elsewhere).
     pub act: DType,
-    /// Storage of weight and bias (forward norms; f32 elsewhere).
+    /// Storage of weight and bias (norms and backward; f32 elsewhere).
     pub param: DType,
 }
 
@@ -270,9 +270,9 @@ impl Variant {
         }
     }
 
-    /// This variant with 16-bit storage (forward norms only).
+    /// This variant with 16-bit storage (the norms and their backward passes only).
     pub fn with_storage(mut self, act: DType, param: DType) -> Self {
-        if matches!(self.kernel, Kernel::LayerNorm | Kernel::RmsNorm) {
+        if storage_pairs(self.kernel).contains(&(act, param)) {
             self.act = act;
             self.param = param;
         }
@@ -378,7 +378,11 @@ impl Variant {
                 parts.push(("(generated forward bindings)", &storage));
             }
             Kernel::LayerNormBackward | Kernel::RmsNormBackward => {
-                parts.push(("backward_bindings.wgsl", BACKWARD_BINDINGS))
+                if self.act != DType::F32 || self.param != DType::F32 {
+                    parts.push(("half.wgsl", HALF));
+                }
+                storage = backward_storage(self);
+                parts.push(("(generated backward bindings)", &storage));
             }
             Kernel::Copy | Kernel::ParamGrad => {}
         }
@@ -405,7 +409,10 @@ impl Variant {
 /// with parameters of the same type or f32 (the mixed mode).
 fn storage_pairs(kernel: Kernel) -> Vec<(DType, DType)> {
     match kernel {
-        Kernel::LayerNorm | Kernel::RmsNorm => vec![
+        Kernel::LayerNorm
+        | Kernel::RmsNorm
+        | Kernel::LayerNormBackward
+        | Kernel::RmsNormBackward => vec![
             (DType::F32, DType::F32),
             (DType::F16, DType::F16),
             (DType::F16, DType::F32),
@@ -416,129 +423,162 @@ fn storage_pairs(kernel: Kernel) -> Vec<(DType, DType)> {
     }
 }
 
+/// One storage binding whose typed accessors are generated: `load(row, i)` (or `load(i)`
+/// for the parameters) returns its i-th V as f32, `store(row, i, v)` writes one.
+struct Access {
+    binding: u32,
+    array: &'static str,
+    dtype: DType,
+    written: bool,
+    per_row: bool,
+    load: Option<&'static str>,
+    store: Option<&'static str>,
+}
+
+const fn access(
+    binding: u32,
+    array: &'static str,
+    dtype: DType,
+    written: bool,
+    load: Option<&'static str>,
+    store: Option<&'static str>,
+) -> Access {
+    Access {
+        binding,
+        array,
+        dtype,
+        written,
+        per_row: true,
+        load,
+        store,
+    }
+}
+
 /// Bindings and typed accessors of the forward norms for the variant's storage: `ld_x`,
-/// `ld_r` (residual), `ld_s` (the written-back sum), `ld_w`, `ld_b` load the i-th V of a row
-/// (or of the parameters) as f32, `st_y`, `st_s` store one, and `round_act` rounds an f32 V
-/// to the activation type.
+/// `ld_r` (residual), `ld_s` (the written-back sum), `ld_w`, `ld_b`, `st_y`, `st_s`, and
+/// `round_act`, which rounds an f32 V to the activation type.
+fn forward_storage(v: &Variant) -> String {
+    let (a, p) = (v.act, v.param);
+    let accesses = [
+        access(1, "x", a, false, Some("ld_x"), None),
+        access(2, "y", a, true, None, Some("st_y")),
+        Access {
+            per_row: false,
+            ..access(3, "weight", p, false, Some("ld_w"), None)
+        },
+        Access {
+            per_row: false,
+            ..access(4, "bias", p, false, Some("ld_b"), None)
+        },
+        access(7, "residual", a, false, Some("ld_r"), None),
+        // Read back by the streamed passes: s_out may alias x or the residual.
+        access(8, "s_out", a, true, Some("ld_s"), Some("st_s")),
+    ];
+    let fixed = "@group(0) @binding(5) var<storage, read_write> mean_out: array<f32>;\n\
+                 @group(0) @binding(6) var<storage, read_write> rstd_out: array<f32>;\n\n";
+    storage_code(v, &accesses, fixed)
+}
+
+/// The same for the backward row kernels: `ld_x`, `ld_dy`, `ld_w`, `ld_dx` (to accumulate)
+/// and `st_dx`; statistics and partial sums are f32.
+fn backward_storage(v: &Variant) -> String {
+    let (a, p) = (v.act, v.param);
+    let accesses = [
+        access(1, "x", a, false, Some("ld_x"), None),
+        access(2, "dy", a, false, Some("ld_dy"), None),
+        Access {
+            per_row: false,
+            ..access(3, "weight", p, false, Some("ld_w"), None)
+        },
+        access(6, "dx", a, true, Some("ld_dx"), Some("st_dx")),
+    ];
+    storage_code(v, &accesses, BACKWARD_BINDINGS)
+}
+
+/// Declarations and accessors for `accesses`, after the `fixed` declarations.
 ///
 /// 16-bit tensors are arrays of u32 holding two elements each. With vec4 access one V is a
 /// vec2<u32> (four elements, 8-byte aligned). Scalar access reads the word holding element
 /// e, and writes its half with atomicAnd/atomicOr: the other half may belong to another
 /// workgroup's row (odd D or odd offsets), and two plain stores would race.
-fn forward_storage(v: &Variant) -> String {
-    let array = |d: DType, written: bool| match (d, v.vec4, written) {
-        (DType::F32, _, _) => "V",
-        (_, true, _) => "vec2<u32>",
-        (_, false, false) => "u32",
-        (_, false, true) => "atomic<u32>",
-    };
+fn storage_code(v: &Variant, accesses: &[Access], fixed: &str) -> String {
     let mut out = String::new();
-    for (binding, name, d, written) in [
-        (1, "x", v.act, false),
-        (2, "y", v.act, true),
-        (3, "weight", v.param, false),
-        (4, "bias", v.param, false),
-        (7, "residual", v.act, false),
-        (8, "s_out", v.act, true),
-    ] {
-        let access = if written { "read_write" } else { "RO" };
-        let ty = array(d, written);
+    for a in accesses {
+        let ty = match (a.dtype, v.vec4, a.written) {
+            (DType::F32, _, _) => "V",
+            (_, true, _) => "vec2<u32>",
+            (_, false, false) => "u32",
+            (_, false, true) => "atomic<u32>",
+        };
+        let access = if a.written { "read_write" } else { "RO" };
         out.push_str(&format!(
-            "@group(0) @binding({binding}) var<storage, {access}> {name}: array<{ty}>;\n"
+            "@group(0) @binding({}) var<storage, {access}> {}: array<{ty}>;\n",
+            a.binding, a.array
         ));
     }
-    out.push_str(
-        "@group(0) @binding(5) var<storage, read_write> mean_out: array<f32>;\n\
-         @group(0) @binding(6) var<storage, read_write> rstd_out: array<f32>;\n\n",
-    );
-    for (func, arr, binding, d, per_row) in [
-        ("ld_x", "x", 1, v.act, true),
-        ("ld_r", "residual", 7, v.act, true),
-        ("ld_w", "weight", 3, v.param, false),
-        ("ld_b", "bias", 4, v.param, false),
-    ] {
-        let args = if per_row {
-            "row: u32, i: u32"
-        } else {
-            "i: u32"
-        };
-        let row = if per_row {
-            " + row * (params.dim / VW)"
-        } else {
-            ""
-        };
-        let row_e = if per_row { " + row * params.dim" } else { "" };
-        let body = match (d, v.vec4) {
-            (DType::F32, _) => format!("return {arr}[off_v({binding}u){row} + i];"),
-            (DType::F16, true) => format!(
-                "let w = {arr}[off_v({binding}u){row} + i];\n    \
-                 return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));"
-            ),
-            (DType::Bf16, true) => format!(
-                "let w = {arr}[off_v({binding}u){row} + i];\n    \
-                 return vec4<f32>(bf16_unpack(w.x), bf16_unpack(w.y));"
-            ),
-            (DType::F16, false) => format!(
-                "let e = off_f({binding}u){row_e} + i;\n    \
-                 return unpack2x16float({arr}[e >> 1u])[e & 1u];"
-            ),
-            (DType::Bf16, false) => format!(
-                "let e = off_f({binding}u){row_e} + i;\n    \
-                 let w = {arr}[e >> 1u];\n    \
-                 return select(bf16_lo(w), bf16_hi(w), (e & 1u) == 1u);"
-            ),
-        };
-        out.push_str(&format!("fn {func}({args}) -> V {{\n    {body}\n}}\n\n"));
-    }
-    // s as stored (the streamed passes re-read it: s_out may alias x or the residual).
-    let ld_s = match (v.act, v.vec4) {
-        (DType::F32, _) => "return s_out[off_v(8u) + row * (params.dim / VW) + i];".to_string(),
-        (d, true) => format!(
-            "let w = s_out[off_v(8u) + row * (params.dim / VW) + i];\n    \
-             return vec4<f32>({u}(w.x), {u}(w.y));",
-            u = if d == DType::F16 {
-                "unpack2x16float"
-            } else {
-                "bf16_unpack"
-            }
-        ),
-        (d, false) => format!(
-            "let e = off_f(8u) + row * params.dim + i;\n    \
-             let w = atomicLoad(&s_out[e >> 1u]);\n    \
-             return {};",
-            if d == DType::F16 {
-                "unpack2x16float(w)[e & 1u]"
-            } else {
-                "select(bf16_lo(w), bf16_hi(w), (e & 1u) == 1u)"
-            }
-        ),
-    };
-    out.push_str(&format!(
-        "fn ld_s(row: u32, i: u32) -> V {{\n    {ld_s}\n}}\n\n"
-    ));
+    out.push_str(fixed);
+    out.push('\n');
     let (pack, bits) = match v.act {
         DType::Bf16 => ("bf16_pack", "bf16_bits"),
         _ => ("pack2x16float", "f16_bits"),
     };
-    for (func, arr, binding) in [("st_y", "y", 2), ("st_s", "s_out", 8)] {
-        let body = match (v.act, v.vec4) {
-            (DType::F32, _) => {
-                format!("{arr}[off_v({binding}u) + row * (params.dim / VW) + i] = v;")
-            }
-            (_, true) => format!(
-                "{arr}[off_v({binding}u) + row * (params.dim / VW) + i] = \
-                 vec2<u32>({pack}(v.xy), {pack}(v.zw));"
-            ),
-            (_, false) => format!(
-                "let e = off_f({binding}u) + row * params.dim + i;\n    \
-                 let sh = (e & 1u) * 16u;\n    \
-                 atomicAnd(&{arr}[e >> 1u], ~(0xffffu << sh));\n    \
-                 atomicOr(&{arr}[e >> 1u], {bits}(v) << sh);"
-            ),
+    for a in accesses {
+        let (arr, b) = (a.array, a.binding);
+        let args = if a.per_row {
+            "row: u32, i: u32"
+        } else {
+            "i: u32"
         };
-        out.push_str(&format!(
-            "fn {func}(row: u32, i: u32, v: V) {{\n    {body}\n}}\n\n"
-        ));
+        let row = if a.per_row {
+            " + row * (params.dim / VW)"
+        } else {
+            ""
+        };
+        let row_e = if a.per_row { " + row * params.dim" } else { "" };
+        let unpack = if a.dtype == DType::F16 {
+            "unpack2x16float"
+        } else {
+            "bf16_unpack"
+        };
+        let word = if a.written {
+            format!("atomicLoad(&{arr}[e >> 1u])")
+        } else {
+            format!("{arr}[e >> 1u]")
+        };
+        if let Some(f) = a.load {
+            let body = match (a.dtype, v.vec4) {
+                (DType::F32, _) => format!("return {arr}[off_v({b}u){row} + i];"),
+                (_, true) => format!(
+                    "let w = {arr}[off_v({b}u){row} + i];\n    \
+                     return vec4<f32>({unpack}(w.x), {unpack}(w.y));"
+                ),
+                (DType::F16, false) => format!(
+                    "let e = off_f({b}u){row_e} + i;\n    \
+                     return unpack2x16float({word})[e & 1u];"
+                ),
+                (_, false) => format!(
+                    "let e = off_f({b}u){row_e} + i;\n    \
+                     let w = {word};\n    \
+                     return select(bf16_lo(w), bf16_hi(w), (e & 1u) == 1u);"
+                ),
+            };
+            out.push_str(&format!("fn {f}({args}) -> V {{\n    {body}\n}}\n\n"));
+        }
+        if let Some(f) = a.store {
+            let body = match (a.dtype, v.vec4) {
+                (DType::F32, _) => format!("{arr}[off_v({b}u){row} + i] = v;"),
+                (_, true) => {
+                    format!("{arr}[off_v({b}u){row} + i] = vec2<u32>({pack}(v.xy), {pack}(v.zw));")
+                }
+                (_, false) => format!(
+                    "let e = off_f({b}u){row_e} + i;\n    \
+                     let sh = (e & 1u) * 16u;\n    \
+                     atomicAnd(&{arr}[e >> 1u], ~(0xffffu << sh));\n    \
+                     atomicOr(&{arr}[e >> 1u], {bits}(v) << sh);"
+                ),
+            };
+            out.push_str(&format!("fn {f}({args}, v: V) {{\n    {body}\n}}\n\n"));
+        }
     }
     let round = match (v.act, v.vec4) {
         (DType::F32, _) => "v".to_string(),

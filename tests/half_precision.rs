@@ -121,3 +121,120 @@ fn data_offset_by_1e3_in_f16() {
     c.x = quantize(DType::F16, Rng::new(8).data(3 * 4096, 1000.0, 1.0));
     check_any(gpu(), &c);
 }
+
+/// The backward passes with x, dy and dx in 16 bits (dweight/dbias and statistics f32),
+/// against the f64 reference on the same 16-bit inputs: dx within the storage type's
+/// tolerance plus 1e-5 of the size of its terms, dweight/dbias as in f32.
+#[test]
+fn backward_in_16_bit_storage() {
+    use common::backward::assert_sum_close;
+    use common::storage::{at, stage, unstage};
+    use wgpu_norm::{LayerNorm, LayerNormBackward, RmsNorm, RmsNormBackward, reference};
+    let gpu = gpu();
+    let cases = [
+        (40, 64, 0, false, false),
+        (9, 5, 1, true, false),
+        (5, 1025, 3, false, true),
+        (2, 20000, 2, true, false),
+        (3000, 3, 0, false, false),
+    ];
+    for op in [Op::LayerNorm, Op::RmsNorm] {
+        for dtype in HALVES {
+            for &(rows, dim, off, saved, mixed) in &cases {
+                let n = rows * dim;
+                let par = if mixed { DType::F32 } else { dtype };
+                let mut rng = Rng::new((rows * dim + off) as u64);
+                let x = quantize(dtype, rng.data(n, 0.5, 2.0));
+                let dy = quantize(dtype, rng.data(n, 0.0, 1.0));
+                let w = quantize(par, rng.data(dim, 1.0, 0.5));
+                let xb = stage(gpu, dtype, Some(&x), n, off);
+                let dyb = stage(gpu, dtype, Some(&dy), n, off);
+                let dxb = stage(gpu, dtype, None, n, off);
+                let yb = stage(gpu, dtype, None, n, off);
+                let wb = stage(gpu, par, Some(&w), dim, off);
+                let stats = stage(gpu, DType::F32, None, 2 * rows, 0);
+                let (dw, db) = (gpu.storage("dw", dim), gpu.storage("db", dim));
+                let (mean, rstd) = (
+                    at(&stats, 0, DType::F32, rows),
+                    at(&stats, rows, DType::F32, rows),
+                );
+                let mut e = gpu.device.create_command_encoder(&Default::default());
+                let (xt, yt) = (at(&xb, off, dtype, n), at(&yb, off, dtype, n));
+                let (dyt, dxt, wt) = (
+                    at(&dyb, off, dtype, n),
+                    at(&dxb, off, dtype, n),
+                    at(&wb, off, par, dim),
+                );
+                let layer = op == Op::LayerNorm;
+                if layer {
+                    if saved {
+                        let f = LayerNorm::new(rows, dim, xt, yt)
+                            .dtype(dtype)
+                            .mean(mean)
+                            .rstd(rstd);
+                        gpu.norms.layer_norm(&mut e, &f).unwrap();
+                    }
+                    let mut b = LayerNormBackward::new(rows, dim, xt, dyt, dxt)
+                        .dtype(dtype)
+                        .param_dtype(par)
+                        .weight(wt)
+                        .grad_weight(&dw)
+                        .grad_bias(&db);
+                    if saved {
+                        b = b.saved(mean, rstd);
+                    }
+                    gpu.norms.layer_norm_backward(&mut e, &b).unwrap();
+                } else {
+                    if saved {
+                        let f = RmsNorm::new(rows, dim, xt, yt)
+                            .dtype(dtype)
+                            .eps(1e-5)
+                            .rrms(rstd);
+                        gpu.norms.rms_norm(&mut e, &f).unwrap();
+                    }
+                    let mut b = RmsNormBackward::new(rows, dim, xt, dyt, dxt)
+                        .eps(1e-5)
+                        .dtype(dtype)
+                        .param_dtype(par)
+                        .weight(wt)
+                        .grad_weight(&dw);
+                    if saved {
+                        b = b.saved(rstd);
+                    }
+                    gpu.norms.rms_norm_backward(&mut e, &b).unwrap();
+                }
+                gpu.queue.submit([e.finish()]);
+                let words = (dxb.size() / 4) as usize;
+                let out =
+                    pollster::block_on(gpu.read_async(&[(&dxb, words), (&dw, dim), (&db, dim)]))
+                        .unwrap();
+                let dx = unstage(&out[0], dtype, n, off, "dx");
+                let r = if layer {
+                    reference::layer_norm_backward(&x, &dy, dim, Some(&w), 1e-5)
+                } else {
+                    reference::rms_norm_backward(&x, &dy, dim, Some(&w), 1e-5)
+                };
+                let what = format!(
+                    "{op:?} {dtype}/{par} rows={rows} dim={dim} offset={off} saved={saved}"
+                );
+                for (i, ((&g, &e), &s)) in dx.iter().zip(&r.dx).zip(&r.dx_scale).enumerate() {
+                    let err = (f64::from(g) - e).abs();
+                    let tol = reference::tolerance(dtype, e) + 1e-5 * s;
+                    assert!(
+                        err <= tol,
+                        "{what}: dx[{i}] = {g} vs {e} (tolerance {tol:e})"
+                    );
+                }
+                assert_sum_close(
+                    &out[1],
+                    &r.dweight,
+                    &r.dweight_scale,
+                    &format!("{what}: dweight"),
+                );
+                if layer {
+                    assert_sum_close(&out[2], &r.dbias, &r.dbias_scale, &format!("{what}: dbias"));
+                }
+            }
+        }
+    }
+}

@@ -125,7 +125,13 @@ fn poison(dtype: DType) -> Vec<u8> {
 
 /// A buffer holding `data` (or poison) as `dtype` after `offset` poison elements, with
 /// poison after it up to a whole word plus 16 bytes.
-fn stage(gpu: &Gpu, dtype: DType, data: Option<&[f32]>, len: usize, offset: usize) -> wgpu::Buffer {
+pub fn stage(
+    gpu: &Gpu,
+    dtype: DType,
+    data: Option<&[f32]>,
+    len: usize,
+    offset: usize,
+) -> wgpu::Buffer {
     let p = poison(dtype);
     let mut bytes: Vec<u8> = p.repeat(offset);
     match data {
@@ -145,7 +151,7 @@ fn stage(gpu: &Gpu, dtype: DType, data: Option<&[f32]>, len: usize, offset: usiz
 }
 
 /// The `len` elements at `offset`, checking that each was written and nothing around them.
-fn unstage(words: &[f32], dtype: DType, len: usize, offset: usize, what: &str) -> Vec<f32> {
+pub fn unstage(words: &[f32], dtype: DType, len: usize, offset: usize, what: &str) -> Vec<f32> {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     let p = poison(dtype);
     let size = dtype.size() as usize;
@@ -172,7 +178,7 @@ pub struct AnyOut {
     pub rstd: Vec<f32>,
 }
 
-fn at(b: &wgpu::Buffer, off: usize, d: DType, len: usize) -> TensorRef<'_> {
+pub fn at(b: &wgpu::Buffer, off: usize, d: DType, len: usize) -> TensorRef<'_> {
     TensorRef::new(b, (off as u64) * d.size(), (len as u64) * d.size())
 }
 
