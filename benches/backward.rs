@@ -20,12 +20,8 @@ fn backward(c: &mut Criterion) {
     for dim in DIMS {
         let rows = (bench.mib << 20) / 4 / dim;
         let n = rows * dim;
-        let x: Vec<f32> = (0..n)
-            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.3)
-            .collect();
-        let dy: Vec<f32> = (0..n)
-            .map(|i| ((i * 104729) % 997) as f32 * 1e-3 - 0.5)
-            .collect();
+        let x = common::activations(n);
+        let dy = common::gradients(n);
         let xb = gpu.upload("bench x", &x);
         let dyb = gpu.upload("bench dy", &dy);
         let dxb = gpu.storage("bench dx", n);
@@ -67,12 +63,8 @@ fn backward_16_bit(c: &mut Criterion) {
     let dim = 4096;
     let rows = (bench.mib << 20) / 4 / dim;
     let n = rows * dim;
-    let x: Vec<f32> = (0..n)
-        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.3)
-        .collect();
-    let dy: Vec<f32> = (0..n)
-        .map(|i| ((i * 104729) % 997) as f32 * 1e-3 - 0.5)
-        .collect();
+    let x = common::activations(n);
+    let dy = common::gradients(n);
     let mean = gpu.upload("bench mean", &vec![0.2; rows]);
     let rstd = gpu.upload("bench rstd", &vec![3.4; rows]);
     let dw = gpu.storage("bench dweight", dim);

@@ -20,9 +20,7 @@ fn forward(c: &mut Criterion) {
     for dim in DIMS {
         let rows = (bench.mib << 20) / 4 / dim;
         let n = rows * dim;
-        let x: Vec<f32> = (0..n)
-            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.3)
-            .collect();
+        let x = common::activations(n);
         let xb = gpu.upload("bench x", &x);
         let yb = gpu.storage("bench y", n);
         let wb = gpu.upload("bench weight", &vec![1.5; dim]);
@@ -49,12 +47,8 @@ fn variants(c: &mut Criterion) {
     let dim = 4096;
     let rows = (bench.mib << 20) / 4 / dim;
     let n = rows * dim;
-    let x: Vec<f32> = (0..n)
-        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.3)
-        .collect();
-    let r: Vec<f32> = (0..n)
-        .map(|i| ((i * 104729) % 997) as f32 * 1e-3 - 0.5)
-        .collect();
+    let x = common::activations(n);
+    let r = common::gradients(n);
     let w: Vec<f32> = (0..dim).map(|i| 1.0 + (i % 7) as f32 * 0.1).collect();
     let mut group = c.benchmark_group(format!("forward variants/D={dim}"));
     bench.configure(&mut group);

@@ -4,8 +4,8 @@
 
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::norms::{Launch, Norms};
-use crate::shaders::{Kernel, flags};
+use crate::norms::{Launch, Norms, accumulate_flags};
+use crate::shaders::Kernel;
 use crate::tensor::TensorRef;
 
 /// Gradients of [`crate::LayerNorm`]: with `xhat = (x - mean) * rstd` and `g = dy * weight`,
@@ -128,13 +128,7 @@ impl Norms {
         encoder: &mut wgpu::CommandEncoder,
         op: &LayerNormBackward,
     ) -> Result<()> {
-        let mut f = 0;
-        if op.accumulate_grad_input {
-            f |= flags::ACCUMULATE_DX;
-        }
-        if op.accumulate_grad_params {
-            f |= flags::ACCUMULATE_PARAMS;
-        }
+        let f = accumulate_flags(op.accumulate_grad_input, op.accumulate_grad_params);
         self.backward(
             encoder,
             &Launch {

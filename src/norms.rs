@@ -510,11 +510,9 @@ impl Norms {
                     Extent::Internal => (0, 0),
                 };
                 let range = t.map(|t| {
-                    let at = t.offset + start;
-                    let bind_at = at / c.align * c.align;
-                    p.off[s.binding as usize] = ((at - bind_at) / size) as u32;
-                    // Bindings are whole words; check_operand made sure the word is there.
-                    (bind_at, (at + len).next_multiple_of(4) - bind_at)
+                    let (range, off) = bind_range(t.offset + start, len, size, c.align);
+                    p.off[s.binding as usize] = off;
+                    range
                 });
                 chunk_ranges.push(range);
             }
@@ -746,9 +744,9 @@ impl Norms {
         let mut bound = [None, None];
         for (i, t) in [grad_weight, grad_bias].into_iter().enumerate() {
             if let Some(t) = t {
-                let bind_at = t.offset / c.align * c.align;
-                p.off[PARAM_GRAD_SLOTS[i + 1].binding as usize] = ((t.offset - bind_at) / 4) as u32;
-                bound[i] = Some((t.buffer, bind_at, t.offset + t.size - bind_at));
+                let ((at, size), off) = bind_range(t.offset, t.size, 4, c.align);
+                p.off[PARAM_GRAD_SLOTS[i + 1].binding as usize] = off;
+                bound[i] = Some((t.buffer, at, size));
             }
         }
         let label = v.label();
@@ -770,6 +768,27 @@ impl Norms {
         pass.dispatch_workgroups(gx, gy, 1);
         Ok(())
     }
+}
+
+/// The binding (offset, size) for `len` bytes at byte `at`: it starts at the alignment below
+/// `at` and covers whole words (check_operand made sure the last word is in the buffer).
+/// Returns it with the offset of the data inside it, in elements of `size` bytes.
+fn bind_range(at: u64, len: u64, size: u64, align: u64) -> ((u64, u64), u32) {
+    let bind_at = at / align * align;
+    let range = (bind_at, (at + len).next_multiple_of(4) - bind_at);
+    (range, ((at - bind_at) / size) as u32)
+}
+
+/// Flags of a backward launch's accumulation options.
+pub(crate) fn accumulate_flags(grad_input: bool, grad_params: bool) -> u32 {
+    let mut f = 0;
+    if grad_input {
+        f |= flags::ACCUMULATE_DX;
+    }
+    if grad_params {
+        f |= flags::ACCUMULATE_PARAMS;
+    }
+    f
 }
 
 fn begin_pass<'e>(encoder: &'e mut wgpu::CommandEncoder, label: &str) -> wgpu::ComputePass<'e> {

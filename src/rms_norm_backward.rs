@@ -4,7 +4,7 @@
 
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::norms::{Launch, Norms};
+use crate::norms::{Launch, Norms, accumulate_flags};
 use crate::shaders::{Kernel, flags};
 use crate::tensor::TensorRef;
 
@@ -137,13 +137,7 @@ impl Norms {
         encoder: &mut wgpu::CommandEncoder,
         op: &RmsNormBackward,
     ) -> Result<()> {
-        let mut f = 0;
-        if op.accumulate_grad_input {
-            f |= flags::ACCUMULATE_DX;
-        }
-        if op.accumulate_grad_params {
-            f |= flags::ACCUMULATE_PARAMS;
-        }
+        let mut f = accumulate_flags(op.accumulate_grad_input, op.accumulate_grad_params);
         if op.gemma_offset {
             f |= flags::GEMMA_OFFSET;
         }

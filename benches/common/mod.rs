@@ -62,3 +62,17 @@ impl Bench {
         });
     }
 }
+
+/// A fixed pattern of `n` activations in [-0.3, 0.7).
+pub fn activations(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.3)
+        .collect()
+}
+
+/// A second fixed pattern (gradients, a residual), in [-0.5, 0.5).
+pub fn gradients(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 104729) % 997) as f32 * 1e-3 - 0.5)
+        .collect()
+}
