@@ -74,19 +74,19 @@ fn variants(c: &mut Criterion) {
         run("layer_norm", 2, &|e| gpu.norms.layer_norm(e, &ln));
         let rms = RmsNorm::new(rows, dim, t(&xb), t(&yb)).dtype(d).weight(&wd);
         run("rms_norm", 2, &|e| gpu.norms.rms_norm(e, &rms));
-        let fused = rms.residual(t(&rb)).residual_out(t(&sb));
+        let fused = rms.clone().residual(t(&rb)).residual_out(t(&sb));
         run("rms_norm + residual", 4, &|e| gpu.norms.rms_norm(e, &fused));
-        let fused_ln = ln.residual(t(&rb)).residual_out(t(&sb));
+        let fused_ln = ln.clone().residual(t(&rb)).residual_out(t(&sb));
         run("layer_norm + residual", 4, &|e| {
             gpu.norms.layer_norm(e, &fused_ln)
         });
-        let gemma = rms.gemma_offset(true);
+        let gemma = rms.clone().gemma_offset(true);
         run("rms_norm gemma offset", 2, &|e| {
             gpu.norms.rms_norm(e, &gemma)
         });
-        let prms = rms.partial(0.0625);
+        let prms = rms.clone().partial(0.0625);
         run("prms_norm p=0.0625", 2, &|e| gpu.norms.rms_norm(e, &prms));
-        let outside = ln.eps_placement(EpsPlacement::AddedToStd);
+        let outside = ln.clone().eps_placement(EpsPlacement::AddedToStd);
         run("layer_norm eps on std", 2, &|e| {
             gpu.norms.layer_norm(e, &outside)
         });

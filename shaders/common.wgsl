@@ -1,6 +1,8 @@
-// Declarations shared by every kernel. The host prepends a generated prelude that defines
-// WG (workgroup size), CACHE (row elements each invocation keeps in registers, 0 = stream),
-// VW (lanes per element of V) and the alias V (f32 or vec4<f32>), and the `//#if` blocks are
+// Declarations shared by every kernel. The host prepends generated code: a prelude with WG
+// (workgroup size), CACHE (row elements each invocation keeps in registers, 0 = stream), VW
+// (lanes per element of V), SLICES (param_grad), the alias V (f32 or vec4<f32>) and the flag
+// bits HAS_<operand> and OPT_<option>; then, after this file, the bindings of the kernel with
+// a typed accessor for each (ld_x(row, i), st_y(row, i, v), ...). The `//#if` blocks are
 // resolved by src/shaders.rs. No literal here repeats a host constant.
 
 // Twin of `wgpu_norm::shaders::Params` (src/shaders.rs); tests/shaders.rs checks the layout.
@@ -10,34 +12,20 @@ struct Params {
     // Elements per row.
     dim: u32,
     eps: f32,
-    // FLAG_* bits below.
+    // HAS_* and OPT_* bits.
     flags: u32,
     // Consecutive rows each workgroup normalizes, one after another.
     rows_per_group: u32,
-    // Backward: the partial-sum row of this dispatch's first workgroup, and the number of
-    // partial rows in all (where the dbeta partials start).
-    part_row0: u32,
+    // Backward: partial-sum rows of this dispatch (where the dbias rows start).
     part_rows: u32,
     // Elements at the start of each row that enter the statistics (pRMSNorm); dim otherwise.
     stat_len: u32,
-    // Element (f32) offset of each operand inside its binding, by binding number: bindings
-    // must start at min_storage_buffer_offset_alignment, the caller's data need not.
+    pad: u32,
+    // Element offset of each operand inside its binding, by binding number: bindings must
+    // start at min_storage_buffer_offset_alignment, the caller's data need not. Only the
+    // generated accessors read it.
     off: array<vec4<u32>, 3>,
 }
-
-const FLAG_WEIGHT: u32 = 1u;
-const FLAG_BIAS: u32 = 2u;
-const FLAG_MEAN: u32 = 4u;
-const FLAG_RSTD: u32 = 8u;
-const FLAG_ACCUMULATE_DX: u32 = 16u;
-const FLAG_ACCUMULATE_PARAMS: u32 = 32u;
-const FLAG_GRAD_WEIGHT: u32 = 64u;
-const FLAG_GRAD_BIAS: u32 = 128u;
-const FLAG_GEMMA_OFFSET: u32 = 256u;
-const FLAG_LLAMA_ROUNDING: u32 = 512u;
-const FLAG_EPS_OUTSIDE: u32 = 1024u;
-const FLAG_RESIDUAL: u32 = 2048u;
-const FLAG_RESIDUAL_OUT: u32 = 4096u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 
@@ -46,12 +34,13 @@ fn off_v(b: u32) -> u32 {
     return params.off[b / 4u][b % 4u] / VW;
 }
 
-// Offset of binding `b`'s operand, in f32.
+// Offset of binding `b`'s operand, in elements.
 fn off_f(b: u32) -> u32 {
     return params.off[b / 4u][b % 4u];
 }
 
-fn has_flag(f: u32) -> bool {
+// Whether an operand is present (HAS_*) or an option on (OPT_*).
+fn has(f: u32) -> bool {
     return (params.flags & f) != 0u;
 }
 

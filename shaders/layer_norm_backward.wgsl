@@ -4,7 +4,7 @@
 //
 // With xhat = (x - mean) * rstd and g = dy * weight:
 //     dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
-// The statistics come from the forward pass (FLAG_MEAN and FLAG_RSTD) or are recomputed
+// The statistics come from the forward pass (mean and rstd) or are recomputed
 // exactly as layer_norm.wgsl computes them (pivot, two passes).
 
 @compute @workgroup_size(WG)
@@ -25,13 +25,13 @@ fn main(ids: Ids) {
         let row = first + r;
         let n = params.dim / VW;
         let inv_dim = 1.0 / f32(params.dim);
-        let saved = has_flag(FLAG_MEAN);
+        let saved = has(HAS_MEAN);
         var mean = 0.0;
         var rstd = 0.0;
         var p = 0.0;
         if saved {
-            mean = mean_in[off_f(4u) + row];
-            rstd = rstd_in[off_f(5u) + row];
+            mean = ld_mean(row);
+            rstd = ld_rstd(row);
         } else {
             p = first_lane(ld_x(row, 0u));
         }
@@ -80,7 +80,7 @@ fn main(ids: Ids) {
         if lid + k * WG < n {
             let i = lid + k * WG;
             var v = rstd * (grad_g(d[k], i) - V(t.x) - c[k] * t.y);
-            if has_flag(FLAG_ACCUMULATE_DX) {
+            if has(OPT_ACCUMULATE_DX) {
                 v += ld_dx(row, i);
             }
             st_dx(row, i, v);
@@ -112,22 +112,22 @@ fn main(ids: Ids) {
             sums += vec2<f32>(hsum(g), hsum(g * xh));
         }
         let t = wg_sum2(sums, lid) * inv_dim;
-        let pr = (params.part_row0 + group) * n;
-        let pbase = select(0u, params.part_rows * n, has_flag(FLAG_GRAD_WEIGHT));
+        // dbias partial rows follow the dweight ones when both are wanted.
+        let kb = select(0u, params.part_rows, has(HAS_DWEIGHT)) + group;
         for (var i = lid; i < n; i += WG) {
             let xh = ((ld_x(row, i) - pv) - V(m)) * rstd;
             let d = ld_dy(row, i);
             var v = rstd * (grad_g(d, i) - V(t.x) - xh * t.y);
-            if has_flag(FLAG_ACCUMULATE_DX) {
+            if has(OPT_ACCUMULATE_DX) {
                 v += ld_dx(row, i);
             }
             st_dx(row, i, v);
             // This workgroup owns its partial row: no other invocation touches it.
-            if has_flag(FLAG_GRAD_WEIGHT) {
-                part[pr + i] = select(part[pr + i], V(0.0), r == 0u) + d * xh;
+            if has(HAS_DWEIGHT) {
+                st_partials(group, i, select(ld_partials(group, i), V(0.0), r == 0u) + d * xh);
             }
-            if has_flag(FLAG_GRAD_BIAS) {
-                part[pbase + pr + i] = select(part[pbase + pr + i], V(0.0), r == 0u) + d;
+            if has(HAS_DBIAS) {
+                st_partials(kb, i, select(ld_partials(kb, i), V(0.0), r == 0u) + d);
             }
         }
 //#endif
@@ -138,15 +138,14 @@ fn main(ids: Ids) {
         return;
     }
     let n = params.dim / VW;
-    let pr = (params.part_row0 + group) * n;
-    let pbase = select(0u, params.part_rows * n, has_flag(FLAG_GRAD_WEIGHT));
+    let kb = select(0u, params.part_rows, has(HAS_DWEIGHT)) + group;
 //#unroll k
     if lid + k * WG < n {
-        if has_flag(FLAG_GRAD_WEIGHT) {
-            part[pr + lid + k * WG] = pw[k];
+        if has(HAS_DWEIGHT) {
+            st_partials(group, lid + k * WG, pw[k]);
         }
-        if has_flag(FLAG_GRAD_BIAS) {
-            part[pbase + pr + lid + k * WG] = pb[k];
+        if has(HAS_DBIAS) {
+            st_partials(kb, lid + k * WG, pb[k]);
         }
     }
 //#endunroll
@@ -155,8 +154,8 @@ fn main(ids: Ids) {
 
 // g = dy * weight for the i-th V of the row.
 fn grad_g(d: V, i: u32) -> V {
-    if has_flag(FLAG_WEIGHT) {
-        return d * ld_w(i);
+    if has(HAS_WEIGHT) {
+        return d * ld_weight(i);
     }
     return d;
 }

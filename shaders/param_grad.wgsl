@@ -1,13 +1,11 @@
 // Backward, stage 2: dweight (and dbias) as column sums of the partial rows written by the
 // row kernels, in a fixed order: no atomics, so the same input gives the same bits.
-// Each workgroup owns COLS (from the host) V-columns; its invocations split the partial rows into
-// WG / COLS strided slices, sum them in order, then add the slices as a tree.
+// Each workgroup owns WG / SLICES V-columns; the SLICES invocations of a column each sum a
+// strided share of the partial rows in order, then the slices are added as a tree. SLICES
+// follows the number of partial rows (src/shaders.rs, param_grad_slices): with few rows, as
+// in a decode step, it is 1 and every invocation sums a column alone, with no barrier.
 
-const SLICES: u32 = WG / COLS;
-
-@group(0) @binding(1) var<storage, read_write> part: array<V>;
-@group(0) @binding(2) var<storage, read_write> dweight: array<V>;
-@group(0) @binding(3) var<storage, read_write> dbias: array<V>;
+const COLS: u32 = WG / SLICES;
 
 var<workgroup> acc: array<V, WG>;
 
@@ -20,39 +18,39 @@ fn main(ids: Ids) {
     let live = col < n;
     var w = V(0.0);
     var b = V(0.0);
-    if has_flag(FLAG_GRAD_WEIGHT) {
+    if has(HAS_DWEIGHT) {
         w = column_sum(0u, col, slice, lid, live);
     }
-    if has_flag(FLAG_GRAD_BIAS) {
+    if has(HAS_DBIAS) {
         // dbias partials follow the dweight ones when both are wanted.
-        let base = select(0u, params.part_rows * n, has_flag(FLAG_GRAD_WEIGHT));
-        b = column_sum(base, col, slice, lid, live);
+        b = column_sum(select(0u, params.part_rows, has(HAS_DWEIGHT)), col, slice, lid, live);
     }
     if live && slice == 0u {
-        if has_flag(FLAG_GRAD_WEIGHT) {
-            var v = w;
-            if has_flag(FLAG_ACCUMULATE_PARAMS) {
-                v += dweight[off_v(2u) + col];
+        if has(HAS_DWEIGHT) {
+            if has(OPT_ACCUMULATE_PARAMS) {
+                w += ld_dweight(col);
             }
-            dweight[off_v(2u) + col] = v;
+            st_dweight(col, w);
         }
-        if has_flag(FLAG_GRAD_BIAS) {
-            var v = b;
-            if has_flag(FLAG_ACCUMULATE_PARAMS) {
-                v += dbias[off_v(3u) + col];
+        if has(HAS_DBIAS) {
+            if has(OPT_ACCUMULATE_PARAMS) {
+                b += ld_dbias(col);
             }
-            dbias[off_v(3u) + col] = v;
+            st_dbias(col, b);
         }
     }
 }
 
-// The sum over all partial rows of column `col` of the array starting at `base`, in slice 0.
-fn column_sum(base: u32, col: u32, slice: u32, lid: u32, live: bool) -> V {
+// The sum over all partial rows, from row `first`, of column `col`, in slice 0.
+fn column_sum(first: u32, col: u32, slice: u32, lid: u32, live: bool) -> V {
     var s = V(0.0);
     if live {
-        for (var p = slice; p < params.part_rows; p += SLICES) {
-            s += part[base + p * (params.dim / VW) + col];
+        for (var k = slice; k < params.part_rows; k += SLICES) {
+            s += ld_partials(first + k, col);
         }
+    }
+    if SLICES == 1u {
+        return s;
     }
     acc[lid] = s;
     workgroupBarrier();

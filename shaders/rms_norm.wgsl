@@ -1,10 +1,10 @@
 // RMSNorm forward: y = x * rrms * weight, rrms = 1 / sqrt(mean(x^2) + eps), where the mean
 // runs over the first stat_len elements of the row (all of them, or ceil(p * D) for
-// pRMSNorm). Options: FLAG_GEMMA_OFFSET multiplies by (1 + weight); FLAG_LLAMA_ROUNDING
+// pRMSNorm). Options: OPT_GEMMA_OFFSET multiplies by (1 + weight); OPT_LLAMA_ROUNDING
 // rounds x * rrms to the storage type before the multiplication by the weight (Hugging Face
-// Llama's order; the default rounds once, at the end, as Gemma does); FLAG_RESIDUAL
-// normalizes s = x + residual (rounded to the storage type) and FLAG_RESIDUAL_OUT writes s.
-// One workgroup per row at a time. CPU mirror: `wgpu_norm::reference::rms_norm`.
+// Llama's order; the default rounds once, at the end, as Gemma does); a residual is added
+// first (residual.wgsl). One workgroup per row at a time.
+// CPU mirror: `wgpu_norm::reference::rms_norm`.
 //
 // The sum of squares is accumulated in f32: beyond |x| ~ 1.8e19 a square overflows to inf and
 // the row's output becomes 0 (or NaN where x is inf); see the README.
@@ -34,10 +34,10 @@ fn rms_norm_row(row: u32, lid: u32) {
         c[k] = ld_in(row, lid + k * WG);
     }
 //#endunroll
-    if has_flag(FLAG_RESIDUAL_OUT) {
+    if has(HAS_RESIDUAL_OUT) {
 //#unroll k
         if lid + k * WG < n {
-            st_s(row, lid + k * WG, c[k]);
+            st_residual_out(row, lid + k * WG, c[k]);
         }
 //#endunroll
     }
@@ -62,8 +62,8 @@ fn rms_norm_row(row: u32, lid: u32) {
     var q = V(0.0);
     for (var i = lid; i < n; i += WG) {
         let v = ld_in(row, i);
-        if has_flag(FLAG_RESIDUAL_OUT) {
-            st_s(row, i, v);
+        if has(HAS_RESIDUAL_OUT) {
+            st_residual_out(row, i, v);
         }
         q += in_prefix(i, v * v);
     }
@@ -73,38 +73,20 @@ fn rms_norm_row(row: u32, lid: u32) {
     }
 //#endif
 
-    if lid == 0u && has_flag(FLAG_RSTD) {
-        rstd_out[off_f(6u) + row] = rrms;
+    if lid == 0u && has(HAS_RRMS) {
+        st_rrms(row, rrms);
     }
-}
-
-// The row's i-th V of x, or of x + residual rounded to the storage type.
-fn ld_in(row: u32, i: u32) -> V {
-    if has_flag(FLAG_RESIDUAL) {
-        return round_act(ld_x(row, i) + ld_r(row, i));
-    }
-    return ld_x(row, i);
-}
-
-// ld_in again, in a later streamed pass. Once s is written back it is read from there:
-// residual_out may replace x or the residual in place (as vLLM's fused add does), and
-// x + residual would then no longer be there to add. The same invocation wrote it.
-fn ld_again(row: u32, i: u32) -> V {
-    if has_flag(FLAG_RESIDUAL_OUT) {
-        return ld_s(row, i);
-    }
-    return ld_in(row, i);
 }
 
 // xhat * weight (or * (1 + weight)) for the i-th V of the row, in the configured order.
 fn scale(xhat: V, i: u32) -> V {
     var o = xhat;
-    if has_flag(FLAG_LLAMA_ROUNDING) {
+    if has(OPT_LLAMA_ROUNDING) {
         o = round_act(o);
     }
-    if has_flag(FLAG_WEIGHT) {
-        var w = ld_w(i);
-        if has_flag(FLAG_GEMMA_OFFSET) {
+    if has(HAS_WEIGHT) {
+        var w = ld_weight(i);
+        if has(OPT_GEMMA_OFFSET) {
             w += V(1.0);
         }
         o *= w;

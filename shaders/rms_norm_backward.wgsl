@@ -2,10 +2,10 @@
 // dy * xhat, which param_grad.wgsl reduces to dweight in a fixed order.
 // CPU mirror: `wgpu_norm::reference::rms_norm_backward`.
 //
-// With xhat = x * rrms and g = dy * weight (or dy * (1 + weight), FLAG_GEMMA_OFFSET):
+// With xhat = x * rrms and g = dy * weight (or dy * (1 + weight), OPT_GEMMA_OFFSET):
 //     dx = rrms * (g - xhat * sum(g * xhat) / k)   for the first k = stat_len elements,
 //     dx = rrms * g                                 for the rest (pRMSNorm; k = D otherwise),
-// since only the first k elements enter rrms. rrms comes from the forward pass (FLAG_RSTD)
+// since only the first k elements enter rrms. rrms comes from the forward pass (saved)
 // or is recomputed as rms_norm.wgsl does.
 
 @compute @workgroup_size(WG)
@@ -24,10 +24,10 @@ fn main(ids: Ids) {
         let row = first + r;
         let n = params.dim / VW;
         let inv_len = 1.0 / f32(params.stat_len);
-        let saved = has_flag(FLAG_RSTD);
+        let saved = has(HAS_RRMS);
         var rrms = 0.0;
         if saved {
-            rrms = rstd_in[off_f(5u) + row];
+            rrms = ld_rrms(row);
         }
 //#if cached
         var c: array<V, CACHE>;
@@ -57,7 +57,7 @@ fn main(ids: Ids) {
         if lid + k * WG < n {
             let i = lid + k * WG;
             var v = rrms * (grad_g(d[k], i) - in_prefix(i, c[k] * t));
-            if has_flag(FLAG_ACCUMULATE_DX) {
+            if has(OPT_ACCUMULATE_DX) {
                 v += ld_dx(row, i);
             }
             st_dx(row, i, v);
@@ -78,17 +78,16 @@ fn main(ids: Ids) {
             s += grad_g(ld_dy(row, i), i) * (ld_x(row, i) * rrms);
         }
         let t = wg_sum(hsum(s), lid) * inv_len;
-        let pr = (params.part_row0 + group) * n;
         for (var i = lid; i < n; i += WG) {
             let xh = ld_x(row, i) * rrms;
             let d = ld_dy(row, i);
             var v = rrms * (grad_g(d, i) - in_prefix(i, xh * t));
-            if has_flag(FLAG_ACCUMULATE_DX) {
+            if has(OPT_ACCUMULATE_DX) {
                 v += ld_dx(row, i);
             }
             st_dx(row, i, v);
-            if has_flag(FLAG_GRAD_WEIGHT) {
-                part[pr + i] = select(part[pr + i], V(0.0), r == 0u) + d * xh;
+            if has(HAS_DWEIGHT) {
+                st_partials(group, i, select(ld_partials(group, i), V(0.0), r == 0u) + d * xh);
             }
         }
 //#endif
@@ -99,10 +98,9 @@ fn main(ids: Ids) {
         return;
     }
     let n = params.dim / VW;
-    let pr = (params.part_row0 + group) * n;
 //#unroll k
-    if lid + k * WG < n && has_flag(FLAG_GRAD_WEIGHT) {
-        part[pr + lid + k * WG] = pw[k];
+    if lid + k * WG < n && has(HAS_DWEIGHT) {
+        st_partials(group, lid + k * WG, pw[k]);
     }
 //#endunroll
 //#endif
@@ -110,9 +108,9 @@ fn main(ids: Ids) {
 
 // g = dy * weight (or * (1 + weight)) for the i-th V of the row.
 fn grad_g(d: V, i: u32) -> V {
-    if has_flag(FLAG_WEIGHT) {
-        var w = ld_w(i);
-        if has_flag(FLAG_GEMMA_OFFSET) {
+    if has(HAS_WEIGHT) {
+        var w = ld_weight(i);
+        if has(OPT_GEMMA_OFFSET) {
             w += V(1.0);
         }
         return d * w;

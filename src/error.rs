@@ -1,43 +1,99 @@
 //! The one error type of the crate.
 
-/// Which operand of a kernel an error is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Which operand of an op an error is about; also the key of an op's operands inside the
+/// crate. Each has one name across the API, the errors and the shaders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Operand {
     Input,
     Output,
     Weight,
     Bias,
+    /// LayerNorm's per-row mean.
     Mean,
+    /// LayerNorm's per-row `1 / sqrt(var + eps)`.
     Rstd,
-    GradOutput,
-    GradInput,
-    GradWeight,
-    GradBias,
-    /// The backward pass's own partial-sum buffer.
-    Partials,
+    /// RMSNorm's per-row `1 / sqrt(mean(x^2) + eps)`.
+    Rrms,
     /// The residual added to the input before the norm.
     Residual,
     /// Where input + residual is written back.
     ResidualOut,
+    GradOutput,
+    GradInput,
+    GradWeight,
+    GradBias,
+    /// The backward pass's partial sums, a buffer of the crate's own.
+    Partials,
 }
 
-impl std::fmt::Display for Operand {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Operand {
+    /// Every operand, in the order of their presence bits.
+    pub const ALL: [Operand; 14] = [
+        Operand::Input,
+        Operand::Output,
+        Operand::Weight,
+        Operand::Bias,
+        Operand::Mean,
+        Operand::Rstd,
+        Operand::Rrms,
+        Operand::Residual,
+        Operand::ResidualOut,
+        Operand::GradOutput,
+        Operand::GradInput,
+        Operand::GradWeight,
+        Operand::GradBias,
+        Operand::Partials,
+    ];
+
+    /// The name in the API and in error messages.
+    pub fn name(self) -> &'static str {
+        match self {
             Operand::Input => "input",
             Operand::Output => "output",
             Operand::Weight => "weight",
             Operand::Bias => "bias",
             Operand::Mean => "mean",
             Operand::Rstd => "rstd",
+            Operand::Rrms => "rrms",
+            Operand::Residual => "residual",
+            Operand::ResidualOut => "residual_out",
             Operand::GradOutput => "grad_output",
             Operand::GradInput => "grad_input",
             Operand::GradWeight => "grad_weight",
             Operand::GradBias => "grad_bias",
             Operand::Partials => "partial sums",
+        }
+    }
+
+    /// The name of its array and accessors in the generated WGSL (`x`, `ld_x`, `HAS_X`).
+    pub fn wgsl(self) -> &'static str {
+        match self {
+            Operand::Input => "x",
+            Operand::Output => "y",
+            Operand::Weight => "weight",
+            Operand::Bias => "bias",
+            Operand::Mean => "mean",
+            Operand::Rstd => "rstd",
+            Operand::Rrms => "rrms",
             Operand::Residual => "residual",
             Operand::ResidualOut => "residual_out",
-        })
+            Operand::GradOutput => "dy",
+            Operand::GradInput => "dx",
+            Operand::GradWeight => "dweight",
+            Operand::GradBias => "dbias",
+            Operand::Partials => "partials",
+        }
+    }
+
+    /// Its bit in the kernels' flags, set when it is present (WGSL: `HAS_<WGSL NAME>`).
+    pub fn flag(self) -> u32 {
+        1 << self as u32
+    }
+}
+
+impl std::fmt::Display for Operand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -56,7 +112,7 @@ pub enum Error {
     ShapeTooLarge { rows: usize, dim: usize },
 
     #[error(
-        "a row of {dim} f32 ({row_bytes} bytes) does not fit one storage binding of this device \
+        "a row of {dim} elements ({row_bytes} bytes) does not fit one storage binding of this device \
          (max_storage_buffer_binding_size = {max_binding})"
     )]
     RowTooLarge {
@@ -111,6 +167,15 @@ pub enum Error {
         what: &'static str,
     },
 
+    #[error(
+        "{op} recomputes its statistics and needs the forward pass's eps: set it with .eps(..), \
+         build the backward from the forward op (`.backward(..)`), or pass the saved statistics"
+    )]
+    EpsilonNeeded { op: &'static str },
+
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
+
     #[error("the pRMSNorm fraction must be in (0, 1], got {0}")]
     BadFraction(f32),
 
@@ -125,6 +190,18 @@ pub enum Error {
 
     #[error("reading results back from the GPU failed: {0}")]
     Readback(String),
+
+    #[error("the GPU ran out of memory: {0}")]
+    OutOfMemory(String),
+
+    #[error("wgpu rejected a call of wgpu-norm: {0}")]
+    Validation(String),
+
+    #[error("wgpu reported an internal error: {0}")]
+    Wgpu(String),
+
+    #[error("the device is lost: {0}")]
+    DeviceLost(String),
 
     #[error("wgpu-norm internal error (please report): {0}")]
     Internal(String),

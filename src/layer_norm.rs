@@ -1,11 +1,36 @@
 //! LayerNorm forward: host side of `shaders/layer_norm.wgsl`.
 //! CPU mirror: [`crate::reference::layer_norm`]; tests: `tests/layer_norm.rs`.
 
+use crate::builder::setters;
 use crate::dtype::DType;
-use crate::error::Result;
-use crate::norms::{Launch, Norms};
-use crate::shaders::{Kernel, flags};
+use crate::error::{Error, Operand, Result};
+use crate::kernel::{Access, KernelDef, Opt, Shape, optional, param, per_row, rows};
+use crate::layer_norm_backward::LayerNormBackward;
+use crate::op::{Launch, Operands, private::Describe, requires};
 use crate::tensor::TensorRef;
+
+/// The kernel's bindings, in binding order (1, 2, ...).
+pub(crate) const KERNEL: KernelDef = KernelDef {
+    name: "layer_norm",
+    source: include_str!("../shaders/layer_norm.wgsl"),
+    slots: &[
+        rows(Operand::Input, Access::Read),
+        rows(Operand::Output, Access::Write),
+        param(Operand::Weight),
+        param(Operand::Bias),
+        per_row(Operand::Mean, Access::Write),
+        per_row(Operand::Rstd, Access::Write),
+        optional(rows(Operand::Residual, Access::Read)),
+        // Read back by the streamed passes: it may replace x or the residual in place.
+        optional(rows(Operand::ResidualOut, Access::ReadWrite)),
+    ],
+    shape: Shape::Rows {
+        per_invocation: crate::shaders::V_PER_INVOCATION,
+        arrays: 1,
+    },
+    includes: &[crate::shaders::RESIDUAL],
+    wgsl_flags: &[],
+};
 
 /// Where LayerNorm adds epsilon.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,10 +50,12 @@ pub enum EpsPlacement {
 /// one f32 per row (ONNX's `Mean` and `InvStdDev` outputs).
 ///
 /// `dtype` is the storage of x, y and the residual stream, `param_dtype` that of weight and
-/// bias (f32 weights with 16-bit activations is the mixed mode); statistics are f32. With a
-/// `residual`, the row normalized is `s = round(x + residual)` (rounded to `dtype`), and
-/// `residual_out` receives s (the new residual stream), in the same pass.
-#[derive(Clone, Copy, Debug)]
+/// bias (f32 weights with 16-bit activations is the mixed mode; by default the same as
+/// `dtype`); statistics are f32. With a `residual`, the row normalized is
+/// `s = round(x + residual)` (rounded to `dtype`), and `residual_out` receives s (the new
+/// residual stream), in the same pass.
+#[derive(Clone, Debug)]
+#[must_use = "an op does nothing until it is recorded (Norms::record) or prepared"]
 pub struct LayerNorm<'a> {
     pub rows: usize,
     pub dim: usize,
@@ -42,7 +69,8 @@ pub struct LayerNorm<'a> {
     pub residual: Option<TensorRef<'a>>,
     pub residual_out: Option<TensorRef<'a>>,
     pub dtype: DType,
-    pub param_dtype: DType,
+    /// None: the same as `dtype`.
+    pub param_dtype: Option<DType>,
     pub eps_placement: EpsPlacement,
 }
 
@@ -69,104 +97,92 @@ impl<'a> LayerNorm<'a> {
             residual: None,
             residual_out: None,
             dtype: DType::F32,
-            param_dtype: DType::F32,
+            param_dtype: None,
             eps_placement: EpsPlacement::InsideSqrt,
         }
     }
 
-    /// Storage of x, y (and residual, residual_out) and, unless set apart, of weight and bias.
-    pub fn dtype(mut self, dtype: DType) -> Self {
-        self.dtype = dtype;
-        self.param_dtype = dtype;
-        self
+    setters! {
+        value eps: f32;
+        value eps_placement: EpsPlacement;
+        /// Storage of x, y and the residual stream (and of weight and bias, unless
+        /// [`LayerNorm::param_dtype`] says otherwise, in either order).
+        value dtype: DType;
+        /// Storage of weight and bias.
+        some param_dtype: DType;
+        tensor weight;
+        tensor bias;
+        /// Save each row's mean (f32).
+        tensor mean;
+        /// Save each row's `1 / sqrt(var + eps)` (f32).
+        tensor rstd;
+        /// Normalize `x + residual` instead of x.
+        tensor residual;
+        /// Write `x + residual` (as normalized) here; it may be the residual itself or x.
+        tensor residual_out;
     }
 
-    /// Storage of weight and bias (set after [`LayerNorm::dtype`]).
-    pub fn param_dtype(mut self, dtype: DType) -> Self {
-        self.param_dtype = dtype;
-        self
-    }
-
-    /// Normalize `x + residual` instead of x.
-    pub fn residual(mut self, residual: impl Into<TensorRef<'a>>) -> Self {
-        self.residual = Some(residual.into());
-        self
-    }
-
-    /// Write `x + residual` (as normalized) here.
-    pub fn residual_out(mut self, out: impl Into<TensorRef<'a>>) -> Self {
-        self.residual_out = Some(out.into());
-        self
-    }
-
-    pub fn eps_placement(mut self, placement: EpsPlacement) -> Self {
-        self.eps_placement = placement;
-        self
-    }
-
-    pub fn eps(mut self, eps: f32) -> Self {
-        self.eps = eps;
-        self
-    }
-
-    pub fn weight(mut self, weight: impl Into<TensorRef<'a>>) -> Self {
-        self.weight = Some(weight.into());
-        self
-    }
-
-    pub fn bias(mut self, bias: impl Into<TensorRef<'a>>) -> Self {
-        self.bias = Some(bias.into());
-        self
-    }
-
-    /// Save each row's mean.
-    pub fn mean(mut self, mean: impl Into<TensorRef<'a>>) -> Self {
-        self.mean = Some(mean.into());
-        self
-    }
-
-    /// Save each row's `1 / sqrt(var + eps)`.
-    pub fn rstd(mut self, rstd: impl Into<TensorRef<'a>>) -> Self {
-        self.rstd = Some(rstd.into());
-        self
+    /// The gradients of this op: x, eps, shape, storage and weight as here, the statistics
+    /// this op saves (if it saves both), `grad_output` (dy) and `grad_input` (dx, with the
+    /// shape of x). With a fused residual the row that was normalized is the sum, so it must
+    /// have been written (`residual_out`).
+    pub fn backward(
+        &self,
+        grad_output: impl Into<TensorRef<'a>>,
+        grad_input: impl Into<TensorRef<'a>>,
+    ) -> Result<LayerNormBackward<'a>> {
+        if self.eps_placement != EpsPlacement::InsideSqrt {
+            return Err(Error::Unsupported(
+                "the backward of LayerNorm with eps added to the standard deviation",
+            ));
+        }
+        let input = match (self.residual, self.residual_out) {
+            (None, _) => self.input,
+            (Some(_), Some(s)) => s,
+            (Some(_), None) => {
+                return Err(Error::MissingOperand {
+                    needs: Operand::ResidualOut,
+                    given: Operand::Residual,
+                });
+            }
+        };
+        let mut op = LayerNormBackward::new(self.rows, self.dim, input, grad_output, grad_input)
+            .eps(self.eps)
+            .dtype(self.dtype);
+        op.param_dtype = self.param_dtype;
+        op.weight = self.weight;
+        if let (Some(mean), Some(rstd)) = (self.mean, self.rstd) {
+            op = op.saved(mean, rstd);
+        }
+        Ok(op)
     }
 }
 
-impl Norms {
-    /// Validates `op` and records it into `encoder` (one compute pass). Zero rows records
-    /// nothing. Nothing is submitted.
-    pub fn layer_norm(&self, encoder: &mut wgpu::CommandEncoder, op: &LayerNorm) -> Result<()> {
-        if op.residual.is_none() && op.residual_out.is_some() {
-            return Err(crate::Error::MissingOperand {
-                needs: crate::Operand::Residual,
-                given: crate::Operand::ResidualOut,
-            });
-        }
-        self.forward(
-            encoder,
-            &Launch {
-                kernel: Kernel::LayerNorm,
-                rows: op.rows,
-                dim: op.dim,
-                eps: op.eps,
-                flags: match op.eps_placement {
-                    EpsPlacement::InsideSqrt => 0,
-                    EpsPlacement::AddedToStd => flags::EPS_OUTSIDE,
-                },
-                operands: vec![
-                    Some(op.input),
-                    Some(op.output),
-                    op.weight,
-                    op.bias,
-                    op.mean,
-                    op.rstd,
-                    op.residual,
-                    op.residual_out,
-                ],
-                act: op.dtype,
-                param: op.param_dtype,
-                stat_len: None,
+impl Describe for LayerNorm<'_> {
+    fn launch(&self) -> Result<Launch<'_>> {
+        let mut o = Operands::default();
+        o.set(Operand::Input, self.input)
+            .set(Operand::Output, self.output)
+            .set(Operand::Weight, self.weight)
+            .set(Operand::Bias, self.bias)
+            .set(Operand::Mean, self.mean)
+            .set(Operand::Rstd, self.rstd)
+            .set(Operand::Residual, self.residual)
+            .set(Operand::ResidualOut, self.residual_out);
+        requires(&o, Operand::ResidualOut, Operand::Residual)?;
+        Ok(Launch {
+            kernel: crate::Kernel::LayerNorm,
+            rows: self.rows,
+            dim: self.dim,
+            eps: self.eps,
+            options: match self.eps_placement {
+                EpsPlacement::InsideSqrt => 0,
+                EpsPlacement::AddedToStd => Opt::EpsOutside.flag(),
             },
-        )
+            act: self.dtype,
+            param: self.param_dtype.unwrap_or(self.dtype),
+            stat_len: None,
+            operands: o,
+        })
     }
 }

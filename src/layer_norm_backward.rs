@@ -1,30 +1,60 @@
-//! LayerNorm backward: host side of `shaders/layer_norm_backward.wgsl` and
-//! `shaders/param_grad.wgsl`. CPU mirror: [`crate::reference::layer_norm_backward`];
-//! tests: `tests/layer_norm_backward.rs`.
+//! LayerNorm backward: host side of `shaders/layer_norm_backward.wgsl` (then
+//! `shaders/param_grad.wgsl`, see [`crate::param_grad`]). CPU mirror:
+//! [`crate::reference::layer_norm_backward`]; tests: `tests/layer_norm_backward.rs`.
 
+use crate::builder::setters;
 use crate::dtype::DType;
-use crate::error::Result;
-use crate::norms::{Launch, Norms, accumulate_flags};
-use crate::shaders::Kernel;
+use crate::error::{Error, Operand, Result};
+use crate::kernel::{Access, Kernel, KernelDef, PARTIALS, Shape, param, per_row, rows};
+use crate::op::{Launch, Operands, private::Describe, requires};
 use crate::tensor::TensorRef;
+
+/// The row kernel's bindings, in binding order (1, 2, ...). dweight and dbias are bound by
+/// the stage-2 kernel ([`crate::param_grad`]).
+pub(crate) const KERNEL: KernelDef = KernelDef {
+    name: "layer_norm_backward",
+    source: include_str!("../shaders/layer_norm_backward.wgsl"),
+    slots: &[
+        rows(Operand::Input, Access::Read),
+        rows(Operand::GradOutput, Access::Read),
+        param(Operand::Weight),
+        per_row(Operand::Mean, Access::Read),
+        per_row(Operand::Rstd, Access::Read),
+        // Read when accumulating.
+        rows(Operand::GradInput, Access::ReadWrite),
+        PARTIALS,
+    ],
+    shape: Shape::RowsWithPartials {
+        per_invocation: crate::shaders::V_PER_INVOCATION / 2,
+        arrays: 4,
+        stage2: Kernel::ParamGrad,
+    },
+    includes: &[],
+    // Two sums in one reduction: wg_sum2 in reduce.wgsl.
+    wgsl_flags: &["pairs"],
+};
 
 /// Gradients of [`crate::LayerNorm`]: with `xhat = (x - mean) * rstd` and `g = dy * weight`,
 ///
 /// - `dx = rstd * (g - mean(g) - xhat * mean(g * xhat))` (per row),
 /// - `dweight = sum over rows of dy * xhat`, `dbias = sum over rows of dy`.
 ///
-/// `mean` and `rstd` are the statistics the forward pass saved; without them they are
-/// recomputed as the forward computes them. dweight and dbias are summed in a fixed order
+/// Build it from the forward op with [`crate::LayerNorm::backward`], which carries over x,
+/// eps, the weight, the storage and the saved statistics, or with
+/// [`LayerNormBackward::new`]. `mean` and `rstd` are the statistics the forward pass saved;
+/// without them they are recomputed as the forward computes them, which needs the forward's
+/// eps (an error says so when it is not set). dweight and dbias are summed in a fixed order
 /// (per-workgroup partial sums, then a reduction kernel; no atomics), so they are bitwise
 /// identical from run to run. `accumulate_grad_input` adds dx to what `grad_input` holds (for
 /// the residual stream); `accumulate_grad_params` adds to `grad_weight`/`grad_bias` (for
 /// gradient accumulation over micro-batches).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
+#[must_use = "an op does nothing until it is recorded (Norms::record) or prepared"]
 pub struct LayerNormBackward<'a> {
     pub rows: usize,
     pub dim: usize,
-    /// As in the forward pass; used only when the statistics are recomputed.
-    pub eps: f32,
+    /// The forward pass's eps; needed only when the statistics are recomputed.
+    pub eps: Option<f32>,
     pub input: TensorRef<'a>,
     pub grad_output: TensorRef<'a>,
     pub grad_input: TensorRef<'a>,
@@ -37,8 +67,8 @@ pub struct LayerNormBackward<'a> {
     pub accumulate_grad_params: bool,
     /// Storage of x, dy and dx; dweight/dbias and statistics are f32.
     pub dtype: DType,
-    /// Storage of the weight.
-    pub param_dtype: DType,
+    /// Storage of the weight; None: the same as `dtype`.
+    pub param_dtype: Option<DType>,
 }
 
 impl<'a> LayerNormBackward<'a> {
@@ -52,7 +82,7 @@ impl<'a> LayerNormBackward<'a> {
         LayerNormBackward {
             rows,
             dim,
-            eps: crate::LayerNorm::DEFAULT_EPS,
+            eps: None,
             input: input.into(),
             grad_output: grad_output.into(),
             grad_input: grad_input.into(),
@@ -64,94 +94,71 @@ impl<'a> LayerNormBackward<'a> {
             accumulate_grad_input: false,
             accumulate_grad_params: false,
             dtype: DType::F32,
-            param_dtype: DType::F32,
+            param_dtype: None,
         }
     }
 
-    pub fn eps(mut self, eps: f32) -> Self {
-        self.eps = eps;
-        self
+    setters! {
+        /// The forward pass's eps (for recomputed statistics).
+        some eps: f32;
+        /// Storage of x, dy and dx (and of the weight, unless
+        /// [`LayerNormBackward::param_dtype`] says otherwise, in either order).
+        value dtype: DType;
+        /// Storage of the weight.
+        some param_dtype: DType;
+        tensor weight;
+        tensor grad_weight;
+        tensor grad_bias;
+        value accumulate_grad_input: bool;
+        value accumulate_grad_params: bool;
     }
 
-    pub fn weight(mut self, weight: impl Into<TensorRef<'a>>) -> Self {
-        self.weight = Some(weight.into());
-        self
-    }
-
-    /// The forward pass's saved mean and rstd (both, or neither).
+    /// The forward pass's saved mean and rstd.
+    #[must_use = "setters return the changed op; the original is unchanged"]
     pub fn saved(mut self, mean: impl Into<TensorRef<'a>>, rstd: impl Into<TensorRef<'a>>) -> Self {
         self.mean = Some(mean.into());
         self.rstd = Some(rstd.into());
         self
     }
-
-    pub fn grad_weight(mut self, grad_weight: impl Into<TensorRef<'a>>) -> Self {
-        self.grad_weight = Some(grad_weight.into());
-        self
-    }
-
-    pub fn grad_bias(mut self, grad_bias: impl Into<TensorRef<'a>>) -> Self {
-        self.grad_bias = Some(grad_bias.into());
-        self
-    }
-
-    /// Storage of x, dy and dx and, unless set apart, of the weight.
-    pub fn dtype(mut self, dtype: DType) -> Self {
-        self.dtype = dtype;
-        self.param_dtype = dtype;
-        self
-    }
-
-    /// Storage of the weight (set after `dtype`).
-    pub fn param_dtype(mut self, dtype: DType) -> Self {
-        self.param_dtype = dtype;
-        self
-    }
-
-    pub fn accumulate_grad_input(mut self, yes: bool) -> Self {
-        self.accumulate_grad_input = yes;
-        self
-    }
-
-    pub fn accumulate_grad_params(mut self, yes: bool) -> Self {
-        self.accumulate_grad_params = yes;
-        self
-    }
 }
 
-impl Norms {
-    /// Validates `op` and records it into `encoder` (one compute pass: the row kernel, then
-    /// the dweight/dbias reduction when either is wanted). Nothing is submitted. With zero
-    /// rows only dweight/dbias are written (0, or left as they are when accumulating).
-    pub fn layer_norm_backward(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        op: &LayerNormBackward,
-    ) -> Result<()> {
-        let f = accumulate_flags(op.accumulate_grad_input, op.accumulate_grad_params);
-        self.backward(
-            encoder,
-            &Launch {
-                kernel: Kernel::LayerNormBackward,
-                rows: op.rows,
-                dim: op.dim,
-                eps: op.eps,
-                flags: f,
-                act: op.dtype,
-                param: op.param_dtype,
-                stat_len: None,
-                operands: vec![
-                    Some(op.input),
-                    Some(op.grad_output),
-                    op.weight,
-                    op.mean,
-                    op.rstd,
-                    Some(op.grad_input),
-                    None,
-                ],
-            },
-            op.grad_weight,
-            op.grad_bias,
-        )
+impl Describe for LayerNormBackward<'_> {
+    fn launch(&self) -> Result<Launch<'_>> {
+        let mut o = Operands::default();
+        o.set(Operand::Input, self.input)
+            .set(Operand::GradOutput, self.grad_output)
+            .set(Operand::GradInput, self.grad_input)
+            .set(Operand::Weight, self.weight)
+            .set(Operand::Mean, self.mean)
+            .set(Operand::Rstd, self.rstd)
+            .set(Operand::GradWeight, self.grad_weight)
+            .set(Operand::GradBias, self.grad_bias);
+        requires(&o, Operand::Mean, Operand::Rstd)?;
+        requires(&o, Operand::Rstd, Operand::Mean)?;
+        let saved = self.mean.is_some();
+        let eps = match (self.eps, saved) {
+            (Some(eps), _) => eps,
+            // Unused: the statistics are given.
+            (None, true) => 0.0,
+            (None, false) => {
+                return Err(Error::EpsilonNeeded {
+                    op: "LayerNormBackward",
+                });
+            }
+        };
+        Ok(Launch {
+            kernel: Kernel::LayerNormBackward,
+            rows: self.rows,
+            dim: self.dim,
+            eps,
+            options: crate::param_grad::accumulate(
+                self.accumulate_grad_input,
+                self.accumulate_grad_params,
+            ),
+            act: self.dtype,
+            param: self.param_dtype.unwrap_or(self.dtype),
+            stat_len: None,
+            operands: o,
+        })
     }
 }

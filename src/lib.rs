@@ -31,13 +31,23 @@
 
 #![forbid(unsafe_code)]
 
+/// The wgpu this crate is built with: name its types through here to be sure they match.
+pub use wgpu;
+
 pub mod adapter;
+mod builder;
 mod context;
+mod copy;
 mod dtype;
 pub mod error;
+pub mod kernel;
 mod layer_norm;
 mod layer_norm_backward;
 mod norms;
+mod op;
+mod param_grad;
+pub mod plan;
+mod prepared;
 pub mod reference;
 mod rms_norm;
 mod rms_norm_backward;
@@ -47,11 +57,16 @@ pub mod timing;
 
 pub use adapter::pick_adapter;
 pub use context::{Gpu, Normalized, SliceOptions, USEFUL_FEATURES};
+pub use copy::CopyOp;
 pub use dtype::DType;
 pub use error::{Error, Operand, Result};
+pub use kernel::Kernel;
 pub use layer_norm::{EpsPlacement, LayerNorm};
 pub use layer_norm_backward::LayerNormBackward;
-pub use norms::{Norms, NormsOptions};
+pub use norms::{CacheStats, Norms, NormsOptions};
+pub use op::Op;
+pub use plan::{Caps, Plan};
+pub use prepared::Prepared;
 pub use rms_norm::{RmsNorm, RoundingOrder};
 pub use rms_norm_backward::RmsNormBackward;
 pub use tensor::TensorRef;
@@ -61,7 +76,8 @@ mod tests {
     fn assert_send_sync<T: Send + Sync>() {}
 
     #[test]
-    fn norms_is_send_and_sync() {
+    fn shared_objects_are_send_and_sync() {
         assert_send_sync::<super::Norms>();
+        assert_send_sync::<super::Prepared>();
     }
 }

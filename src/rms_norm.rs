@@ -1,11 +1,34 @@
 //! RMSNorm forward: host side of `shaders/rms_norm.wgsl`.
 //! CPU mirror: [`crate::reference::rms_norm`]; tests: `tests/rms_norm.rs`.
 
+use crate::builder::setters;
 use crate::dtype::DType;
 use crate::error::{Error, Operand, Result};
-use crate::norms::{Launch, Norms};
-use crate::shaders::{Kernel, flags};
+use crate::kernel::{Access, KernelDef, Opt, Shape, optional, param, per_row, rows};
+use crate::op::{Launch, Operands, private::Describe, requires};
+use crate::rms_norm_backward::RmsNormBackward;
 use crate::tensor::TensorRef;
+
+/// The kernel's bindings, in binding order (1, 2, ...).
+pub(crate) const KERNEL: KernelDef = KernelDef {
+    name: "rms_norm",
+    source: include_str!("../shaders/rms_norm.wgsl"),
+    slots: &[
+        rows(Operand::Input, Access::Read),
+        rows(Operand::Output, Access::Write),
+        param(Operand::Weight),
+        per_row(Operand::Rrms, Access::Write),
+        optional(rows(Operand::Residual, Access::Read)),
+        // Read back by the streamed pass: it may replace x or the residual in place.
+        optional(rows(Operand::ResidualOut, Access::ReadWrite)),
+    ],
+    shape: Shape::Rows {
+        per_invocation: crate::shaders::V_PER_INVOCATION,
+        arrays: 1,
+    },
+    includes: &[crate::shaders::RESIDUAL],
+    wgsl_flags: &[],
+};
 
 /// Where RMSNorm rounds to a 16-bit storage type. Models diverge when this differs from the
 /// order they were trained with. For f32 storage both are the same.
@@ -30,7 +53,8 @@ pub enum RoundingOrder {
 /// [`crate::LayerNorm`]), the fused residual add (`residual`, `residual_out`), Gemma's
 /// `(1 + weight)` ([`RmsNorm::gemma_offset`]), the [`RoundingOrder`], and pRMSNorm
 /// ([`RmsNorm::partial`]: the RMS estimated from the first `ceil(p * dim)` elements).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
+#[must_use = "an op does nothing until it is recorded (Norms::record) or prepared"]
 pub struct RmsNorm<'a> {
     pub rows: usize,
     pub dim: usize,
@@ -42,7 +66,8 @@ pub struct RmsNorm<'a> {
     pub residual: Option<TensorRef<'a>>,
     pub residual_out: Option<TensorRef<'a>>,
     pub dtype: DType,
-    pub param_dtype: DType,
+    /// None: the same as `dtype`.
+    pub param_dtype: Option<DType>,
     pub gemma_offset: bool,
     pub rounding: RoundingOrder,
     /// pRMSNorm's p, in (0, 1]; None is plain RMSNorm (p = 1).
@@ -71,69 +96,63 @@ impl<'a> RmsNorm<'a> {
             residual: None,
             residual_out: None,
             dtype: DType::F32,
-            param_dtype: DType::F32,
+            param_dtype: None,
             gemma_offset: false,
             rounding: RoundingOrder::Gemma,
             partial: None,
         }
     }
 
-    /// Storage of x, y (and residual, residual_out) and, unless set apart, of the weight.
-    pub fn dtype(mut self, dtype: DType) -> Self {
-        self.dtype = dtype;
-        self.param_dtype = dtype;
-        self
+    setters! {
+        value eps: f32;
+        /// Multiply by `(1 + weight)` instead of the weight (Gemma).
+        value gemma_offset: bool;
+        value rounding: RoundingOrder;
+        /// pRMSNorm: estimate the RMS from the first `ceil(p * dim)` elements, p in (0, 1].
+        some partial: f32;
+        /// Storage of x, y and the residual stream (and of the weight, unless
+        /// [`RmsNorm::param_dtype`] says otherwise, in either order).
+        value dtype: DType;
+        /// Storage of the weight.
+        some param_dtype: DType;
+        tensor weight;
+        /// Save each row's `1 / sqrt(mean(x^2) + eps)` (f32).
+        tensor rrms;
+        /// Normalize `x + residual` instead of x.
+        tensor residual;
+        /// Write `x + residual` (as normalized) here; it may be the residual itself or x.
+        tensor residual_out;
     }
 
-    /// Storage of the weight (set after [`RmsNorm::dtype`]).
-    pub fn param_dtype(mut self, dtype: DType) -> Self {
-        self.param_dtype = dtype;
-        self
-    }
-
-    /// Normalize `x + residual` instead of x.
-    pub fn residual(mut self, residual: impl Into<TensorRef<'a>>) -> Self {
-        self.residual = Some(residual.into());
-        self
-    }
-
-    /// Write `x + residual` (as normalized) here.
-    pub fn residual_out(mut self, out: impl Into<TensorRef<'a>>) -> Self {
-        self.residual_out = Some(out.into());
-        self
-    }
-
-    /// Multiply by `(1 + weight)` instead of the weight (Gemma).
-    pub fn gemma_offset(mut self, yes: bool) -> Self {
-        self.gemma_offset = yes;
-        self
-    }
-
-    pub fn rounding(mut self, order: RoundingOrder) -> Self {
-        self.rounding = order;
-        self
-    }
-
-    /// pRMSNorm: estimate the RMS from the first `ceil(p * dim)` elements, p in (0, 1].
-    pub fn partial(mut self, p: f32) -> Self {
-        self.partial = Some(p);
-        self
-    }
-
-    pub fn eps(mut self, eps: f32) -> Self {
-        self.eps = eps;
-        self
-    }
-
-    pub fn weight(mut self, weight: impl Into<TensorRef<'a>>) -> Self {
-        self.weight = Some(weight.into());
-        self
-    }
-
-    /// Save each row's `1 / sqrt(mean(x^2) + eps)`.
-    pub fn rrms(mut self, rrms: impl Into<TensorRef<'a>>) -> Self {
-        self.rrms = Some(rrms.into());
-        self
+    /// The gradients of this op: x, eps, shape, storage, weight, Gemma offset and pRMSNorm as
+    /// here, the rrms this op saves (if it does), `grad_output` (dy) and `grad_input` (dx,
+    /// with the shape of x). With a fused residual the row that was normalized is the sum, so
+    /// it must have been written (`residual_out`). The rounding order does not enter: as in
+    /// autograd, a rounding passes the gradient through unchanged.
+    pub fn backward(
+        &self,
+        grad_output: impl Into<TensorRef<'a>>,
+        grad_input: impl Into<TensorRef<'a>>,
+    ) -> Result<RmsNormBackward<'a>> {
+        let input = match (self.residual, self.residual_out) {
+            (None, _) => self.input,
+            (Some(_), Some(s)) => s,
+            (Some(_), None) => {
+                return Err(Error::MissingOperand {
+                    needs: Operand::ResidualOut,
+                    given: Operand::Residual,
+                });
+            }
+        };
+        let mut op = RmsNormBackward::new(self.rows, self.dim, input, grad_output, grad_input)
+            .eps(self.eps)
+            .dtype(self.dtype)
+            .gemma_offset(self.gemma_offset);
+        op.param_dtype = self.param_dtype;
+        op.partial = self.partial;
+        op.weight = self.weight;
+        op.rrms = self.rrms;
+        Ok(op)
     }
 }
 
@@ -148,46 +167,33 @@ pub(crate) fn prefix_len(partial: Option<f32>, dim: usize) -> Result<Option<usiz
     }
 }
 
-impl Norms {
-    /// Validates `op` and records it into `encoder` (one compute pass). Zero rows records
-    /// nothing. Nothing is submitted.
-    pub fn rms_norm(&self, encoder: &mut wgpu::CommandEncoder, op: &RmsNorm) -> Result<()> {
-        if op.residual.is_none() && op.residual_out.is_some() {
-            return Err(Error::MissingOperand {
-                needs: Operand::Residual,
-                given: Operand::ResidualOut,
-            });
+impl Describe for RmsNorm<'_> {
+    fn launch(&self) -> Result<Launch<'_>> {
+        let mut o = Operands::default();
+        o.set(Operand::Input, self.input)
+            .set(Operand::Output, self.output)
+            .set(Operand::Weight, self.weight)
+            .set(Operand::Rrms, self.rrms)
+            .set(Operand::Residual, self.residual)
+            .set(Operand::ResidualOut, self.residual_out);
+        requires(&o, Operand::ResidualOut, Operand::Residual)?;
+        let mut options = 0;
+        if self.gemma_offset {
+            options |= Opt::GemmaOffset.flag();
         }
-        let stat_len = prefix_len(op.partial, op.dim)?;
-        let mut f = 0;
-        if op.gemma_offset {
-            f |= flags::GEMMA_OFFSET;
+        if self.rounding == RoundingOrder::Llama {
+            options |= Opt::LlamaRounding.flag();
         }
-        if op.rounding == RoundingOrder::Llama {
-            f |= flags::LLAMA_ROUNDING;
-        }
-        self.forward(
-            encoder,
-            &Launch {
-                kernel: Kernel::RmsNorm,
-                rows: op.rows,
-                dim: op.dim,
-                eps: op.eps,
-                flags: f,
-                operands: vec![
-                    Some(op.input),
-                    Some(op.output),
-                    op.weight,
-                    None,
-                    None,
-                    op.rrms,
-                    op.residual,
-                    op.residual_out,
-                ],
-                act: op.dtype,
-                param: op.param_dtype,
-                stat_len,
-            },
-        )
+        Ok(Launch {
+            kernel: crate::Kernel::RmsNorm,
+            rows: self.rows,
+            dim: self.dim,
+            eps: self.eps,
+            options,
+            act: self.dtype,
+            param: self.param_dtype.unwrap_or(self.dtype),
+            stat_len: prefix_len(self.partial, self.dim)?,
+            operands: o,
+        })
     }
 }

@@ -1,14 +1,19 @@
 //! WGSL sources and their variants.
 //!
-//! Each kernel family is one file under `shaders/`. A variant is that file plus
-//! `common.wgsl` and `reduce.wgsl`, behind a prelude generated here from the Rust constants
-//! (so the workgroup size has one source of truth), with `//#if NAME` / `//#else` /
-//! `//#endif` blocks resolved for the variant's flags. `tests/shaders.rs` parses and
-//! validates every variant with naga, without a GPU.
+//! Each kernel is one file under `shaders/`. A variant is that file plus the shared ones
+//! (`common.wgsl`, `reduce.wgsl`, ...) behind code generated here: a prelude of the Rust
+//! constants (workgroup size, cache length, vector width, flag bits) and the declarations and
+//! typed accessors of every binding, from the kernel's table ([`crate::kernel`]). `//#if NAME`
+//! / `//#else` / `//#endif` blocks are resolved for the variant, and `//#unroll` blocks
+//! unrolled. `tests/shaders.rs` parses and validates every variant with naga, without a GPU,
+//! and reflects its bindings against the table.
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::dtype::DType;
+use crate::error::Operand;
+pub use crate::kernel::Kernel;
+use crate::kernel::{Class, Extent, Opt, Shape};
 
 /// Smallest workgroup the kernels use (one workgroup per row).
 pub const MIN_WORKGROUP_SIZE: u32 = 64;
@@ -36,10 +41,13 @@ pub const MAX_ROWS_PER_GROUP: u32 = 64;
 const COPY_WORKGROUP_SIZE: u32 = 256;
 const COPY_V_PER_INVOCATION: u32 = 4;
 
-/// The backward stage-2 kernel's workgroup: PARAM_GRAD_COLUMNS V-columns, each summed by
-/// WG / PARAM_GRAD_COLUMNS slices of the partial rows.
+/// The backward stage-2 kernel's workgroup: `WG / SLICES` V-columns, each summed by `SLICES`
+/// slices of the partial rows ([`param_grad_slices`]).
 const PARAM_GRAD_WORKGROUP_SIZE: u32 = 256;
-pub const PARAM_GRAD_COLUMNS: u32 = 4;
+/// Partial rows each param_grad invocation sums on its own before the slices are added.
+pub const ROWS_PER_SLICE: u32 = 16;
+/// Fewest V-columns a param_grad workgroup owns.
+pub const MIN_COLUMNS: u32 = 4;
 
 /// Backward: partial-sum rows (workgroups of the row kernel) aimed for, spread as
 /// `PARTIAL_INVOCATIONS / workgroup size`, at most [`MAX_PARTIAL_ROWS`]: enough workgroups to
@@ -79,33 +87,13 @@ fn cache_len(per_row: u32, wg: u32, arrays: u32) -> u32 {
     }
 }
 
-const COMMON: &str = include_str!("../shaders/common.wgsl");
-const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
-const LAYER_NORM: &str = include_str!("../shaders/layer_norm.wgsl");
-const RMS_NORM: &str = include_str!("../shaders/rms_norm.wgsl");
-const COPY: &str = include_str!("../shaders/copy.wgsl");
-const LAYER_NORM_BACKWARD: &str = include_str!("../shaders/layer_norm_backward.wgsl");
-const RMS_NORM_BACKWARD: &str = include_str!("../shaders/rms_norm_backward.wgsl");
-const PARAM_GRAD: &str = include_str!("../shaders/param_grad.wgsl");
-const HALF: &str = include_str!("../shaders/half.wgsl");
-const BACKWARD_BINDINGS: &str = include_str!("../shaders/backward_bindings.wgsl");
-
-/// Bits of [`Params::flags`]; twins of the `FLAG_*` constants in `common.wgsl`.
-pub(crate) mod flags {
-    pub const WEIGHT: u32 = 1;
-    pub const BIAS: u32 = 2;
-    pub const MEAN: u32 = 4;
-    pub const RSTD: u32 = 8;
-    pub const ACCUMULATE_DX: u32 = 16;
-    pub const ACCUMULATE_PARAMS: u32 = 32;
-    pub const GRAD_WEIGHT: u32 = 64;
-    pub const GRAD_BIAS: u32 = 128;
-    pub const GEMMA_OFFSET: u32 = 256;
-    pub const LLAMA_ROUNDING: u32 = 512;
-    pub const EPS_OUTSIDE: u32 = 1024;
-    pub const RESIDUAL: u32 = 2048;
-    pub const RESIDUAL_OUT: u32 = 4096;
-}
+/// Shared WGSL files (every kernel's own file is named by its [`crate::kernel::KernelDef`]).
+pub(crate) const COMMON: &str = include_str!("../shaders/common.wgsl");
+pub(crate) const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
+pub(crate) const HALF: &str = include_str!("../shaders/half.wgsl");
+/// The forward norms' input stream: x, or x + residual, and re-reading it.
+pub(crate) const RESIDUAL: (&str, &str) =
+    ("residual.wgsl", include_str!("../shaders/residual.wgsl"));
 
 /// Uniform parameters of one dispatch. Twin of `struct Params` in `shaders/common.wgsl`;
 /// `tests/shaders.rs` checks that naga lays the WGSL struct out at these offsets.
@@ -117,14 +105,18 @@ pub struct Params {
     pub eps: f32,
     pub flags: u32,
     pub rows_per_group: u32,
-    pub part_row0: u32,
+    /// Partial-sum rows of this dispatch (backward), where the dbias rows start.
     pub part_rows: u32,
     pub stat_len: u32,
+    pub pad: u32,
     /// Element offset of each operand inside its binding, indexed by binding number.
-    pub off: [u32; 12],
+    pub off: [u32; Params::OFFSETS],
 }
 
 impl Params {
+    /// Entries of `off`: binding numbers 0..OFFSETS (0 is this struct itself).
+    pub const OFFSETS: usize = 12;
+
     /// Field names and byte offsets, in declaration order, for the layout check.
     pub const FIELDS: [(&'static str, usize); 9] = [
         ("rows", std::mem::offset_of!(Params, rows)),
@@ -135,85 +127,15 @@ impl Params {
             "rows_per_group",
             std::mem::offset_of!(Params, rows_per_group),
         ),
-        ("part_row0", std::mem::offset_of!(Params, part_row0)),
         ("part_rows", std::mem::offset_of!(Params, part_rows)),
         ("stat_len", std::mem::offset_of!(Params, stat_len)),
+        ("pad", std::mem::offset_of!(Params, pad)),
         ("off", std::mem::offset_of!(Params, off)),
     ];
-}
 
-/// A kernel: one WGSL file each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kernel {
-    LayerNorm,
-    RmsNorm,
-    Copy,
-    LayerNormBackward,
-    RmsNormBackward,
-    /// Backward stage 2: dweight/dbias from the row kernels' partial sums.
-    ParamGrad,
-}
-
-/// Kernels sharing one binding layout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Family {
-    Forward,
-    Backward,
-    ParamGrad,
-}
-
-impl Kernel {
-    pub const ALL: [Kernel; 6] = [
-        Kernel::LayerNorm,
-        Kernel::RmsNorm,
-        Kernel::Copy,
-        Kernel::LayerNormBackward,
-        Kernel::RmsNormBackward,
-        Kernel::ParamGrad,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kernel::LayerNorm => "layer_norm",
-            Kernel::RmsNorm => "rms_norm",
-            Kernel::Copy => "copy",
-            Kernel::LayerNormBackward => "layer_norm_backward",
-            Kernel::RmsNormBackward => "rms_norm_backward",
-            Kernel::ParamGrad => "param_grad",
-        }
-    }
-
-    fn source(self) -> &'static str {
-        match self {
-            Kernel::LayerNorm => LAYER_NORM,
-            Kernel::RmsNorm => RMS_NORM,
-            Kernel::Copy => COPY,
-            Kernel::LayerNormBackward => LAYER_NORM_BACKWARD,
-            Kernel::RmsNormBackward => RMS_NORM_BACKWARD,
-            Kernel::ParamGrad => PARAM_GRAD,
-        }
-    }
-
-    pub fn family(self) -> Family {
-        match self {
-            Kernel::LayerNorm | Kernel::RmsNorm | Kernel::Copy => Family::Forward,
-            Kernel::LayerNormBackward | Kernel::RmsNormBackward => Family::Backward,
-            Kernel::ParamGrad => Family::ParamGrad,
-        }
-    }
-
-    /// Whether the kernel reduces over a row (and so can use subgroups and a cache).
-    pub fn reduces(self) -> bool {
-        !matches!(self, Kernel::Copy | Kernel::ParamGrad)
-    }
-
-    /// Row elements each invocation aims to hold, and register arrays of that length it keeps.
-    fn cache_shape(self) -> (u32, u32) {
-        match self {
-            Kernel::LayerNormBackward => (V_PER_INVOCATION / 2, 4),
-            Kernel::RmsNormBackward => (V_PER_INVOCATION / 2, 3),
-            _ => (V_PER_INVOCATION, 1),
-        }
+    /// The words of this struct, a key for caching its uniform buffer.
+    pub(crate) fn words(&self) -> [u32; size_of::<Params>() / 4] {
+        bytemuck::cast(*self)
     }
 }
 
@@ -227,6 +149,9 @@ pub struct Variant {
     pub vec4: bool,
     /// Register cache length in `V`s per invocation; 0 streams the row from memory.
     pub cache: u32,
+    /// ParamGrad: slices of the partial rows per column (the WGSL constant `SLICES`); 1
+    /// elsewhere.
+    pub slices: u32,
     /// Reduce with subgroup operations (the device has `Features::SUBGROUP`).
     pub subgroups: bool,
     /// Inputs bound read_write because one of them shares a buffer with an output.
@@ -238,8 +163,8 @@ pub struct Variant {
 }
 
 impl Variant {
-    /// The variant for a row of `dim` elements on a device allowing `max_wg` invocations
-    /// per workgroup (a power of two, at least [`MIN_WORKGROUP_SIZE`]).
+    /// The variant of a row kernel for a row of `dim` elements on a device allowing `max_wg`
+    /// invocations per workgroup (a power of two, at least [`MIN_WORKGROUP_SIZE`]).
     pub fn for_row(
         kernel: Kernel,
         dim: u32,
@@ -249,13 +174,20 @@ impl Variant {
         max_wg: u32,
     ) -> Self {
         let lanes = if vec4 { 4 } else { 1 };
-        let (wg, cache) = match kernel {
-            Kernel::Copy => (COPY_WORKGROUP_SIZE.min(max_wg), COPY_V_PER_INVOCATION),
-            Kernel::ParamGrad => (PARAM_GRAD_WORKGROUP_SIZE.min(max_wg), 0),
-            _ => {
-                let (per_invocation, arrays) = kernel.cache_shape();
+        let (wg, cache, slices) = match kernel.def().shape {
+            Shape::Flat => (COPY_WORKGROUP_SIZE.min(max_wg), COPY_V_PER_INVOCATION, 1),
+            Shape::Columns => (PARAM_GRAD_WORKGROUP_SIZE.min(max_wg), 0, 1),
+            Shape::Rows {
+                per_invocation,
+                arrays,
+            }
+            | Shape::RowsWithPartials {
+                per_invocation,
+                arrays,
+                ..
+            } => {
                 let wg = workgroup_size(dim, lanes, per_invocation, max_wg);
-                (wg, cache_len(dim.div_ceil(lanes), wg, arrays))
+                (wg, cache_len(dim.div_ceil(lanes), wg, arrays), 1)
             }
         };
         Variant {
@@ -263,11 +195,26 @@ impl Variant {
             wg,
             vec4,
             cache,
+            slices,
             subgroups: subgroups && kernel.reduces(),
             shared,
             act: DType::F32,
             param: DType::F32,
         }
+    }
+
+    /// The column-sum kernel for `part_rows` partial rows.
+    pub fn columns(kernel: Kernel, part_rows: u32, vec4: bool, max_wg: u32) -> Self {
+        let v = Variant::for_row(kernel, 1, vec4, false, false, max_wg);
+        Variant {
+            slices: param_grad_slices(part_rows, v.wg),
+            ..v
+        }
+    }
+
+    /// Columns of partial sums one workgroup of this (column-sum) variant owns.
+    pub fn columns_per_group(&self) -> u32 {
+        self.wg / self.slices
     }
 
     /// This variant with 16-bit storage (the norms and their backward passes only).
@@ -282,21 +229,24 @@ impl Variant {
     /// Every variant the host can ask for, for validation.
     pub fn all() -> Vec<Variant> {
         let mut out = std::collections::BTreeSet::new();
-        let wgs = (MIN_WORKGROUP_SIZE.trailing_zeros()..=MAX_WORKGROUP_SIZE.trailing_zeros())
-            .map(|b| 1u32 << b);
+        let pow2 =
+            |lo: u32, hi: u32| (lo.trailing_zeros()..=hi.trailing_zeros()).map(|b| 1u32 << b);
         for kernel in Kernel::ALL {
-            for wg in wgs.clone() {
-                // Every cache length the host can pick for this kernel and workgroup size.
-                let caches: Vec<u32> = match kernel {
-                    Kernel::Copy if wg <= COPY_WORKGROUP_SIZE => vec![COPY_V_PER_INVOCATION],
-                    Kernel::ParamGrad if wg <= PARAM_GRAD_WORKGROUP_SIZE => vec![0],
-                    Kernel::Copy | Kernel::ParamGrad => vec![],
-                    _ => (0..=MAX_CACHE.trailing_zeros())
-                        .map(|b| cache_len((1 << b) * wg, wg, kernel.cache_shape().1))
-                        .chain([0])
+            for wg in pow2(MIN_WORKGROUP_SIZE, MAX_WORKGROUP_SIZE) {
+                // Every (cache, slices) the host can pick for this kernel and workgroup size.
+                let shapes: Vec<(u32, u32)> = match kernel.def().shape {
+                    Shape::Flat if wg <= COPY_WORKGROUP_SIZE => vec![(COPY_V_PER_INVOCATION, 1)],
+                    Shape::Columns if wg <= PARAM_GRAD_WORKGROUP_SIZE => {
+                        pow2(1, wg / MIN_COLUMNS).map(|s| (0, s)).collect()
+                    }
+                    Shape::Flat | Shape::Columns => vec![],
+                    Shape::Rows { arrays, .. } | Shape::RowsWithPartials { arrays, .. } => (0
+                        ..=MAX_CACHE.trailing_zeros())
+                        .map(|b| (cache_len((1 << b) * wg, wg, arrays), 1))
+                        .chain([(0, 1)])
                         .collect(),
                 };
-                for cache in caches {
+                for (cache, slices) in shapes {
                     for vec4 in [false, true] {
                         for subgroups in [false, kernel.reduces()] {
                             for shared in [false, true] {
@@ -306,6 +256,7 @@ impl Variant {
                                         wg,
                                         vec4,
                                         cache,
+                                        slices,
                                         subgroups,
                                         shared,
                                         act,
@@ -324,13 +275,18 @@ impl Variant {
     /// A label for wgpu objects and error messages.
     pub fn label(&self) -> String {
         format!(
-            "wgpu-norm {} {}/{} wg={} {} cache={}{}{}",
+            "wgpu-norm {} {}/{} wg={} {} cache={}{}{}{}",
             self.kernel.name(),
             self.act,
             self.param,
             self.wg,
             if self.vec4 { "vec4" } else { "scalar" },
             self.cache,
+            if self.slices > 1 {
+                format!(" slices={}", self.slices)
+            } else {
+                String::new()
+            },
             if self.subgroups { " subgroups" } else { "" },
             if self.shared { " shared" } else { "" },
         )
@@ -340,15 +296,25 @@ impl Variant {
         match name {
             "vec4" => Some(self.vec4),
             "cached" => Some(self.cache > 0),
-            "pairs" => Some(self.kernel == Kernel::LayerNormBackward),
             "subgroups" => Some(self.subgroups),
             "shared" => Some(self.shared),
+            _ if Kernel::ALL
+                .iter()
+                .any(|k| k.def().wgsl_flags.contains(&name)) =>
+            {
+                Some(self.kernel.def().wgsl_flags.contains(&name))
+            }
             _ => None,
         }
     }
 
-    /// The complete WGSL source of this variant.
-    pub fn source(&self) -> String {
+    /// Whether any operand is stored in 16 bits (and the conversions are needed).
+    fn sixteen_bit(&self) -> bool {
+        self.act != DType::F32 || self.param != DType::F32
+    }
+
+    /// The generated prelude: the shape constants and the flag bits, from their Rust sources.
+    fn prelude(&self) -> String {
         let (v, vw) = if self.vec4 {
             ("vec4<f32>", 4)
         } else {
@@ -359,37 +325,42 @@ impl Variant {
              const WG: u32 = {wg}u;\n\
              const CACHE: u32 = {cache}u;\n\
              const VW: u32 = {vw}u;\n\
-             const COLS: u32 = {PARAM_GRAD_COLUMNS}u;\n\
-             alias V = {v};\n\n",
+             const SLICES: u32 = {slices}u;\n\
+             alias V = {v};\n\n\
+             // Bits of params.flags: an operand is present, an option is on.\n",
             label = self.label(),
             wg = self.wg,
             cache = self.cache,
+            slices = self.slices,
         );
-        let mut parts = vec![("common.wgsl", COMMON)];
-        let storage;
-        match self.kernel {
-            Kernel::LayerNorm | Kernel::RmsNorm => {
-                // Only 16-bit storage needs the conversions (and the device's
-                // pack2x16float, which wgpu's GL ES backend may lack).
-                if self.act != DType::F32 || self.param != DType::F32 {
-                    parts.push(("half.wgsl", HALF));
-                }
-                storage = forward_storage(self);
-                parts.push(("(generated forward bindings)", &storage));
-            }
-            Kernel::LayerNormBackward | Kernel::RmsNormBackward => {
-                if self.act != DType::F32 || self.param != DType::F32 {
-                    parts.push(("half.wgsl", HALF));
-                }
-                storage = backward_storage(self);
-                parts.push(("(generated backward bindings)", &storage));
-            }
-            Kernel::Copy | Kernel::ParamGrad => {}
+        for o in Operand::ALL {
+            let name = o.wgsl().to_uppercase();
+            out.push_str(&format!("const HAS_{name}: u32 = {}u;\n", o.flag()));
         }
+        for o in Opt::ALL {
+            out.push_str(&format!("const {}: u32 = {}u;\n", o.wgsl(), o.flag()));
+        }
+        out.push('\n');
+        out
+    }
+
+    /// The complete WGSL source of this variant.
+    pub fn source(&self) -> String {
+        let def = self.kernel.def();
+        let mut out = self.prelude();
+        let mut parts = vec![("common.wgsl", COMMON)];
+        // Only 16-bit storage needs the conversions (and the device's pack2x16float, which
+        // wgpu's GL ES backend may lack).
+        if self.sixteen_bit() {
+            parts.push(("half.wgsl", HALF));
+        }
+        let bindings = bindings_code(self);
+        parts.push(("(generated bindings and accessors)", &bindings));
         if self.kernel.reduces() {
             parts.push(("reduce.wgsl", REDUCE));
         }
-        parts.push((self.kernel.name(), self.kernel.source()));
+        parts.extend(def.includes.iter().copied());
+        parts.push((def.name, def.source));
         for (name, text) in parts {
             out.push_str(&format!("// ---- {name}\n"));
             let flag = |f: &str| {
@@ -405,196 +376,154 @@ impl Variant {
     }
 }
 
+/// The param_grad slices for `part_rows` partial rows: each invocation sums about
+/// [`ROWS_PER_SLICE`] of them in order, then the slices are added as a tree. One partial row
+/// (a decode step) gets one slice, so no invocation waits on a barrier for nothing.
+pub fn param_grad_slices(part_rows: u32, wg: u32) -> u32 {
+    part_rows
+        .div_ceil(ROWS_PER_SLICE)
+        .next_power_of_two()
+        .clamp(1, wg / MIN_COLUMNS)
+}
+
 /// The (activation, parameter) storage pairs a kernel is compiled for: 16-bit activations
 /// with parameters of the same type or f32 (the mixed mode).
 fn storage_pairs(kernel: Kernel) -> Vec<(DType, DType)> {
-    match kernel {
-        Kernel::LayerNorm
-        | Kernel::RmsNorm
-        | Kernel::LayerNormBackward
-        | Kernel::RmsNormBackward => vec![
+    if kernel.reduces() {
+        vec![
             (DType::F32, DType::F32),
             (DType::F16, DType::F16),
             (DType::F16, DType::F32),
             (DType::Bf16, DType::Bf16),
             (DType::Bf16, DType::F32),
-        ],
-        _ => vec![(DType::F32, DType::F32)],
+        ]
+    } else {
+        vec![(DType::F32, DType::F32)]
     }
 }
 
-/// One storage binding whose typed accessors are generated: `load(row, i)` (or `load(i)`
-/// for the parameters) returns its i-th V as f32, `store(row, i, v)` writes one.
-struct Access {
-    binding: u32,
-    array: &'static str,
-    dtype: DType,
-    written: bool,
-    per_row: bool,
-    load: Option<&'static str>,
-    store: Option<&'static str>,
-}
-
-const fn access(
-    binding: u32,
-    array: &'static str,
-    dtype: DType,
-    written: bool,
-    load: Option<&'static str>,
-    store: Option<&'static str>,
-) -> Access {
-    Access {
-        binding,
-        array,
-        dtype,
-        written,
-        per_row: true,
-        load,
-        store,
-    }
-}
-
-/// Bindings and typed accessors of the forward norms for the variant's storage: `ld_x`,
-/// `ld_r` (residual), `ld_s` (the written-back sum), `ld_w`, `ld_b`, `st_y`, `st_s`, and
-/// `round_act`, which rounds an f32 V to the activation type.
-fn forward_storage(v: &Variant) -> String {
-    let (a, p) = (v.act, v.param);
-    let accesses = [
-        access(1, "x", a, false, Some("ld_x"), None),
-        access(2, "y", a, true, None, Some("st_y")),
-        Access {
-            per_row: false,
-            ..access(3, "weight", p, false, Some("ld_w"), None)
-        },
-        Access {
-            per_row: false,
-            ..access(4, "bias", p, false, Some("ld_b"), None)
-        },
-        access(7, "residual", a, false, Some("ld_r"), None),
-        // Read back by the streamed passes: s_out may alias x or the residual.
-        access(8, "s_out", a, true, Some("ld_s"), Some("st_s")),
-    ];
-    let fixed = "@group(0) @binding(5) var<storage, read_write> mean_out: array<f32>;\n\
-                 @group(0) @binding(6) var<storage, read_write> rstd_out: array<f32>;\n\n";
-    storage_code(v, &accesses, fixed)
-}
-
-/// The same for the backward row kernels: `ld_x`, `ld_dy`, `ld_w`, `ld_dx` (to accumulate)
-/// and `st_dx`; statistics and partial sums are f32.
-fn backward_storage(v: &Variant) -> String {
-    let (a, p) = (v.act, v.param);
-    let accesses = [
-        access(1, "x", a, false, Some("ld_x"), None),
-        access(2, "dy", a, false, Some("ld_dy"), None),
-        Access {
-            per_row: false,
-            ..access(3, "weight", p, false, Some("ld_w"), None)
-        },
-        access(6, "dx", a, true, Some("ld_dx"), Some("st_dx")),
-    ];
-    storage_code(v, &accesses, BACKWARD_BINDINGS)
-}
-
-/// Declarations and accessors for `accesses`, after the `fixed` declarations.
+/// Declarations and typed accessors of every binding in the variant's kernel table, for its
+/// storage types. Each operand `o` gets `ld_o` if the kernel reads it and `st_o` if it writes
+/// it, indexed by what its extent needs: `(row, i)` for rows, `(i)` for parameters, `(row)`
+/// for statistics (f32), `(k, i)` for the k-th partial-sum row; `i` counts V's. The element
+/// offset inside the binding (`params.off`) is applied here, so no kernel names a binding
+/// number.
 ///
 /// 16-bit tensors are arrays of u32 holding two elements each. With vec4 access one V is a
 /// vec2<u32> (four elements, 8-byte aligned). Scalar access reads the word holding element
 /// e, and writes its half with atomicAnd/atomicOr: the other half may belong to another
 /// workgroup's row (odd D or odd offsets), and two plain stores would race.
-fn storage_code(v: &Variant, accesses: &[Access], fixed: &str) -> String {
-    let mut out = String::new();
-    for a in accesses {
-        let ty = match (a.dtype, v.vec4, a.written) {
-            (DType::F32, _, _) => "V",
-            (_, true, _) => "vec2<u32>",
-            (_, false, false) => "u32",
-            (_, false, true) => "atomic<u32>",
+fn bindings_code(v: &Variant) -> String {
+    let def = v.kernel.def();
+    let mut decls = String::new();
+    let mut fns = String::new();
+    for (i, s) in def.slots.iter().enumerate() {
+        let b = i + 1;
+        let dtype = match s.class {
+            Class::Act => v.act,
+            Class::Param => v.param,
+            Class::F32 => DType::F32,
         };
-        let access = if a.written { "read_write" } else { "RO" };
-        out.push_str(&format!(
-            "@group(0) @binding({}) var<storage, {access}> {}: array<{ty}>;\n",
-            a.binding, a.array
+        let arr = s.operand.wgsl();
+        let writes = s.access.writes();
+        let ty = match (s.extent, dtype, v.vec4, writes) {
+            (Extent::PerRow, ..) => "f32",
+            (_, DType::F32, _, _) => "V",
+            (_, _, true, _) => "vec2<u32>",
+            (_, _, false, false) => "u32",
+            (_, _, false, true) => "atomic<u32>",
+        };
+        let access = if writes { "read_write" } else { "RO" };
+        decls.push_str(&format!(
+            "@group(0) @binding({b}) var<storage, {access}> {arr}: array<{ty}>;\n"
         ));
-    }
-    out.push_str(fixed);
-    out.push('\n');
-    let (pack, bits) = match v.act {
-        DType::Bf16 => ("bf16_pack", "bf16_bits"),
-        _ => ("pack2x16float", "f16_bits"),
-    };
-    for a in accesses {
-        let (arr, b) = (a.array, a.binding);
-        let args = if a.per_row {
-            "row: u32, i: u32"
-        } else {
-            "i: u32"
+        // (arguments, index of the V, index of the element in the scalar path)
+        let (args, at_v, at_e) = match s.extent {
+            Extent::Rows => (
+                "row: u32, i: u32",
+                format!("off_v({b}u) + row * (params.dim / VW) + i"),
+                format!("off_f({b}u) + row * params.dim + i"),
+            ),
+            Extent::Dim => (
+                "i: u32",
+                format!("off_v({b}u) + i"),
+                format!("off_f({b}u) + i"),
+            ),
+            Extent::Partials => (
+                "k: u32, i: u32",
+                format!("off_v({b}u) + k * (params.dim / VW) + i"),
+                String::new(),
+            ),
+            Extent::PerRow => {
+                let at = format!("off_f({b}u) + row");
+                if s.access.reads() {
+                    fns.push_str(&format!(
+                        "fn ld_{arr}(row: u32) -> f32 {{\n    return {arr}[{at}];\n}}\n\n"
+                    ));
+                }
+                if writes {
+                    fns.push_str(&format!(
+                        "fn st_{arr}(row: u32, v: f32) {{\n    {arr}[{at}] = v;\n}}\n\n"
+                    ));
+                }
+                continue;
+            }
         };
-        let row = if a.per_row {
-            " + row * (params.dim / VW)"
-        } else {
-            ""
+        let (pack, bits, unpack) = match dtype {
+            DType::Bf16 => ("bf16_pack", "bf16_bits", "bf16_unpack"),
+            _ => ("pack2x16float", "f16_bits", "unpack2x16float"),
         };
-        let row_e = if a.per_row { " + row * params.dim" } else { "" };
-        let unpack = if a.dtype == DType::F16 {
-            "unpack2x16float"
-        } else {
-            "bf16_unpack"
-        };
-        let word = if a.written {
+        let word = if writes {
             format!("atomicLoad(&{arr}[e >> 1u])")
         } else {
             format!("{arr}[e >> 1u]")
         };
-        if let Some(f) = a.load {
-            let body = match (a.dtype, v.vec4) {
-                (DType::F32, _) => format!("return {arr}[off_v({b}u){row} + i];"),
+        if s.access.reads() {
+            let body = match (dtype, v.vec4) {
+                (DType::F32, _) => format!("return {arr}[{at_v}];"),
                 (_, true) => format!(
-                    "let w = {arr}[off_v({b}u){row} + i];\n    \
-                     return vec4<f32>({unpack}(w.x), {unpack}(w.y));"
+                    "let w = {arr}[{at_v}];\n    return vec4<f32>({unpack}(w.x), {unpack}(w.y));"
                 ),
-                (DType::F16, false) => format!(
-                    "let e = off_f({b}u){row_e} + i;\n    \
-                     return unpack2x16float({word})[e & 1u];"
-                ),
+                (DType::F16, false) => {
+                    format!("let e = {at_e};\n    return unpack2x16float({word})[e & 1u];")
+                }
                 (_, false) => format!(
-                    "let e = off_f({b}u){row_e} + i;\n    \
-                     let w = {word};\n    \
+                    "let e = {at_e};\n    let w = {word};\n    \
                      return select(bf16_lo(w), bf16_hi(w), (e & 1u) == 1u);"
                 ),
             };
-            out.push_str(&format!("fn {f}({args}) -> V {{\n    {body}\n}}\n\n"));
+            fns.push_str(&format!("fn ld_{arr}({args}) -> V {{\n    {body}\n}}\n\n"));
         }
-        if let Some(f) = a.store {
-            let body = match (a.dtype, v.vec4) {
-                (DType::F32, _) => format!("{arr}[off_v({b}u){row} + i] = v;"),
+        if writes {
+            let body = match (dtype, v.vec4) {
+                (DType::F32, _) => format!("{arr}[{at_v}] = v;"),
                 (_, true) => {
-                    format!("{arr}[off_v({b}u){row} + i] = vec2<u32>({pack}(v.xy), {pack}(v.zw));")
+                    format!("{arr}[{at_v}] = vec2<u32>({pack}(v.xy), {pack}(v.zw));")
                 }
                 (_, false) => format!(
-                    "let e = off_f({b}u){row_e} + i;\n    \
-                     let sh = (e & 1u) * 16u;\n    \
+                    "let e = {at_e};\n    let sh = (e & 1u) * 16u;\n    \
                      atomicAnd(&{arr}[e >> 1u], ~(0xffffu << sh));\n    \
                      atomicOr(&{arr}[e >> 1u], {bits}(v) << sh);"
                 ),
             };
-            out.push_str(&format!("fn {f}({args}, v: V) {{\n    {body}\n}}\n\n"));
+            fns.push_str(&format!("fn st_{arr}({args}, v: V) {{\n    {body}\n}}\n\n"));
         }
     }
     let round = match (v.act, v.vec4) {
-        (DType::F32, _) => "v".to_string(),
-        (DType::F16, true) => "vec4<f32>(unpack2x16float(pack2x16float(v.xy)), \
-             unpack2x16float(pack2x16float(v.zw)))"
-            .to_string(),
-        (DType::Bf16, true) => {
-            "vec4<f32>(bf16_unpack(bf16_pack(v.xy)), bf16_unpack(bf16_pack(v.zw)))".to_string()
+        (DType::F32, _) => "v",
+        (DType::F16, true) => {
+            "vec4<f32>(unpack2x16float(pack2x16float(v.xy)), unpack2x16float(pack2x16float(v.zw)))"
         }
-        (DType::F16, false) => "unpack2x16float(f16_bits(v)).x".to_string(),
-        (DType::Bf16, false) => "bf16_lo(bf16_bits(v))".to_string(),
+        (DType::Bf16, true) => {
+            "vec4<f32>(bf16_unpack(bf16_pack(v.xy)), bf16_unpack(bf16_pack(v.zw)))"
+        }
+        (DType::F16, false) => "unpack2x16float(f16_bits(v)).x",
+        (DType::Bf16, false) => "bf16_lo(bf16_bits(v))",
     };
-    out.push_str(&format!(
-        "// v rounded to the activation storage type.\nfn round_act(v: V) -> V {{\n    return {round};\n}}\n"
-    ));
-    out
+    format!(
+        "{decls}\n{fns}// v rounded to the activation storage type.\n\
+         fn round_act(v: V) -> V {{\n    return {round};\n}}\n"
+    )
 }
 
 /// Resolves `//#if NAME`, `//#else`, `//#endif` (nestable). Lines of a dropped branch are
@@ -720,7 +649,12 @@ mod tests {
                         if !kernel.reduces() {
                             continue;
                         }
-                        let arrays = kernel.cache_shape().1;
+                        let arrays = match kernel.def().shape {
+                            Shape::Rows { arrays, .. } | Shape::RowsWithPartials { arrays, .. } => {
+                                arrays
+                            }
+                            _ => unreachable!(),
+                        };
                         if v.cache > 0 {
                             assert!(v.cache * v.wg * lanes >= dim, "{v:?}");
                             assert!(v.cache * v.wg * arrays <= CACHE_BUDGET.max(v.wg), "{v:?}");
@@ -730,6 +664,24 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn param_grad_slices_follow_the_partial_rows() {
+        assert_eq!(param_grad_slices(0, 256), 1);
+        assert_eq!(param_grad_slices(1, 256), 1);
+        assert_eq!(param_grad_slices(16, 256), 1);
+        assert_eq!(param_grad_slices(17, 256), 2);
+        assert_eq!(param_grad_slices(1024, 256), 64);
+        assert_eq!(param_grad_slices(100_000, 256), 256 / MIN_COLUMNS);
+        let all = Variant::all();
+        for part_rows in [0, 1, 5, 40, 300, 1024, 5000] {
+            for max_wg in [64, 256, 1024] {
+                let v = Variant::columns(Kernel::ParamGrad, part_rows, true, max_wg);
+                assert!(all.contains(&v), "{v:?} is not validated");
+                assert!(v.columns_per_group() >= MIN_COLUMNS, "{v:?}");
             }
         }
     }

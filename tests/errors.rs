@@ -178,7 +178,7 @@ fn out_of_bounds() {
         matches!(
             err,
             Error::OutOfBounds {
-                operand: Operand::Rstd,
+                operand: Operand::Rrms,
                 ..
             }
         ),
@@ -276,7 +276,7 @@ fn overlapping_outputs() {
     assert_eq!(
         err,
         Error::Overlap {
-            written: Operand::Rstd,
+            written: Operand::Rrms,
             other: Operand::Weight
         }
     );
@@ -499,7 +499,7 @@ fn backward_arguments() {
     );
     // dx overlapping x by part: rejected; dx exactly over dy: allowed (in place).
     let big = storage(40);
-    let op = LayerNormBackward::new(3, 4, t(&big, 0, 12), dy, t(&big, 16, 12));
+    let op = LayerNormBackward::new(3, 4, t(&big, 0, 12), dy, t(&big, 16, 12)).eps(1e-5);
     let err = record(|e| gpu().norms.layer_norm_backward(e, &op));
     assert_eq!(
         err,
@@ -511,6 +511,7 @@ fn backward_arguments() {
     // dweight written over the weight it reads.
     let w = storage(4);
     let op = RmsNormBackward::new(3, 4, x, dy, &dx)
+        .eps(1e-6)
         .weight(&w)
         .grad_weight(&w);
     let err = record(|e| gpu().norms.rms_norm_backward(e, &op));
@@ -531,7 +532,74 @@ fn backward_arguments() {
         err,
         Error::Overlap {
             written: Operand::GradWeight,
-            other: Operand::Rstd
+            other: Operand::Rrms
+        }
+    );
+}
+
+#[test]
+fn a_backward_that_recomputes_needs_the_forward_eps() {
+    use wgpu_norm::{LayerNormBackward, RmsNormBackward};
+    let (x, dy) = xy();
+    let dx = storage(12);
+    let stats = storage(6);
+    let err = record(|e| {
+        gpu()
+            .norms
+            .rms_norm_backward(e, &RmsNormBackward::new(3, 4, x, dy, &dx))
+    });
+    assert_eq!(
+        err,
+        Error::EpsilonNeeded {
+            op: "RmsNormBackward"
+        }
+    );
+    assert!(err.to_string().contains(".eps("), "{err}");
+    let err = record(|e| {
+        gpu()
+            .norms
+            .layer_norm_backward(e, &LayerNormBackward::new(3, 4, x, dy, &dx))
+    });
+    assert_eq!(
+        err,
+        Error::EpsilonNeeded {
+            op: "LayerNormBackward"
+        }
+    );
+    // With saved statistics eps is not needed; built from the forward op it is carried over.
+    let mut encoder = gpu().device.create_command_encoder(&Default::default());
+    let saved = RmsNormBackward::new(3, 4, x, dy, &dx).saved(t(&stats, 0, 3));
+    gpu().norms.rms_norm_backward(&mut encoder, &saved).unwrap();
+    let y = storage(12);
+    let forward = wgpu_norm::RmsNorm::new(3, 4, x, &y).eps(1e-3);
+    let backward = forward.backward(dy, &dx).unwrap();
+    assert_eq!(backward.eps, Some(1e-3));
+    gpu()
+        .norms
+        .rms_norm_backward(&mut encoder, &backward)
+        .unwrap();
+    let forward = wgpu_norm::LayerNorm::new(3, 4, x, &y)
+        .eps(1e-3)
+        .mean(t(&stats, 0, 3))
+        .rstd(t(&stats, 12, 3));
+    let backward = forward.backward(dy, &dx).unwrap();
+    assert_eq!((backward.eps, backward.mean.is_some()), (Some(1e-3), true));
+    gpu()
+        .norms
+        .layer_norm_backward(&mut encoder, &backward)
+        .unwrap();
+    gpu().queue.submit([encoder.finish()]);
+    // A fused residual whose sum is not written leaves the backward no x.
+    let r = storage(12);
+    let err = wgpu_norm::RmsNorm::new(3, 4, x, &y)
+        .residual(&r)
+        .backward(dy, &dx)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::MissingOperand {
+            needs: Operand::ResidualOut,
+            given: Operand::Residual
         }
     );
 }
@@ -541,7 +609,7 @@ fn lnb<'a>(
     f: impl FnOnce(wgpu_norm::LayerNormBackward<'a>) -> wgpu_norm::LayerNormBackward<'a>,
 ) -> Error {
     let (x, dy) = xy();
-    let op = f(wgpu_norm::LayerNormBackward::new(3, 4, x, dy, dx));
+    let op = f(wgpu_norm::LayerNormBackward::new(3, 4, x, dy, dx).eps(1e-5));
     record(|e| gpu().norms.layer_norm_backward(e, &op))
 }
 

@@ -175,6 +175,7 @@ fn backward_in_16_bit_storage() {
                         gpu.norms.layer_norm(&mut e, &f).unwrap();
                     }
                     let mut b = LayerNormBackward::new(rows, dim, xt, dyt, dxt)
+                        .eps(1e-5)
                         .dtype(dtype)
                         .param_dtype(par)
                         .weight(wt)

@@ -84,6 +84,7 @@ fn zero_rows_zero_the_parameter_gradients() {
     let empty = |b| wgpu_norm::TensorRef::new(b, 0, 0);
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     let op = wgpu_norm::LayerNormBackward::new(0, 4, empty(&x), empty(&x), empty(&x))
+        .eps(1e-5)
         .grad_weight(&w)
         .grad_bias(&b);
     // dx aliases x and dy here, but with zero rows every range is empty.
@@ -139,6 +140,7 @@ fn gradient_descent_fits_a_target() {
         let db = gpu.storage("db", dim);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let op = wgpu_norm::LayerNormBackward::new(rows, dim, &xb, &dyb, &dxb)
+            .eps(1e-5)
             .weight(&wf)
             .grad_weight(&dw)
             .grad_bias(&db);

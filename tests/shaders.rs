@@ -1,6 +1,9 @@
-//! Every shader variant parses and validates with naga, with no GPU; the uniform struct's
-//! WGSL layout matches its Rust twin.
+//! Every shader variant parses and validates with naga, with no GPU; its bindings, as naga
+//! reflects them, are its kernel's table; the uniform struct's WGSL layout matches its Rust
+//! twin.
 
+use wgpu_norm::DType;
+use wgpu_norm::kernel::{Class, Extent};
 use wgpu_norm::shaders::{Kernel, Params, Variant};
 
 fn validate(variant: &Variant) -> Result<naga::Module, String> {
@@ -24,15 +27,132 @@ fn validate(variant: &Variant) -> Result<naga::Module, String> {
 }
 
 #[test]
-fn every_variant_validates() {
+fn every_variant_validates_and_binds_its_table() {
     let all = Variant::all();
     assert!(
         all.len() > 50,
         "expected the full variant matrix, got {}",
         all.len()
     );
-    let failures: Vec<String> = all.iter().filter_map(|v| validate(v).err()).collect();
+    let failures: Vec<String> = all
+        .iter()
+        .filter_map(|v| validate(v).and_then(|m| reflect(v, &m)).err())
+        .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// A naga type as WGSL spells it (the few the bindings use).
+fn type_name(module: &naga::Module, ty: naga::Handle<naga::Type>) -> String {
+    let scalar = |s: &naga::Scalar| match (s.kind, s.width) {
+        (naga::ScalarKind::Float, 4) => "f32",
+        (naga::ScalarKind::Uint, 4) => "u32",
+        _ => "?",
+    };
+    match &module.types[ty].inner {
+        naga::TypeInner::Scalar(s) => scalar(s).to_string(),
+        naga::TypeInner::Vector { size, scalar: s } => format!("vec{}<{}>", *size as u8, scalar(s)),
+        naga::TypeInner::Atomic(s) => format!("atomic<{}>", scalar(s)),
+        naga::TypeInner::Array { base, .. } => format!("array<{}>", type_name(module, *base)),
+        naga::TypeInner::Struct { .. } => module.types[ty].name.clone().unwrap_or_default(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The variant's bindings as naga reflects them, against its kernel's table: binding 0 the
+/// uniform params, binding i + 1 the table's i-th operand with its name, access and element
+/// type, nothing else; and an accessor for each way the table says the kernel uses it.
+fn reflect(v: &Variant, module: &naga::Module) -> Result<(), String> {
+    let mut found: Vec<(u32, String)> = module
+        .global_variables
+        .iter()
+        .filter_map(|(_, g)| {
+            let b = g.binding.as_ref()?;
+            let space = match g.space {
+                naga::AddressSpace::Uniform => "uniform".to_string(),
+                naga::AddressSpace::Storage { access } => {
+                    if access.contains(naga::StorageAccess::STORE) {
+                        "storage, read_write".to_string()
+                    } else {
+                        "storage, read".to_string()
+                    }
+                }
+                other => format!("{other:?}"),
+            };
+            let name = g.name.clone().unwrap_or_default();
+            let ty = type_name(module, g.ty);
+            Some((
+                b.binding,
+                format!("@group({}) var<{space}> {name}: {ty}", b.group),
+            ))
+        })
+        .collect();
+    found.sort();
+    let def = v.kernel.def();
+    let mut expected = vec![(0, "@group(0) var<uniform> params: Params".to_string())];
+    for (i, s) in def.slots.iter().enumerate() {
+        let dtype = match s.class {
+            Class::Act => v.act,
+            Class::Param => v.param,
+            Class::F32 => DType::F32,
+        };
+        let writes = s.access.writes();
+        let ty = match (s.extent, dtype, v.vec4, writes) {
+            (Extent::PerRow, ..) => "f32",
+            (_, DType::F32, true, _) => "vec4<f32>",
+            (_, DType::F32, false, _) => "f32",
+            (_, _, true, _) => "vec2<u32>",
+            (_, _, false, false) => "u32",
+            (_, _, false, true) => "atomic<u32>",
+        };
+        let access = if writes || v.shared {
+            "read_write"
+        } else {
+            "read"
+        };
+        let name = s.operand.wgsl();
+        expected.push((
+            i as u32 + 1,
+            format!("@group(0) var<storage, {access}> {name}: array<{ty}>"),
+        ));
+        let has = |f: &str| {
+            module
+                .functions
+                .iter()
+                .any(|(_, x)| x.name.as_deref() == Some(f))
+        };
+        if s.access.reads() && !has(&format!("ld_{name}")) {
+            return Err(format!("{}: no ld_{name}", v.label()));
+        }
+        if writes && !has(&format!("st_{name}")) {
+            return Err(format!("{}: no st_{name}", v.label()));
+        }
+    }
+    if found != expected {
+        return Err(format!(
+            "{}: bindings\n{found:#?}\nbut the table says\n{expected:#?}",
+            v.label()
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn kernels_name_no_binding_number() {
+    // Bindings, offsets and flag bits are generated from the tables; a hand-written
+    // `off_f(5u)` or `@binding(3)` in a kernel would be a twin that naga cannot check.
+    for entry in std::fs::read_dir("shaders").unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap();
+            let named = ["off_f(", "off_v(", "@binding(", "FLAG_"]
+                .iter()
+                .any(|p| code.contains(p));
+            let common = path.ends_with("common.wgsl")
+                && (code.contains("fn off_") || code.contains("@binding(0)"));
+            assert!(!named || common, "{}:{}: {line}", path.display(), n + 1);
+        }
+    }
 }
 
 #[test]

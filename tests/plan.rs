@@ -1,0 +1,721 @@
+//! The launch plan, checked without a GPU. wgpu's no-op backend gives a device and buffers
+//! (sizes and usages; nothing runs), which is all `plan` reads. Every plan across the shape
+//! grid, every storage type and three kinds of device is held to the invariants recording
+//! relies on: bindings aligned and inside their buffers, each operand's data where the
+//! kernel's offsets say, every row covered once, grids within the device's limits, variants
+//! that `tests/shaders.rs` validated.
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+use wgpu_norm::kernel::{Class, Extent, Opt};
+use wgpu_norm::plan::{Bind, Caps, Plan, plan};
+use wgpu_norm::shaders::Variant;
+use wgpu_norm::{
+    CopyOp, DType, Error, Kernel, LayerNorm, LayerNormBackward, NormsOptions, Op, Operand, RmsNorm,
+    RmsNormBackward, TensorRef,
+};
+
+fn device() -> &'static wgpu::Device {
+    static DEVICE: OnceLock<wgpu::Device> = OnceLock::new();
+    DEVICE.get_or_init(|| {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::NOOP,
+            backend_options: wgpu::BackendOptions {
+                noop: wgpu::NoopBackendOptions::enabled(),
+                ..Default::default()
+            },
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+            .expect("wgpu's no-op adapter");
+        let (device, _queue) =
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                required_limits: adapter.limits(),
+                ..Default::default()
+            }))
+            .expect("no-op device");
+        device
+    })
+}
+
+fn buffer(bytes: u64) -> wgpu::Buffer {
+    device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes.next_multiple_of(4).max(4),
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    })
+}
+
+/// The three kinds of device: a large GPU, WebGPU's defaults, and one with 256 KiB bindings
+/// and 64 workgroups a side (splits and 2-D grids at small sizes).
+fn devices() -> Vec<(&'static str, Caps)> {
+    let big = wgpu::Limits {
+        max_storage_buffer_binding_size: 4 << 30,
+        max_buffer_size: 4 << 30,
+        max_compute_invocations_per_workgroup: 1024,
+        max_compute_workgroup_size_x: 1024,
+        ..wgpu::Limits::default()
+    };
+    let small = wgpu::Limits {
+        max_storage_buffer_binding_size: 256 << 10,
+        max_compute_workgroups_per_dimension: 64,
+        ..wgpu::Limits::default()
+    };
+    let all = wgpu::Features::SUBGROUP;
+    let caps = |l: &wgpu::Limits, f| Caps::new(l, f, NormsOptions::default()).unwrap();
+    vec![
+        ("large GPU", caps(&big, all)),
+        (
+            "WebGPU defaults",
+            caps(&wgpu::Limits::default(), wgpu::Features::empty()),
+        ),
+        ("small bindings", caps(&small, all)),
+    ]
+}
+
+fn validated() -> &'static HashSet<Variant> {
+    static ALL: OnceLock<HashSet<Variant>> = OnceLock::new();
+    ALL.get_or_init(|| Variant::all().into_iter().collect())
+}
+
+/// An op's operands with where they are, for checking a plan against.
+struct Described<'a> {
+    kernel: Kernel,
+    rows: u64,
+    dim: u64,
+    act: DType,
+    param: DType,
+    operands: Vec<(Operand, TensorRef<'a>)>,
+}
+
+impl Described<'_> {
+    fn get(&self, o: Operand) -> Option<TensorRef<'_>> {
+        self.operands.iter().find(|(x, _)| *x == o).map(|(_, t)| *t)
+    }
+
+    fn elem(&self, class: Class) -> u64 {
+        match class {
+            Class::Act => self.act.size(),
+            Class::Param => self.param.size(),
+            Class::F32 => 4,
+        }
+    }
+}
+
+/// Every invariant recording relies on, for one plan.
+fn check_plan(what: &str, caps: &Caps, d: &Described, plan: &Plan) {
+    let mut r0 = 0; // first row of the current row-kernel step
+    let mut last_groups = None;
+    let mut row_steps = 0;
+    for (n, step) in plan.steps.iter().enumerate() {
+        let v = step.variant;
+        let at = format!("{what}: step {n} ({})", v.label());
+        assert!(validated().contains(&v), "{at}: not a validated variant");
+        assert!(v.wg <= caps.max_wg, "{at}");
+        assert!(v.subgroups <= caps.subgroups, "{at}");
+        let def = v.kernel.def();
+        assert_eq!(step.binds.len(), def.slots.len(), "{at}");
+        let p = &step.params;
+        assert_eq!(u64::from(p.dim), d.dim, "{at}");
+        let [gx, gy] = step.grid;
+        assert!(gx >= 1 && gy >= 1, "{at}");
+        assert!(
+            gx <= caps.max_groups_per_dim && gy <= caps.max_groups_per_dim,
+            "{at}"
+        );
+        let groups = u64::from(gx) * u64::from(gy);
+        let column_sums = v.kernel == Kernel::ParamGrad;
+        if !column_sums {
+            assert_eq!(v.kernel, d.kernel, "{at}");
+            let needed = match v.kernel {
+                Kernel::Copy => (u64::from(p.rows) * d.dim / if v.vec4 { 4 } else { 1 })
+                    .div_ceil(u64::from(v.wg * v.cache)),
+                _ => u64::from(p.rows).div_ceil(u64::from(p.rows_per_group)),
+            };
+            // A 2-D grid may hold a few workgroups more than needed, never fewer.
+            assert!(
+                groups >= needed && groups < needed + u64::from(gx),
+                "{at}: grid"
+            );
+            if v.kernel.stage2().is_some() {
+                assert_eq!(
+                    u64::from(p.part_rows),
+                    needed,
+                    "{at}: one partial row a group"
+                );
+            }
+            last_groups = Some(needed);
+            row_steps += 1;
+        } else {
+            // Stage 2 reduces what the row step before it wrote (nothing, for zero rows).
+            assert_eq!(u64::from(p.part_rows), last_groups.unwrap_or(0), "{at}");
+            // None of the ops here asks to accumulate; chunks after the first must.
+            assert_eq!(
+                p.flags & Opt::AccumulateParams.flag() != 0,
+                row_steps > 1,
+                "{at}: chunks after the first accumulate"
+            );
+            let cols = u64::from(v.columns_per_group());
+            let columns = d.dim / if v.vec4 { 4 } else { 1 };
+            assert_eq!(groups, columns.div_ceil(cols), "{at}: columns");
+        }
+        for o in Operand::ALL {
+            let present = d.get(o).is_some();
+            assert_eq!(p.flags & o.flag() != 0, present, "{at}: flag of {o}");
+        }
+        for (i, (bind, slot)) in step.binds.iter().zip(def.slots).enumerate() {
+            let b = i + 1;
+            match *bind {
+                Bind::Operand {
+                    operand,
+                    offset,
+                    size,
+                } => {
+                    assert_eq!(operand, slot.operand, "{at}: binding {b}");
+                    let t = d.get(operand).expect("bound operands are present");
+                    assert_eq!(offset % caps.align, 0, "{at}: {operand} binding offset");
+                    assert!(size <= caps.max_binding, "{at}: {operand} binding size");
+                    assert!(offset + size <= t.buffer.size(), "{at}: {operand} outside");
+                    let elem = d.elem(slot.class);
+                    let data = offset + u64::from(p.off[b]) * elem;
+                    let (start, len) = match slot.extent {
+                        Extent::Rows => (r0 * d.dim * elem, u64::from(p.rows) * d.dim * elem),
+                        Extent::Dim => (0, d.dim * elem),
+                        Extent::PerRow => (r0 * 4, u64::from(p.rows) * 4),
+                        Extent::Partials => unreachable!("partials are the crate's own"),
+                    };
+                    assert_eq!(data, t.offset + start, "{at}: where {operand} starts");
+                    assert!(
+                        data + len <= offset + size,
+                        "{at}: {operand} past its binding"
+                    );
+                    if v.vec4 && slot.extent != Extent::PerRow {
+                        assert_eq!(p.off[b] % 4, 0, "{at}: vec4 offset of {operand}");
+                    }
+                }
+                Bind::Scratch { size } => {
+                    assert_eq!(slot.extent, Extent::Partials, "{at}");
+                    assert!(size <= plan.scratch && size <= caps.max_binding, "{at}");
+                    assert!(size > 0, "{at}");
+                }
+                Bind::Absent => {
+                    if slot.extent != Extent::Partials {
+                        assert!(
+                            d.get(slot.operand).is_none(),
+                            "{at}: {} unbound",
+                            slot.operand
+                        );
+                        assert!(!slot.required, "{at}");
+                    }
+                }
+            }
+        }
+        if !column_sums {
+            r0 += u64::from(p.rows);
+        }
+    }
+    assert_eq!(r0, d.rows, "{what}: every row once");
+}
+
+/// Tensors for `rows x dim` in `act`/`param` storage, each at element offset `off` of its own
+/// buffer (with a word to spare).
+struct Tensors {
+    x: wgpu::Buffer,
+    y: wgpu::Buffer,
+    r: wgpu::Buffer,
+    s: wgpu::Buffer,
+    w: wgpu::Buffer,
+    b: wgpu::Buffer,
+    stats: wgpu::Buffer,
+    grads: wgpu::Buffer,
+    n: u64,
+    rows: u64,
+    dim: u64,
+    act: DType,
+    param: DType,
+    off: u64,
+}
+
+impl Tensors {
+    fn new(rows: u64, dim: u64, act: DType, param: DType, off: u64) -> Self {
+        let n = rows * dim;
+        let big = |d: DType| buffer((off + n) * d.size() + 4);
+        let small = |d: DType| buffer((off + dim) * d.size() + 4);
+        Tensors {
+            x: big(act),
+            y: big(act),
+            r: big(act),
+            s: big(act),
+            w: small(param),
+            b: small(param),
+            stats: buffer((2 * rows + 2 * off) * 4 + 4),
+            grads: buffer((2 * dim + 2 * off) * 4 + 4),
+            n,
+            rows,
+            dim,
+            act,
+            param,
+            off,
+        }
+    }
+
+    fn rows_of<'a>(&self, b: &'a wgpu::Buffer) -> TensorRef<'a> {
+        TensorRef::new(b, self.off * self.act.size(), self.n * self.act.size())
+    }
+
+    fn param_of<'a>(&self, b: &'a wgpu::Buffer) -> TensorRef<'a> {
+        TensorRef::new(
+            b,
+            self.off * self.param.size(),
+            self.dim * self.param.size(),
+        )
+    }
+
+    /// The k-th per-row f32 array in `stats`.
+    fn stat(&self, k: u64) -> TensorRef<'_> {
+        let at = (self.off + k * (self.rows + self.off)) * 4;
+        TensorRef::new(&self.stats, at, self.rows * 4)
+    }
+
+    /// The k-th dim-long f32 array in `grads`.
+    fn grad(&self, k: u64) -> TensorRef<'_> {
+        let at = (self.off + k * (self.dim + self.off)) * 4;
+        TensorRef::new(&self.grads, at, self.dim * 4)
+    }
+
+    fn described<'a>(
+        &self,
+        kernel: Kernel,
+        operands: Vec<(Operand, TensorRef<'a>)>,
+    ) -> Described<'a> {
+        Described {
+            kernel,
+            rows: self.rows,
+            dim: self.dim,
+            act: self.act,
+            param: self.param,
+            operands,
+        }
+    }
+}
+
+/// Every op of the crate on `t`, with all its operands, planned and checked on `caps`.
+fn plan_every_op(what: &str, caps: &Caps, t: &Tensors) {
+    let (rows, dim) = (t.rows as usize, t.dim as usize);
+    let (x, y, w, b) = (
+        t.rows_of(&t.x),
+        t.rows_of(&t.y),
+        t.param_of(&t.w),
+        t.param_of(&t.b),
+    );
+    let (r, s) = (t.rows_of(&t.r), t.rows_of(&t.s));
+    // A row (or, in the backward, two f32 rows of partial sums) too long for one binding is
+    // an error; nothing else is.
+    let too_long = t.dim * 8 + caps.align > caps.max_binding;
+    let run = |name: &str, op: &dyn Fn() -> Result<Plan, Error>, d: Described| {
+        let what = format!("{what}: {name}");
+        match op() {
+            Ok(plan) => {
+                check_plan(&what, caps, &d, &plan);
+                Some(plan)
+            }
+            Err(Error::RowTooLarge { .. }) if too_long => None,
+            Err(e) => panic!("{what}: {e}"),
+        }
+    };
+    let ln = LayerNorm::new(rows, dim, x, y)
+        .dtype(t.act)
+        .param_dtype(t.param)
+        .weight(w)
+        .bias(b)
+        .mean(t.stat(0))
+        .rstd(t.stat(1))
+        .residual(r)
+        .residual_out(s);
+    use Operand::*;
+    run(
+        "layer_norm",
+        &|| plan(caps, &ln),
+        t.described(
+            Kernel::LayerNorm,
+            vec![
+                (Input, x),
+                (Output, y),
+                (Weight, w),
+                (Bias, b),
+                (Mean, t.stat(0)),
+                (Rstd, t.stat(1)),
+                (Residual, r),
+                (ResidualOut, s),
+            ],
+        ),
+    );
+    let rms = RmsNorm::new(rows, dim, x, y)
+        .dtype(t.act)
+        .param_dtype(t.param)
+        .weight(w)
+        .rrms(t.stat(0))
+        .partial(0.5);
+    run(
+        "rms_norm",
+        &|| plan(caps, &rms),
+        t.described(
+            Kernel::RmsNorm,
+            vec![(Input, x), (Output, y), (Weight, w), (Rrms, t.stat(0))],
+        ),
+    );
+    // dx in place over dy.
+    let lnb = LayerNormBackward::new(rows, dim, x, y, y)
+        .dtype(t.act)
+        .param_dtype(t.param)
+        .weight(w)
+        .saved(t.stat(0), t.stat(1))
+        .grad_weight(t.grad(0))
+        .grad_bias(t.grad(1));
+    let plan_lnb = run(
+        "layer_norm_backward",
+        &|| plan(caps, &lnb),
+        t.described(
+            Kernel::LayerNormBackward,
+            vec![
+                (Input, x),
+                (GradOutput, y),
+                (GradInput, y),
+                (Weight, w),
+                (Mean, t.stat(0)),
+                (Rstd, t.stat(1)),
+                (GradWeight, t.grad(0)),
+                (GradBias, t.grad(1)),
+            ],
+        ),
+    );
+    assert!(
+        plan_lnb
+            .iter()
+            .flat_map(|p| &p.steps)
+            .all(|s| s.variant.kernel != Kernel::LayerNormBackward || s.variant.shared),
+        "{what}: dy is read from the buffer dx is written to"
+    );
+    let rmsb = RmsNormBackward::new(rows, dim, x, r, s)
+        .eps(1e-6)
+        .dtype(t.act)
+        .param_dtype(t.param)
+        .weight(w)
+        .grad_weight(t.grad(0));
+    run(
+        "rms_norm_backward",
+        &|| plan(caps, &rmsb),
+        t.described(
+            Kernel::RmsNormBackward,
+            vec![
+                (Input, x),
+                (GradOutput, r),
+                (GradInput, s),
+                (Weight, w),
+                (GradWeight, t.grad(0)),
+            ],
+        ),
+    );
+    if t.act == DType::F32 {
+        run(
+            "copy",
+            &|| plan(caps, &CopyOp::new(rows, dim, x, y)),
+            t.described(Kernel::Copy, vec![(Input, x), (Output, y)]),
+        );
+    }
+}
+
+/// The GPU tests' grid of shapes.
+const GRID: &[(u64, u64)] = &[
+    (70000, 1),
+    (70000, 5),
+    (70000, 64),
+    (257, 2),
+    (257, 3),
+    (257, 7),
+    (257, 31),
+    (257, 256),
+    (257, 1000),
+    (257, 1024),
+    (257, 1025),
+    (3, 4096),
+    (3, 4097),
+    (3, 12288),
+    (1, 65536),
+    (3, 65536),
+    (1, 1),
+];
+
+const STORAGE: [(DType, DType); 5] = [
+    (DType::F32, DType::F32),
+    (DType::F16, DType::F16),
+    (DType::F16, DType::F32),
+    (DType::Bf16, DType::Bf16),
+    (DType::Bf16, DType::F32),
+];
+
+#[test]
+fn every_shape_storage_and_device() {
+    for (name, caps) in devices() {
+        for &(rows, dim) in GRID {
+            for (act, param) in STORAGE {
+                let t = Tensors::new(rows, dim, act, param, 0);
+                plan_every_op(&format!("{name} {rows}x{dim} {act}/{param}"), &caps, &t);
+            }
+        }
+    }
+}
+
+#[test]
+fn odd_offsets() {
+    // Element offsets that break vec4 (1, 3), keep it (4, 68), and cross a binding alignment.
+    for (name, caps) in devices() {
+        for off in [1, 3, 4, 68, 1000] {
+            for &(rows, dim) in &[(9, 7), (33, 1024), (5, 4097), (300, 1000)] {
+                for (act, param) in STORAGE {
+                    if act == DType::F32 && off % 2 == 1 {
+                        continue;
+                    }
+                    let t = Tensors::new(rows, dim, act, param, off);
+                    let what = format!("{name} {rows}x{dim} {act}/{param} offset {off}");
+                    plan_every_op(&what, &caps, &t);
+                }
+            }
+        }
+    }
+}
+
+fn caps_named(name: &str) -> Caps {
+    devices().into_iter().find(|(n, _)| *n == name).unwrap().1
+}
+
+#[test]
+fn vec4_needs_d_and_every_offset_on_four_elements() {
+    let caps = caps_named("large GPU");
+    let vec4 = |dim, off, act| {
+        let t = Tensors::new(2, dim, act, act, off);
+        let op = RmsNorm::new(2, dim as usize, t.rows_of(&t.x), t.rows_of(&t.y))
+            .dtype(act)
+            .weight(t.param_of(&t.w));
+        plan(&caps, &op).unwrap().steps[0].variant.vec4
+    };
+    assert!(vec4(4096, 0, DType::F32));
+    assert!(vec4(4096, 4, DType::F32));
+    assert!(!vec4(4096, 1, DType::F16));
+    assert!(!vec4(4096, 2, DType::F16));
+    assert!(vec4(4096, 4, DType::Bf16));
+    assert!(!vec4(4097, 0, DType::F32));
+    assert!(!vec4(4094, 0, DType::F32));
+}
+
+#[test]
+fn work_beyond_one_binding_is_split() {
+    let caps = caps_named("small bindings");
+    // 300 rows of 4000 bytes in 256 KiB bindings: 65 rows a binding, 5 dispatches.
+    let t = Tensors::new(300, 1000, DType::F32, DType::F32, 0);
+    let op = LayerNorm::new(300, 1000, t.rows_of(&t.x), t.rows_of(&t.y));
+    let p = plan(&caps, &op).unwrap();
+    let chunk = ((256 << 10) - caps.align) / 4000;
+    assert_eq!(p.steps.len() as u64, 300u64.div_ceil(chunk));
+    // The backward reduces each chunk's partial sums right after it.
+    let op = LayerNormBackward::new(300, 1000, t.rows_of(&t.x), t.rows_of(&t.y), t.rows_of(&t.s))
+        .eps(1e-5)
+        .grad_weight(t.grad(0));
+    let kernels: Vec<Kernel> = plan(&caps, &op)
+        .unwrap()
+        .steps
+        .iter()
+        .map(|s| s.variant.kernel)
+        .collect();
+    let pair = [Kernel::LayerNormBackward, Kernel::ParamGrad];
+    assert_eq!(kernels, pair.repeat(kernels.len() / 2));
+    assert_eq!(kernels.len() as u64, 2 * 300u64.div_ceil(chunk));
+}
+
+#[test]
+fn many_rows_take_a_two_dimensional_grid() {
+    // The backward's few rows per workgroup: many workgroups per dispatch.
+    let caps = caps_named("small bindings");
+    let t = Tensors::new(5000, 28, DType::F32, DType::F32, 0);
+    let op = RmsNormBackward::new(5000, 28, t.rows_of(&t.x), t.rows_of(&t.y), t.rows_of(&t.s))
+        .eps(1e-6)
+        .grad_weight(t.grad(0));
+    let p = plan(&caps, &op).unwrap();
+    assert!(
+        p.steps.iter().any(|s| s.grid[1] > 1),
+        "{:?}",
+        p.steps[0].grid
+    );
+    // On a large device too, past 65535 workgroups.
+    let caps = caps_named("large GPU");
+    let rows = 70000 * 64 + 5;
+    let t = Tensors::new(rows, 1, DType::F32, DType::F32, 0);
+    let op = RmsNorm::new(rows as usize, 1, t.rows_of(&t.x), t.rows_of(&t.y));
+    let p = plan(&caps, &op).unwrap();
+    assert_eq!(p.steps.len(), 1);
+    assert_eq!(p.steps[0].grid, [65535, 2]);
+}
+
+#[test]
+fn few_rows_reduce_dweight_without_a_tree() {
+    // A decode step's backward: one partial row, so every param_grad invocation sums a
+    // column alone (no barriers), and the grid covers the columns with full workgroups.
+    let caps = caps_named("large GPU");
+    let t = Tensors::new(1, 4096, DType::F32, DType::F32, 0);
+    let op = RmsNormBackward::new(1, 4096, t.rows_of(&t.x), t.rows_of(&t.y), t.rows_of(&t.s))
+        .eps(1e-6)
+        .grad_weight(t.grad(0));
+    let p = plan(&caps, &op).unwrap();
+    let stage2 = &p.steps[1];
+    assert_eq!(stage2.variant.kernel, Kernel::ParamGrad);
+    assert_eq!(stage2.variant.slices, 1);
+    assert_eq!(stage2.params.part_rows, 1);
+    assert_eq!(stage2.grid, [1024 / stage2.variant.wg, 1]);
+    // Many rows: many partial rows, summed by slices.
+    let t = Tensors::new(20000, 4096, DType::F32, DType::F32, 0);
+    let op = RmsNormBackward::new(
+        20000,
+        4096,
+        t.rows_of(&t.x),
+        t.rows_of(&t.y),
+        t.rows_of(&t.s),
+    )
+    .eps(1e-6)
+    .grad_weight(t.grad(0));
+    let p = plan(&caps, &op).unwrap();
+    assert!(
+        p.steps[1].variant.slices > 1,
+        "{}",
+        p.steps[1].variant.label()
+    );
+}
+
+#[test]
+fn zero_rows() {
+    let caps = caps_named("large GPU");
+    let t = Tensors::new(0, 8, DType::F32, DType::F32, 0);
+    let op = LayerNorm::new(0, 8, t.rows_of(&t.x), t.rows_of(&t.y)).mean(t.stat(0));
+    assert!(plan(&caps, &op).unwrap().steps.is_empty());
+    // The backward still writes its parameter gradients: sums over no rows.
+    let op = LayerNormBackward::new(0, 8, t.rows_of(&t.x), t.rows_of(&t.y), t.rows_of(&t.s))
+        .eps(1e-5)
+        .grad_weight(t.grad(0));
+    let p = plan(&caps, &op).unwrap();
+    assert_eq!(p.steps.len(), 1);
+    assert_eq!(p.steps[0].variant.kernel, Kernel::ParamGrad);
+    assert_eq!(p.steps[0].params.part_rows, 0);
+    assert_eq!(p.steps[0].binds[0], Bind::Absent);
+    assert_eq!(p.scratch, 0);
+}
+
+#[test]
+fn plans_are_deterministic_and_sized() {
+    let caps = caps_named("WebGPU defaults");
+    let t = Tensors::new(3000, 1024, DType::Bf16, DType::F32, 3);
+    let op = LayerNormBackward::new(
+        3000,
+        1024,
+        t.rows_of(&t.x),
+        t.rows_of(&t.y),
+        t.rows_of(&t.s),
+    )
+    .eps(1e-5)
+    .dtype(DType::Bf16)
+    .param_dtype(DType::F32)
+    .grad_weight(t.grad(0))
+    .grad_bias(t.grad(1));
+    let a = plan(&caps, &op).unwrap();
+    assert_eq!(a, plan(&caps, &op).unwrap());
+    // Partial sums: two f32 arrays of one row per workgroup.
+    let groups = u64::from(a.steps[0].params.part_rows);
+    assert_eq!(a.scratch, groups * 1024 * 4 * 2);
+    assert!(
+        a.steps[0].variant.wg <= 256,
+        "WebGPU allows 256 invocations"
+    );
+}
+
+#[test]
+fn errors_come_from_the_plan() {
+    let caps = caps_named("small bindings");
+    let t = Tensors::new(3, 4, DType::F32, DType::F32, 0);
+    let (x, y) = (t.rows_of(&t.x), t.rows_of(&t.y));
+    let err = |op: &dyn Fn() -> Result<Plan, Error>| op().unwrap_err();
+    assert_eq!(
+        err(&|| plan(&caps, &LayerNorm::new(3, 0, x, y))),
+        Error::ZeroDim
+    );
+    assert!(matches!(
+        err(&|| plan(&caps, &LayerNorm::new(4, 4, x, y))),
+        Error::WrongSize {
+            operand: Operand::Input,
+            ..
+        }
+    ));
+    assert!(matches!(
+        err(&|| plan(&caps, &RmsNorm::new(3, 4, x, y).eps(f32::NAN))),
+        Error::BadEpsilon(_)
+    ));
+    assert_eq!(
+        err(&|| plan(
+            &caps,
+            &RmsNorm::new(3, 4, x, x).rrms(TensorRef::new(&t.x, 0, 12))
+        )),
+        Error::Overlap {
+            written: Operand::Rrms,
+            other: Operand::Input
+        }
+    );
+    // A row that cannot fit one 256 KiB binding.
+    let long = buffer(300_000 * 4);
+    assert!(matches!(
+        err(&|| plan(&caps, &RmsNorm::new(1, 300_000, &long, &long))),
+        Error::RowTooLarge { .. }
+    ));
+    assert!(matches!(
+        err(&|| plan(&caps, &RmsNormBackward::new(3, 4, x, x, y))),
+        Error::EpsilonNeeded { .. }
+    ));
+}
+
+#[test]
+fn devices_too_small_are_refused() {
+    let limits = wgpu::Limits {
+        max_compute_invocations_per_workgroup: 32,
+        ..wgpu::Limits::default()
+    };
+    assert!(matches!(
+        Caps::new(&limits, wgpu::Features::empty(), NormsOptions::default()),
+        Err(Error::UnsupportedDevice(_))
+    ));
+    let limits = wgpu::Limits {
+        max_storage_buffers_per_shader_stage: 4,
+        ..wgpu::Limits::default()
+    };
+    assert!(matches!(
+        Caps::new(&limits, wgpu::Features::empty(), NormsOptions::default()),
+        Err(Error::UnsupportedDevice(_))
+    ));
+    let caps = Caps::new(
+        &wgpu::Limits::default(),
+        wgpu::Features::SUBGROUP,
+        NormsOptions { subgroups: false },
+    )
+    .unwrap();
+    assert!(!caps.subgroups);
+}
+
+#[test]
+fn plan_needs_only_the_op_trait() {
+    fn plan_any(caps: &Caps, op: &impl Op) -> usize {
+        plan(caps, op).map(|p| p.steps.len()).unwrap_or(0)
+    }
+    let caps = caps_named("large GPU");
+    let t = Tensors::new(2, 8, DType::F32, DType::F32, 0);
+    assert_eq!(
+        plan_any(&caps, &CopyOp::new(2, 8, t.rows_of(&t.x), t.rows_of(&t.y))),
+        1
+    );
+}
