@@ -72,9 +72,12 @@ struct RunArgs {
     /// Save each row's mean (layer-norm), of shape input.shape[:axis] + ones.
     #[arg(long)]
     mean: Option<PathBuf>,
-    /// Save each row's 1/sqrt(var+eps) (layer-norm) or 1/sqrt(mean(x^2)+eps) (rms-norm).
+    /// Save each row's 1/sqrt(var+eps) (layer-norm), of shape input.shape[:axis] + ones.
     #[arg(long)]
     rstd: Option<PathBuf>,
+    /// Save each row's 1/sqrt(mean(x^2)+eps) (rms-norm), of shape input.shape[:axis] + ones.
+    #[arg(long)]
+    rrms: Option<PathBuf>,
     /// Also run the CPU reference and print the largest error.
     #[arg(long)]
     check: bool,
@@ -328,8 +331,11 @@ fn run(adapter: Option<&str>, a: &RunArgs) -> Result<(), Failure> {
     if !layer && a.bias.is_some() {
         return bad("--bias applies to layer-norm only (RMSNorm has no beta)");
     }
-    if !layer && a.mean.is_some() {
-        return bad("--mean applies to layer-norm only (RMSNorm saves only --rstd)");
+    if !layer && (a.mean.is_some() || a.rstd.is_some()) {
+        return bad("--mean and --rstd apply to layer-norm only (rms-norm saves --rrms)");
+    }
+    if layer && a.rrms.is_some() {
+        return bad("--rrms applies to rms-norm only (layer-norm saves --mean and --rstd)");
     }
     let x = read_npy(&a.input)?;
     let rank = x.shape.len() as i64;
@@ -374,10 +380,13 @@ fn run(adapter: Option<&str>, a: &RunArgs) -> Result<(), Failure> {
         // Output dtype = input dtype; f16 weights are exact in f32 (the mixed mode).
         dtype: x.dtype,
     };
-    let out = if layer {
-        gpu.layer_norm(&x.data, dim, &opts)?
+    // y, and each statistic asked for with where it goes.
+    let (y, stats) = if layer {
+        let out = gpu.layer_norm(&x.data, dim, &opts)?;
+        (out.y, vec![(&a.mean, out.mean), (&a.rstd, out.rstd)])
     } else {
-        gpu.rms_norm(&x.data, dim, &opts)?
+        let out = gpu.rms_norm(&x.data, dim, &opts)?;
+        (out.y, vec![(&a.rrms, out.rrms)])
     };
 
     let stats_shape: Vec<u64> = x.shape[..axis]
@@ -385,12 +394,11 @@ fn run(adapter: Option<&str>, a: &RunArgs) -> Result<(), Failure> {
         .copied()
         .chain(std::iter::repeat_n(1, x.shape.len() - axis))
         .collect();
-    write_npy(&a.output, &x.shape, &out.y, x.dtype)?;
-    if let Some(p) = &a.mean {
-        write_npy(p, &stats_shape, &out.mean, DType::F32)?;
-    }
-    if let Some(p) = &a.rstd {
-        write_npy(p, &stats_shape, &out.rstd, DType::F32)?;
+    write_npy(&a.output, &x.shape, &y, x.dtype)?;
+    for (path, values) in stats {
+        if let Some(p) = path {
+            write_npy(p, &stats_shape, &values, DType::F32)?;
+        }
     }
     if a.check {
         let r = if layer {
@@ -400,7 +408,7 @@ fn run(adapter: Option<&str>, a: &RunArgs) -> Result<(), Failure> {
             let eps = a.eps.unwrap_or(RmsNorm::DEFAULT_EPS);
             reference::rms_norm(&x.data, dim, weight.as_deref(), eps)
         };
-        let (abs, ratio) = largest_error(&out.y, &r.y, x.dtype);
+        let (abs, ratio) = largest_error(&y, &r.y, x.dtype);
         println!(
             "check: largest error {abs:.3e} ({:.1}% of the {} tolerance): {}",
             ratio * 100.0,

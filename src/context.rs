@@ -6,8 +6,10 @@ use crate::DType;
 use crate::adapter;
 use crate::error::{Error, Result};
 use crate::layer_norm::LayerNorm;
+use crate::layer_norm_backward::LayerNormBackward;
 use crate::norms::{Norms, NormsOptions};
 use crate::rms_norm::RmsNorm;
+use crate::rms_norm_backward::RmsNormBackward;
 
 /// A device of its own with the kernels built for it. For people with data in slices;
 /// runtimes that own a device use [`Norms`] directly.
@@ -23,28 +25,48 @@ pub const USEFUL_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS);
 
-/// Optional operands of [`Gpu::layer_norm`] and [`Gpu::rms_norm`].
+/// Optional operands of the slice calls ([`Gpu::layer_norm`], [`Gpu::rms_norm`] and their
+/// backward passes).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SliceOptions<'a> {
-    /// `None`: the op's default ([`LayerNorm::DEFAULT_EPS`], [`RmsNorm::DEFAULT_EPS`]).
+    /// `None`: the op's default ([`LayerNorm::DEFAULT_EPS`], [`RmsNorm::DEFAULT_EPS`]). The
+    /// backward calls recompute the statistics with it, as the forward computed them.
     pub eps: Option<f32>,
     pub weight: Option<&'a [f32]>,
     /// LayerNorm only.
     pub bias: Option<&'a [f32]>,
-    /// How x and y are stored on the GPU: with f16/bf16 the values of `x` are rounded to it,
-    /// and y comes back as the stored 16-bit values (weight and bias stay f32: the mixed
-    /// mode).
+    /// How x and y (and dy, dx) are stored on the GPU: with f16/bf16 the values of `x` are
+    /// rounded to it, and results come back as the stored 16-bit values (weight and bias
+    /// stay f32: the mixed mode).
     pub dtype: DType,
 }
 
-/// What a slice call returns: `y` and the saved statistics.
+/// What [`Gpu::layer_norm`] returns.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Normalized {
+pub struct LayerNormOutput {
     pub y: Vec<f32>,
-    /// LayerNorm: each row's mean. Empty for RMSNorm.
+    /// Each row's mean.
     pub mean: Vec<f32>,
-    /// LayerNorm: `1 / sqrt(var + eps)`; RMSNorm: `1 / sqrt(mean(x^2) + eps)`.
+    /// Each row's `1 / sqrt(var + eps)`.
     pub rstd: Vec<f32>,
+}
+
+/// What [`Gpu::rms_norm`] returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RmsNormOutput {
+    pub y: Vec<f32>,
+    /// Each row's `1 / sqrt(mean(x^2) + eps)`.
+    pub rrms: Vec<f32>,
+}
+
+/// What the backward slice calls return.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gradients {
+    pub dx: Vec<f32>,
+    /// `sum over rows of dy * xhat` (as if the weight were 1 when there is none).
+    pub dweight: Vec<f32>,
+    /// LayerNorm: `sum over rows of dy`. Empty for RMSNorm.
+    pub dbias: Vec<f32>,
 }
 
 impl Gpu {
@@ -195,7 +217,12 @@ impl Gpu {
     }
 
     /// LayerNorm of `x` (rows of `dim`), with each row's mean and rstd.
-    pub fn layer_norm(&self, x: &[f32], dim: usize, opts: &SliceOptions) -> Result<Normalized> {
+    pub fn layer_norm(
+        &self,
+        x: &[f32],
+        dim: usize,
+        opts: &SliceOptions,
+    ) -> Result<LayerNormOutput> {
         pollster::block_on(self.layer_norm_async(x, dim, opts))
     }
 
@@ -204,12 +231,13 @@ impl Gpu {
         x: &[f32],
         dim: usize,
         opts: &SliceOptions<'_>,
-    ) -> Result<Normalized> {
-        self.run(x, dim, opts, true).await
+    ) -> Result<LayerNormOutput> {
+        let [y, mean, rstd] = self.run(Pass::Forward, true, x, None, dim, opts).await?;
+        Ok(LayerNormOutput { y, mean, rstd })
     }
 
     /// RMSNorm of `x` (rows of `dim`), with each row's rrms.
-    pub fn rms_norm(&self, x: &[f32], dim: usize, opts: &SliceOptions) -> Result<Normalized> {
+    pub fn rms_norm(&self, x: &[f32], dim: usize, opts: &SliceOptions) -> Result<RmsNormOutput> {
         pollster::block_on(self.rms_norm_async(x, dim, opts))
     }
 
@@ -218,17 +246,76 @@ impl Gpu {
         x: &[f32],
         dim: usize,
         opts: &SliceOptions<'_>,
-    ) -> Result<Normalized> {
-        self.run(x, dim, opts, false).await
+    ) -> Result<RmsNormOutput> {
+        let [y, _, rrms] = self.run(Pass::Forward, false, x, None, dim, opts).await?;
+        Ok(RmsNormOutput { y, rrms })
     }
 
-    async fn run(
+    /// The gradients of [`Gpu::layer_norm`] with the same `x` and options, for the output
+    /// gradient `dy` (the statistics are recomputed with `opts.eps`).
+    pub fn layer_norm_backward(
         &self,
         x: &[f32],
+        dy: &[f32],
+        dim: usize,
+        opts: &SliceOptions,
+    ) -> Result<Gradients> {
+        pollster::block_on(self.layer_norm_backward_async(x, dy, dim, opts))
+    }
+
+    pub async fn layer_norm_backward_async(
+        &self,
+        x: &[f32],
+        dy: &[f32],
         dim: usize,
         opts: &SliceOptions<'_>,
+    ) -> Result<Gradients> {
+        let [dx, dweight, dbias] = self
+            .run(Pass::Backward, true, x, Some(dy), dim, opts)
+            .await?;
+        Ok(Gradients { dx, dweight, dbias })
+    }
+
+    /// The gradients of [`Gpu::rms_norm`] with the same `x` and options, for the output
+    /// gradient `dy` (rrms is recomputed with `opts.eps`).
+    pub fn rms_norm_backward(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dim: usize,
+        opts: &SliceOptions,
+    ) -> Result<Gradients> {
+        pollster::block_on(self.rms_norm_backward_async(x, dy, dim, opts))
+    }
+
+    pub async fn rms_norm_backward_async(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dim: usize,
+        opts: &SliceOptions<'_>,
+    ) -> Result<Gradients> {
+        let [dx, dweight, _] = self
+            .run(Pass::Backward, false, x, Some(dy), dim, opts)
+            .await?;
+        Ok(Gradients {
+            dx,
+            dweight,
+            dbias: Vec::new(),
+        })
+    }
+
+    /// Uploads, records one op, reads back three results: y, mean, rstd/rrms (forward) or
+    /// dx, dweight, dbias (backward); those the op does not make are empty.
+    async fn run(
+        &self,
+        pass: Pass,
         layer: bool,
-    ) -> Result<Normalized> {
+        x: &[f32],
+        dy: Option<&[f32]>,
+        dim: usize,
+        opts: &SliceOptions<'_>,
+    ) -> Result<[Vec<f32>; 3]> {
         if dim == 0 {
             return Err(Error::ZeroDim);
         }
@@ -238,6 +325,14 @@ impl Gpu {
                 rows: x.len() / dim,
                 dim,
                 what: "x must hold whole rows",
+            });
+        }
+        if let Some(dy) = dy.filter(|dy| dy.len() != x.len()) {
+            return Err(Error::SliceLength {
+                len: dy.len(),
+                rows: x.len() / dim,
+                dim,
+                what: "dy must have the shape of x",
             });
         }
         if !layer && opts.bias.is_some() {
@@ -260,69 +355,96 @@ impl Gpu {
         }
         let rows = x.len() / dim;
         let dt = opts.dtype;
+        let n = x.len() as u64 * dt.size();
+        // Whole words for 16-bit tensors (`storage` counts f32).
+        let words = (x.len() * dt.size() as usize).div_ceil(4);
+        let t = |b| crate::TensorRef::new(b, 0, n);
         let xb = self.upload_as("wgpu-norm x", x, dt);
-        // Whole words for 16-bit y too (`storage` counts f32).
-        let yb = self.storage("wgpu-norm y", (x.len() * dt.size() as usize).div_ceil(4));
         let wb = opts.weight.map(|w| self.upload("wgpu-norm weight", w));
         let bb = opts.bias.map(|b| self.upload("wgpu-norm bias", b));
-        let mb = self.storage("wgpu-norm mean", rows);
-        let rb = self.storage("wgpu-norm rstd", rows);
-        let n = x.len() as u64 * dt.size();
-        let s = (rows * 4) as u64;
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("wgpu-norm slices"),
             });
-        if layer {
-            let mut op = LayerNorm::new(
-                rows,
-                dim,
-                crate::TensorRef::new(&xb, 0, n),
-                crate::TensorRef::new(&yb, 0, n),
-            )
-            .dtype(dt)
-            .param_dtype(DType::F32)
-            .mean(crate::TensorRef::new(&mb, 0, s))
-            .rstd(crate::TensorRef::new(&rb, 0, s));
-            op.eps = opts.eps.unwrap_or(LayerNorm::DEFAULT_EPS);
-            op.weight = wb.as_ref().map(crate::TensorRef::from);
-            op.bias = bb.as_ref().map(crate::TensorRef::from);
-            self.norms.layer_norm(&mut encoder, &op)?;
-        } else {
-            let mut op = RmsNorm::new(
-                rows,
-                dim,
-                crate::TensorRef::new(&xb, 0, n),
-                crate::TensorRef::new(&yb, 0, n),
-            )
-            .dtype(dt)
-            .param_dtype(DType::F32)
-            .rrms(crate::TensorRef::new(&rb, 0, s));
-            op.eps = opts.eps.unwrap_or(RmsNorm::DEFAULT_EPS);
-            op.weight = wb.as_ref().map(crate::TensorRef::from);
-            self.norms.rms_norm(&mut encoder, &op)?;
-        }
+        // Three outputs and how many f32 words each holds.
+        let (outputs, lens) = match pass {
+            Pass::Forward => {
+                let yb = self.storage("wgpu-norm y", words);
+                let mb = self.storage("wgpu-norm mean", rows);
+                let rb = self.storage("wgpu-norm rstd", rows);
+                let s = (rows * 4) as u64;
+                let (stat_m, stat_r) = (
+                    crate::TensorRef::new(&mb, 0, s),
+                    crate::TensorRef::new(&rb, 0, s),
+                );
+                if layer {
+                    let mut op = LayerNorm::new(rows, dim, t(&xb), t(&yb))
+                        .dtype(dt)
+                        .param_dtype(DType::F32)
+                        .eps(opts.eps.unwrap_or(LayerNorm::DEFAULT_EPS))
+                        .mean(stat_m)
+                        .rstd(stat_r);
+                    op.weight = wb.as_ref().map(crate::TensorRef::from);
+                    op.bias = bb.as_ref().map(crate::TensorRef::from);
+                    self.norms.record(&mut encoder, &op)?;
+                } else {
+                    let mut op = RmsNorm::new(rows, dim, t(&xb), t(&yb))
+                        .dtype(dt)
+                        .param_dtype(DType::F32)
+                        .eps(opts.eps.unwrap_or(RmsNorm::DEFAULT_EPS))
+                        .rrms(stat_r);
+                    op.weight = wb.as_ref().map(crate::TensorRef::from);
+                    self.norms.record(&mut encoder, &op)?;
+                }
+                ([yb, mb, rb], [words, if layer { rows } else { 0 }, rows])
+            }
+            Pass::Backward => {
+                let dyb = self.upload_as("wgpu-norm dy", dy.unwrap_or_default(), dt);
+                let dxb = self.storage("wgpu-norm dx", words);
+                let dwb = self.storage("wgpu-norm dweight", dim);
+                let dbb = self.storage("wgpu-norm dbias", dim);
+                if layer {
+                    let mut op = LayerNormBackward::new(rows, dim, t(&xb), t(&dyb), t(&dxb))
+                        .dtype(dt)
+                        .param_dtype(DType::F32)
+                        .eps(opts.eps.unwrap_or(LayerNorm::DEFAULT_EPS))
+                        .grad_weight(&dwb)
+                        .grad_bias(&dbb);
+                    op.weight = wb.as_ref().map(crate::TensorRef::from);
+                    self.norms.record(&mut encoder, &op)?;
+                } else {
+                    let mut op = RmsNormBackward::new(rows, dim, t(&xb), t(&dyb), t(&dxb))
+                        .dtype(dt)
+                        .param_dtype(DType::F32)
+                        .eps(opts.eps.unwrap_or(RmsNorm::DEFAULT_EPS))
+                        .grad_weight(&dwb);
+                    op.weight = wb.as_ref().map(crate::TensorRef::from);
+                    self.norms.record(&mut encoder, &op)?;
+                }
+                ([dxb, dwb, dbb], [words, dim, if layer { dim } else { 0 }])
+            }
+        };
         self.queue.submit([encoder.finish()]);
-        let y_bytes = x.len() * dt.size() as usize;
+        let [a, b, c] = &outputs;
         let mut out = self
-            .read_async(&[
-                (&yb, y_bytes.div_ceil(4)),
-                (&mb, if layer { rows } else { 0 }),
-                (&rb, rows),
-            ])
+            .read_async(&[(a, lens[0]), (b, lens[1]), (c, lens[2])])
             .await?
             .into_iter();
-        let (y, mean, rstd) = (out.next(), out.next(), out.next());
-        let y: Vec<u8> = y
-            .unwrap_or_default()
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect();
-        Ok(Normalized {
-            y: dt.decode(&y[..y_bytes]),
-            mean: mean.unwrap_or_default(),
-            rstd: rstd.unwrap_or_default(),
-        })
+        let mut next = || out.next().unwrap_or_default();
+        // The first result is in the storage type.
+        let first: Vec<u8> = next().iter().flat_map(|w| w.to_le_bytes()).collect();
+        Ok([
+            dt.decode(&first[..x.len() * dt.size() as usize]),
+            next(),
+            next(),
+        ])
     }
+}
+
+/// Which pass a slice call runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Forward,
+    Backward,
 }

@@ -56,7 +56,7 @@ mod tensor;
 pub mod timing;
 
 pub use adapter::pick_adapter;
-pub use context::{Gpu, Normalized, SliceOptions, USEFUL_FEATURES};
+pub use context::{Gpu, Gradients, LayerNormOutput, RmsNormOutput, SliceOptions, USEFUL_FEATURES};
 pub use copy::CopyOp;
 pub use dtype::DType;
 pub use error::{Error, Operand, Result};

@@ -123,7 +123,7 @@ fn run_rms_norm_with_defaults() {
     let x = Rng::new(6).data(2 * 1000, 0.0, 1.0);
     save(&dir.join("x.npy"), &[2, 1000], &x);
     let out = run(tool().current_dir(&dir).args([
-        "run", "--op", "rms-norm", "--input", "x.npy", "--output", "y.npy", "--rstd", "r.npy",
+        "run", "--op", "rms-norm", "--input", "x.npy", "--output", "y.npy", "--rrms", "r.npy",
     ]));
     assert!(out.status.success());
     let r = reference::rms_norm(&x, 1000, None, f32::EPSILON);
@@ -231,6 +231,17 @@ fn bad_input_is_one_line_and_exit_code_2() {
         &dir,
         &["--input", "x.npy", "--op", "rms-norm", "--bias", "w5.npy"],
         "bias",
+    );
+    // Each norm's statistics by their own names.
+    rejects(
+        &dir,
+        &["--input", "x.npy", "--op", "rms-norm", "--rstd", "r.npy"],
+        "--rrms",
+    );
+    rejects(
+        &dir,
+        &["--input", "x.npy", "--rrms", "r.npy"],
+        "rms-norm only",
     );
 }
 

@@ -719,3 +719,33 @@ fn plan_needs_only_the_op_trait() {
         1
     );
 }
+
+#[test]
+fn builders_do_not_undo_each_other() {
+    // param_dtype set before dtype stays: the mixed mode in either order.
+    let caps = caps_named("large GPU");
+    let t = Tensors::new(2, 8, DType::Bf16, DType::F32, 0);
+    let (x, y, w) = (t.rows_of(&t.x), t.rows_of(&t.y), t.param_of(&t.w));
+    let a = RmsNorm::new(2, 8, x, y)
+        .param_dtype(DType::F32)
+        .dtype(DType::Bf16)
+        .weight(w);
+    let b = RmsNorm::new(2, 8, x, y)
+        .dtype(DType::Bf16)
+        .param_dtype(DType::F32)
+        .weight(w);
+    let (pa, pb) = (plan(&caps, &a).unwrap(), plan(&caps, &b).unwrap());
+    assert_eq!(pa, pb);
+    let v = pa.steps[0].variant;
+    assert_eq!((v.act, v.param), (DType::Bf16, DType::F32));
+    // Without param_dtype, parameters are stored like the activations.
+    let c = RmsNorm::new(2, 8, x, y).dtype(DType::Bf16).weight(w);
+    assert!(matches!(
+        plan(&caps, &c),
+        Err(Error::WrongSize {
+            operand: Operand::Weight,
+            expected: 16,
+            ..
+        })
+    ));
+}
