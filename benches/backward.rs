@@ -10,7 +10,7 @@ mod common;
 
 use common::Bench;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use wgpu_norm::{DType, LayerNormBackward, RmsNormBackward, TensorRef};
+use wgpu_norm::{DType, LayerNormBackward, RmsNorm, RmsNormBackward, TensorRef};
 
 const DIMS: [usize; 3] = [1024, 4096, 8192];
 
@@ -104,5 +104,58 @@ fn backward_16_bit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, backward, backward_16_bit);
+/// A decode step's shapes, few rows of D = 4096: GPU time per op next to a copy of the same
+/// bytes, the backward with and without its parameter gradients, and the forward.
+fn few_rows(c: &mut Criterion) {
+    let bench = Bench::new();
+    let gpu = &bench.gpu;
+    let dim = 4096;
+    for rows in [1, 8, 64] {
+        let n = rows * dim;
+        let xb = gpu.upload("bench x", &common::activations(n));
+        let dyb = gpu.upload("bench dy", &common::gradients(n));
+        let dxb = gpu.storage("bench dx", n);
+        let wb = gpu.upload("bench weight", &vec![1.5; dim]);
+        let stats = gpu.upload("bench statistics", &vec![0.3; 2 * rows]);
+        let (mean, rstd) = (
+            TensorRef::new(&stats, 0, rows as u64 * 4),
+            TensorRef::new(&stats, rows as u64 * 4, rows as u64 * 4),
+        );
+        let (dw, db) = (
+            gpu.storage("bench dweight", dim),
+            gpu.storage("bench dbias", dim),
+        );
+        let mut group = c.benchmark_group(format!("backward few rows/{rows}x{dim}"));
+        bench.configure(&mut group);
+        group.throughput(Throughput::BytesDecimal((3 * n * 4) as u64));
+        bench.run(&mut group, "copy", &|e| {
+            gpu.norms.copy(e, rows, dim, &xb, &dxb)
+        });
+        let fwd = RmsNorm::new(rows, dim, &xb, &dxb).weight(&wb);
+        bench.run(&mut group, "rms_norm", &|e| gpu.norms.rms_norm(e, &fwd));
+        let rms = RmsNormBackward::new(rows, dim, &xb, &dyb, &dxb)
+            .weight(&wb)
+            .saved(rstd);
+        bench.run(&mut group, "rms_norm_backward dx only", &|e| {
+            gpu.norms.rms_norm_backward(e, &rms)
+        });
+        let rms_dw = rms.clone().grad_weight(&dw);
+        bench.run(&mut group, "rms_norm_backward with dweight", &|e| {
+            gpu.norms.rms_norm_backward(e, &rms_dw)
+        });
+        let ln = LayerNormBackward::new(rows, dim, &xb, &dyb, &dxb)
+            .weight(&wb)
+            .saved(mean, rstd)
+            .grad_weight(&dw)
+            .grad_bias(&db);
+        bench.run(
+            &mut group,
+            "layer_norm_backward with dweight, dbias",
+            &|e| gpu.norms.layer_norm_backward(e, &ln),
+        );
+        group.finish();
+    }
+}
+
+criterion_group!(benches, backward, backward_16_bit, few_rows);
 criterion_main!(benches);
