@@ -15,9 +15,12 @@
 //!
 //! Two layers:
 //! - [`Norms`] for runtimes that own the device: built once per device (it is `Send + Sync`),
-//!   it records into the caller's `wgpu::CommandEncoder` with the caller's buffers
-//!   ([`TensorRef`]s with byte offsets), validates everything first and returns
-//!   [`Error`] instead of letting wgpu raise a validation error. It never submits.
+//!   it records ops ([`Op`]) into the caller's `wgpu::CommandEncoder` with the caller's
+//!   buffers ([`TensorRef`]s with byte offsets), validates everything first and returns
+//!   [`Error`] instead of letting wgpu raise a validation error. It never submits and never
+//!   waits on the GPU. An op recorded every step on the same buffers is prepared once
+//!   ([`Norms::prepare`], [`Prepared`]) and then costs what a hand-written wgpu dispatch
+//!   costs. [`plan`] shows, without a device, what recording an op does.
 //! - [`Gpu`] for data in slices: picks an adapter ([`pick_adapter`]), uploads, runs, reads
 //!   back.
 //!
