@@ -369,9 +369,10 @@ fn check<'a>(caps: &Caps, l: &Launch<'a>) -> Result<Checked<'a>> {
                 let size = elem_size(s.class, l.act, l.param);
                 t.offset.is_multiple_of(4 * size)
             });
-    // Rows per dispatch: each binding may start up to `align` bytes before its data.
+    // Rows per dispatch: each binding may start up to `align` bytes before its data, and the
+    // per-row statistics (4 bytes a row) must fit too: a 16-bit row of D = 1 is 2 bytes.
     let max_groups = u64::from(caps.max_groups_per_dim).pow(2);
-    let chunk_rows = ((caps.max_binding - caps.align) / row_bytes).min(max_groups);
+    let chunk_rows = ((caps.max_binding - caps.align) / row_bytes.max(4)).min(max_groups);
     Ok(Checked {
         rows: l.rows as u64,
         dim,

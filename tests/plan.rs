@@ -535,6 +535,32 @@ fn work_beyond_one_binding_is_split() {
 }
 
 #[test]
+fn statistics_of_short_16_bit_rows_fit_their_bindings() {
+    // D = 1 in f16 is 2 bytes a row, its statistic 4: the statistic's binding sets the chunk.
+    let limits = wgpu::Limits {
+        max_storage_buffer_binding_size: 64 << 10,
+        ..wgpu::Limits::default()
+    };
+    let caps = Caps::new(&limits, wgpu::Features::empty(), NormsOptions::default()).unwrap();
+    let rows = 40_000;
+    let t = Tensors::new(rows, 1, DType::F16, DType::F16, 0);
+    let op = RmsNorm::new(rows as usize, 1, t.rows_of(&t.x), t.rows_of(&t.y))
+        .dtype(DType::F16)
+        .rrms(t.stat(0));
+    let p = plan(&caps, &op).unwrap();
+    let d = t.described(
+        Kernel::RmsNorm,
+        vec![
+            (Operand::Input, t.rows_of(&t.x)),
+            (Operand::Output, t.rows_of(&t.y)),
+            (Operand::Rrms, t.stat(0)),
+        ],
+    );
+    check_plan("f16 D = 1", &caps, &d, &p);
+    assert!(p.steps.len() >= 3, "160 KB of statistics in 64 KiB bindings");
+}
+
+#[test]
 fn many_rows_take_a_two_dimensional_grid() {
     // The backward's few rows per workgroup: many workgroups per dispatch.
     let caps = caps_named("small bindings");
