@@ -13,7 +13,8 @@
 // zero (1e4 +- 1, say) the mean itself is not representable to better than half an ulp of 1e4
 // (5e-4), but the shifted values are exact (the difference of nearby floats is) and small, so
 // the shifted mean m and the centred values (x - p) - m keep f32 precision. The variance is
-// a second pass over those centred values, never E[x^2] - mean^2.
+// a second pass over those centred values, never E[x^2] - mean^2. A row whose squares leave
+// f32's range is normalized again, scaled by a power of two (scale.wgsl).
 
 @compute @workgroup_size(WG)
 fn main(ids: Ids) {
@@ -24,11 +25,22 @@ fn main(ids: Ids) {
         if first + r >= params.rows {
             break;
         }
-        layer_norm_row(first + r, ids.lid);
+        if layer_norm_row(first + r, ids.lid) {
+            mark_retry(r);
+        }
+    }
+    // Rows whose sums left f32's range, again (scale.wgsl).
+    if retry_any {
+        for (var r = 0u; r < params.rows_per_group; r++) {
+            if marked(r) {
+                layer_norm_retry(first + r, ids.lid);
+            }
+        }
     }
 }
 
-fn layer_norm_row(row: u32, lid: u32) {
+// Normalizes one row; true when its sums left f32's range and it must be taken again.
+fn layer_norm_row(row: u32, lid: u32) -> bool {
     let n = params.dim / VW;
     let inv_dim = 1.0 / f32(params.dim);
     let p = first_lane(ld_in(row, 0u));
@@ -71,7 +83,14 @@ fn layer_norm_row(row: u32, lid: u32) {
         q += c[k] * c[k];
     }
 //#endunroll
-    let rstd = inv_std(wg_sum(hsum(q), lid) * inv_dim);
+    let v = wg_sum_decide(hsum(q), lid) * inv_dim;
+//#if shared
+    if out_of_range(v) {
+        layer_norm_retry(row, lid);
+        return false;
+    }
+//#endif
+    let rstd = inv_std(v, 0);
 //#unroll k
     if lid + k * WG < n {
         st_y(row, lid + k * WG, affine(c[k] * rstd, lid + k * WG));
@@ -81,11 +100,11 @@ fn layer_norm_row(row: u32, lid: u32) {
     // Rows too long for registers: three passes over x, the later two mostly from cache.
     var s = V(0.0);
     for (var i = lid; i < n; i += WG) {
-        let v = ld_in(row, i);
+        let x = ld_in(row, i);
         if has(HAS_RESIDUAL_OUT) {
-            st_residual_out(row, i, v);
+            st_residual_out(row, i, x);
         }
-        s += v - pv;
+        s += x - pv;
     }
     let m = wg_sum(hsum(s), lid) * inv_dim;
     let mv = V(m);
@@ -94,15 +113,45 @@ fn layer_norm_row(row: u32, lid: u32) {
         let d = (ld_again(row, i) - pv) - mv;
         q += d * d;
     }
-    let rstd = inv_std(wg_sum(hsum(q), lid) * inv_dim);
+    let v = wg_sum_decide(hsum(q), lid) * inv_dim;
+//#if shared
+    if out_of_range(v) {
+        layer_norm_retry(row, lid);
+        return false;
+    }
+//#endif
+    let rstd = inv_std(v, 0);
     for (var i = lid; i < n; i += WG) {
         st_y(row, i, affine(((ld_again(row, i) - pv) - mv) * rstd, i));
     }
 //#endif
+    save_stats(row, lid, p + m, rstd);
+    return out_of_range(v);
+}
 
+// A row whose sums left f32's range, normalized again from the row scaled by 2^-e, its
+// statistics taken by each invocation alone (scale.wgsl). A row holding inf or NaN goes
+// through unscaled and comes out NaN, as the first time.
+fn layer_norm_retry(row: u32, lid: u32) {
+    retry_barrier();
+    var e = row_exponent(row);
+    if e == NO_SCALE {
+        e = 0;
+    }
+    let mo = scaled_moments(row, e);
+    retry_barrier();
+    let rstd = inv_std(mo.var_, e);
+    for (var i = lid; i < params.dim / VW; i += WG) {
+        let xhat = ((scale_v(ld_all(row, i), e) - V(mo.pivot)) - V(mo.mean)) * rstd;
+        st_y(row, i, affine(xhat, i));
+    }
+    save_stats(row, lid, times_pow2(mo.pivot + mo.mean, e), times_pow2(rstd, -e));
+}
+
+fn save_stats(row: u32, lid: u32, mean: f32, rstd: f32) {
     if lid == 0u {
         if has(HAS_MEAN) {
-            st_mean(row, p + m);
+            st_mean(row, mean);
         }
         if has(HAS_RSTD) {
             st_rstd(row, rstd);
@@ -110,11 +159,16 @@ fn layer_norm_row(row: u32, lid: u32) {
     }
 }
 
-fn inv_std(var_: f32) -> f32 {
+// 1 / sqrt(var + eps) (or 1 / (sqrt(var) + eps)) for the row scaled by 2^-e, as inv_root.
+fn inv_std(var_: f32, e: i32) -> f32 {
     if has(OPT_EPS_OUTSIDE) {
-        return 1.0 / (sqrt(var_) + params.eps);
+        let eps = times_pow2(params.eps, -e);
+        if !finite(eps) {
+            return times_pow2(1.0 / params.eps, e);
+        }
+        return 1.0 / (sqrt(var_) + eps);
     }
-    return 1.0 / sqrt(var_ + params.eps);
+    return inv_root(var_, e);
 }
 
 // xhat * weight + bias for the i-th V of the row.

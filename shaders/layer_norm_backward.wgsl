@@ -4,8 +4,14 @@
 //
 // With xhat = (x - mean) * rstd and g = dy * weight:
 //     dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
-// The statistics come from the forward pass (mean and rstd) or are recomputed
-// exactly as layer_norm.wgsl computes them (pivot, two passes).
+// With rstd saved by the forward pass, one reduction gives everything: over u = x - p (p the
+// row's first element) it sums u, g and g * u, so that the mean is p + mean(u), exactly, and
+//     mean(g * xhat) = rstd * (mean(g * u) - mean(u) * mean(g)).
+// The saved mean is not read: correctly rounded to f32 it is off by up to half an ulp of the
+// data's offset (5e-4 at 1e4), a large error in x - mean when the spread is 1; its rstd's
+// rounding is relative, and harmless. Without saved statistics they are recomputed as
+// layer_norm.wgsl computes them (pivot, two passes). Either way a row whose sums leave f32's
+// range is taken again scaled by a power of two (scale.wgsl).
 
 @compute @workgroup_size(WG)
 fn main(ids: Ids) {
@@ -25,16 +31,12 @@ fn main(ids: Ids) {
         let row = first + r;
         let n = params.dim / VW;
         let inv_dim = 1.0 / f32(params.dim);
-        let saved = has(HAS_MEAN);
-        var mean = 0.0;
+        let saved = has(HAS_RSTD);
+        let p = first_lane(ld_x(row, 0u));
+        // rstd, (mean(g), mean(g * xhat)), and whether the row's sums left f32's range.
         var rstd = 0.0;
-        var p = 0.0;
-        if saved {
-            mean = ld_mean(row);
-            rstd = ld_rstd(row);
-        } else {
-            p = first_lane(ld_x(row, 0u));
-        }
+        var t = vec2<f32>(0.0);
+        var retry = false;
 //#if cached
         var c: array<V, CACHE>;
         var d: array<V, CACHE>;
@@ -44,7 +46,23 @@ fn main(ids: Ids) {
             d[k] = ld_dy(row, lid + k * WG);
         }
 //#endunroll
-        if !saved {
+        if saved {
+            rstd = ld_rstd(row);
+            var s = vec3<f32>(0.0);
+//#unroll k
+            if lid + k * WG < n {
+                c[k] -= V(p);
+                let g = grad_g(d[k], lid + k * WG);
+                s += vec3<f32>(hsum(c[k]), hsum(g), hsum(g * c[k]));
+            }
+//#endunroll
+            let sums = wg_sum3_uniform(s, lid) * inv_dim;
+            retry = !(finite(sums.x) && finite(sums.z));
+            t = vec2<f32>(sums.y, rstd * (sums.z - sums.x * sums.y));
+//#unroll k
+            c[k] = (c[k] - V(sums.x)) * rstd;
+//#endunroll
+        } else {
             // As the forward: sums over x - p, then a second pass for the variance.
             var s = V(0.0);
 //#unroll k
@@ -53,29 +71,34 @@ fn main(ids: Ids) {
                 s += c[k];
             }
 //#endunroll
-            let m = wg_sum(hsum(s), lid) * inv_dim;
+            let mu = wg_sum(hsum(s), lid) * inv_dim;
             var q = V(0.0);
 //#unroll k
             if lid + k * WG < n {
-                c[k] -= V(m);
+                c[k] -= V(mu);
                 q += c[k] * c[k];
             }
 //#endunroll
-            rstd = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_dim + params.eps);
-        } else {
+            let v = wg_sum_decide(hsum(q), lid) * inv_dim;
+            retry = out_of_range(v);
+            rstd = inv_root(v, 0);
+            var s2 = vec3<f32>(0.0);
 //#unroll k
-            c[k] -= V(mean);
+            if lid + k * WG < n {
+                c[k] *= rstd;
+                let g = grad_g(d[k], lid + k * WG);
+                s2 += vec3<f32>(hsum(g), hsum(g * c[k]), 0.0);
+            }
 //#endunroll
+            t = wg_sum3_uniform(s2, lid).xy * inv_dim;
         }
-        var sums = vec2<f32>(0.0);
-//#unroll k
-        if lid + k * WG < n {
-            c[k] *= rstd;
-            let g = grad_g(d[k], lid + k * WG);
-            sums += vec2<f32>(hsum(g), hsum(g * c[k]));
+//#if shared
+        if retry {
+            layer_norm_backward_retry(row, lid, group, &pw, &pb);
+            continue;
         }
-//#endunroll
-        let t = wg_sum2(sums, lid) * inv_dim;
+//#endif
+        // c holds xhat now. A row to be retried writes nothing yet: dx may be accumulated.
 //#unroll k
         if lid + k * WG < n {
             let i = lid + k * WG;
@@ -83,55 +106,101 @@ fn main(ids: Ids) {
             if has(OPT_ACCUMULATE_DX) {
                 v += ld_dx(row, i);
             }
-            st_dx(row, i, v);
-            pw[k] += d[k] * c[k];
-            pb[k] += d[k];
+            if !retry {
+                st_dx(row, i, v);
+            }
+            pw[k] += select(d[k] * c[k], V(0.0), retry);
+            pb[k] += select(d[k], V(0.0), retry);
         }
 //#endunroll
 //#else
         // Rows too long for registers: passes over x and dy from memory (mostly cache).
-        let pv = V(p);
-        var m = mean;
-        if !saved {
+        var mu = 0.0;
+        if saved {
+            rstd = ld_rstd(row);
+            var s = vec3<f32>(0.0);
+            for (var i = lid; i < n; i += WG) {
+                let u = ld_x(row, i) - V(p);
+                let g = grad_g(ld_dy(row, i), i);
+                s += vec3<f32>(hsum(u), hsum(g), hsum(g * u));
+            }
+            let sums = wg_sum3_uniform(s, lid) * inv_dim;
+            retry = !(finite(sums.x) && finite(sums.z));
+            mu = sums.x;
+            t = vec2<f32>(sums.y, rstd * (sums.z - sums.x * sums.y));
+        } else {
             var s = V(0.0);
             for (var i = lid; i < n; i += WG) {
-                s += ld_x(row, i) - pv;
+                s += ld_x(row, i) - V(p);
             }
-            m = wg_sum(hsum(s), lid) * inv_dim;
+            mu = wg_sum(hsum(s), lid) * inv_dim;
             var q = V(0.0);
             for (var i = lid; i < n; i += WG) {
-                let e = (ld_x(row, i) - pv) - V(m);
-                q += e * e;
+                let u = (ld_x(row, i) - V(p)) - V(mu);
+                q += u * u;
             }
-            rstd = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_dim + params.eps);
+            let v = wg_sum_decide(hsum(q), lid) * inv_dim;
+            retry = out_of_range(v);
+            rstd = inv_root(v, 0);
+            var s2 = vec3<f32>(0.0);
+            for (var i = lid; i < n; i += WG) {
+                let xh = ((ld_x(row, i) - V(p)) - V(mu)) * rstd;
+                let g = grad_g(ld_dy(row, i), i);
+                s2 += vec3<f32>(hsum(g), hsum(g * xh), 0.0);
+            }
+            t = wg_sum3_uniform(s2, lid).xy * inv_dim;
         }
-        var sums = vec2<f32>(0.0);
-        for (var i = lid; i < n; i += WG) {
-            let xh = ((ld_x(row, i) - pv) - V(m)) * rstd;
-            let g = grad_g(ld_dy(row, i), i);
-            sums += vec2<f32>(hsum(g), hsum(g * xh));
+//#if shared
+        if retry {
+            layer_norm_backward_retry(row, lid, group);
+            continue;
         }
-        let t = wg_sum2(sums, lid) * inv_dim;
+//#endif
         // dbias partial rows follow the dweight ones when both are wanted.
         let kb = select(0u, params.part_rows, has(HAS_DWEIGHT)) + group;
         for (var i = lid; i < n; i += WG) {
-            let xh = ((ld_x(row, i) - pv) - V(m)) * rstd;
+            let xh = ((ld_x(row, i) - V(p)) - V(mu)) * rstd;
             let d = ld_dy(row, i);
             var v = rstd * (grad_g(d, i) - V(t.x) - xh * t.y);
             if has(OPT_ACCUMULATE_DX) {
                 v += ld_dx(row, i);
             }
-            st_dx(row, i, v);
+            if !retry {
+                st_dx(row, i, v);
+            }
             // This workgroup owns its partial row: no other invocation touches it.
             if has(HAS_DWEIGHT) {
-                st_partials(group, i, select(ld_partials(group, i), V(0.0), r == 0u) + d * xh);
+                let before = select(ld_partials(group, i), V(0.0), r == 0u);
+                st_partials(group, i, before + select(d * xh, V(0.0), retry));
             }
             if has(HAS_DBIAS) {
-                st_partials(kb, i, select(ld_partials(kb, i), V(0.0), r == 0u) + d);
+                let before = select(ld_partials(kb, i), V(0.0), r == 0u);
+                st_partials(kb, i, before + select(d, V(0.0), retry));
             }
         }
 //#endif
+//#if shared
+//#else
+        if retry {
+            mark_retry(r);
+        }
+//#endif
     }
+//#if shared
+//#else
+    // Rows whose sums left f32's range, again (scale.wgsl).
+    if retry_any {
+        for (var r = 0u; r < params.rows_per_group; r++) {
+            if marked(r) {
+//#if cached
+                layer_norm_backward_retry(first + r, lid, group, &pw, &pb);
+//#else
+                layer_norm_backward_retry(first + r, lid, group);
+//#endif
+            }
+        }
+    }
+//#endif
 //#if cached
     // The grid can hold more workgroups than there are groups of rows: those write nothing.
     if first >= params.rows {
@@ -150,6 +219,127 @@ fn main(ids: Ids) {
     }
 //#endunroll
 //#endif
+}
+
+// The row again, scaled by 2^-e, its statistics taken by each invocation alone (scale.wgsl):
+// dx, and the row's contribution to this workgroup's partial sums (which the first attempt
+// left out). A row holding inf or NaN goes through unscaled and comes out NaN, as before.
+//#if cached
+fn layer_norm_backward_retry(
+    row: u32,
+    lid: u32,
+    group: u32,
+    pw: ptr<function, array<V, CACHE>>,
+    pb: ptr<function, array<V, CACHE>>,
+) {
+//#else
+fn layer_norm_backward_retry(row: u32, lid: u32, group: u32) {
+//#endif
+    retry_barrier();
+    var e = row_exponent(row);
+    if e == NO_SCALE {
+        e = 0;
+    }
+    // The pivot as scaled, the mean of the scaled x - ps, the rstd of the scaled row and the
+    // true one, and (mean(g), mean(g * xhat)).
+    let ps = first_lane(scale_v(ld_x(row, 0u), e));
+    var mu = 0.0;
+    var rs = 0.0;
+    var rstd = 0.0;
+    var t = vec2<f32>(0.0);
+    if has(HAS_RSTD) {
+        rstd = ld_rstd(row);
+        let sums = scaled_sums(row, e, ps);
+        mu = sums.x;
+        rs = times_pow2(rstd, e);
+        t = vec2<f32>(sums.y, rs * (sums.z - sums.x * sums.y));
+    } else {
+        let mo = scaled_moments(row, e);
+        mu = mo.mean;
+        rs = inv_root(mo.var_, e);
+        rstd = times_pow2(rs, -e);
+        t = scaled_grad_sums(row, e, ps, mu, rs);
+    }
+    retry_barrier();
+    let n = params.dim / VW;
+//#if cached
+//#unroll k
+    if lid + k * WG < n {
+        let i = lid + k * WG;
+        let xh = ((scale_v(ld_x(row, i), e) - V(ps)) - V(mu)) * rs;
+        let d = ld_dy(row, i);
+        var v = rstd * (grad_g(d, i) - V(t.x) - xh * t.y);
+        if has(OPT_ACCUMULATE_DX) {
+            v += ld_dx(row, i);
+        }
+        st_dx(row, i, v);
+        (*pw)[k] += d * xh;
+        (*pb)[k] += d;
+    }
+//#endunroll
+//#else
+    let kb = select(0u, params.part_rows, has(HAS_DWEIGHT)) + group;
+    for (var i = lid; i < n; i += WG) {
+        let xh = ((scale_v(ld_x(row, i), e) - V(ps)) - V(mu)) * rs;
+        let d = ld_dy(row, i);
+        var v = rstd * (grad_g(d, i) - V(t.x) - xh * t.y);
+        if has(OPT_ACCUMULATE_DX) {
+            v += ld_dx(row, i);
+        }
+        st_dx(row, i, v);
+        // The first attempt started this partial row (at row r == 0) or left it as it was.
+        if has(HAS_DWEIGHT) {
+            st_partials(group, i, ld_partials(group, i) + d * xh);
+        }
+        if has(HAS_DBIAS) {
+            st_partials(kb, i, ld_partials(kb, i) + d);
+        }
+    }
+//#endif
+}
+
+// The row as the scaled retry reads it (scale.wgsl): x is never written here.
+fn ld_all(row: u32, i: u32) -> V {
+    return ld_x(row, i);
+}
+
+// The saved-statistics path's three sums of the row scaled by 2^-e (u = x * 2^-e - ps: u,
+// g and g * u, each divided by D), taken by one invocation over the whole row, in blocks.
+fn scaled_sums(row: u32, e: i32, ps: f32) -> vec3<f32> {
+    var su = no_sum();
+    var sg = no_sum();
+    var sgu = no_sum();
+    let n = params.dim / VW;
+    for (var i0 = 0u; i0 < n; i0 += SERIAL) {
+//#unroll ui SERIAL
+        if i0 + ui < n {
+            let u = scale_v(ld_x(row, i0 + ui), e) - V(ps);
+            let g = grad_g(ld_dy(row, i0 + ui), i0 + ui);
+            su = add(su, u);
+            sg = add(sg, g);
+            sgu = add(sgu, g * u);
+        }
+//#endunroll
+    }
+    return vec3<f32>(sum_of(su), sum_of(sg), sum_of(sgu)) / f32(params.dim);
+}
+
+// mean(g) and mean(g * xhat) over the row scaled by 2^-e, by one invocation, in blocks.
+fn scaled_grad_sums(row: u32, e: i32, ps: f32, mu: f32, rs: f32) -> vec2<f32> {
+    var sg = no_sum();
+    var sgx = no_sum();
+    let n = params.dim / VW;
+    for (var i0 = 0u; i0 < n; i0 += SERIAL) {
+//#unroll ui SERIAL
+        if i0 + ui < n {
+            let xh = ((scale_v(ld_x(row, i0 + ui), e) - V(ps)) - V(mu)) * rs;
+            let g = grad_g(ld_dy(row, i0 + ui), i0 + ui);
+            sg = add(sg, g);
+            sgx = add(sgx, g * xh);
+        }
+//#endunroll
+    }
+    return vec2<f32>(sum_of(sg), sum_of(sgx)) / f32(params.dim);
 }
 
 // g = dy * weight for the i-th V of the row.

@@ -1,11 +1,30 @@
-// Workgroup-wide sum, the one reduction every kernel uses. The result is returned to every
-// invocation, and the order of additions is fixed by WG alone (and by the subgroup size in the
-// subgroup variant), so the same input gives the same bits on the same device.
-// Must be called in workgroup-uniform control flow.
+// Workgroup-wide reductions, the ones every row kernel uses. The order of additions is fixed
+// by WG alone (and by the subgroup size in the subgroup variant), so the same input gives the
+// same bits on the same device. Each must be called in workgroup-uniform control flow.
+//
+// wg_sum returns the sum to every invocation. It needs no trailing barrier: consecutive calls
+// use the two halves of `red` in turn, so a call never writes what the call before it may
+// still be reading (and the one before that is behind a barrier of the call between). The
+// *_uniform ones hand their result out through workgroupUniformLoad, so that a kernel may
+// branch on it around barriers: wg_sum_decide is wg_sum_uniform where the retry of a row
+// whose squares leave f32's range needs barriers (the `shared` variants, whose outputs may
+// be written over their inputs; scale.wgsl), and plain wg_sum elsewhere.
+
+fn wg_sum_decide(v: f32, lid: u32) -> f32 {
+//#if shared
+    return wg_sum_uniform(v, lid);
+//#else
+    return wg_sum(v, lid);
+//#endif
+}
+
+var<private> red_half: u32;
 
 //#if subgroups
 // One slot per subgroup; the smallest subgroup wgpu reports is 4 lanes.
-var<workgroup> red: array<f32, WG / 4u>;
+const PARTS: u32 = WG / 4u;
+var<workgroup> red: array<f32, 2u * PARTS>;
+var<workgroup> total: vec4<f32>;
 var<private> sg_size: u32;
 var<private> sg_lane: u32;
 
@@ -14,62 +33,134 @@ fn reduce_init(ids: Ids) {
     sg_lane = ids.sg_lane;
 }
 
+// Subgroups in the workgroup.
+fn subgroups() -> u32 {
+    return (WG + sg_size - 1u) / sg_size;
+}
+
 // Lanes of a subgroup are taken to be consecutive in local_invocation_index, as they are for
 // one-dimensional workgroups on every Vulkan, Metal and D3D12 driver.
 fn wg_sum(v: f32, lid: u32) -> f32 {
     let s = subgroupAdd(v);
     if sg_lane == 0u {
-        red[lid / sg_size] = s;
+        red[red_half + lid / sg_size] = s;
     }
     workgroupBarrier();
-    // Few partials (one per subgroup): every invocation sums them in the same order, which
-    // saves a second barrier to broadcast the total.
+    // Few partials (one per subgroup): every invocation sums them in the same order.
     var t = 0.0;
-    let n = (WG + sg_size - 1u) / sg_size;
-    for (var i = 0u; i < n; i++) {
-        t += red[i];
+    for (var i = 0u; i < subgroups(); i++) {
+        t += red[red_half + i];
     }
-    // `red` is written again by the next call.
-    workgroupBarrier();
+    red_half = PARTS - red_half;
     return t;
 }
+
+fn wg_sum_uniform(v: f32, lid: u32) -> f32 {
+    let s = subgroupAdd(v);
+    if sg_lane == 0u {
+        red[red_half + lid / sg_size] = s;
+    }
+    workgroupBarrier();
+    // The same order of additions as wg_sum.
+    if lid == 0u {
+        var t = 0.0;
+        for (var i = 0u; i < subgroups(); i++) {
+            t += red[red_half + i];
+        }
+        total.x = t;
+    }
+    red_half = PARTS - red_half;
+    return workgroupUniformLoad(&total).x;
+}
+
+//#if triples
+var<workgroup> red3: array<vec4<f32>, PARTS>;
+
+// Three sums at once (the LayerNorm backward's), one reduction for all.
+fn wg_sum3_uniform(v: vec3<f32>, lid: u32) -> vec3<f32> {
+    let s = subgroupAdd(v);
+    if sg_lane == 0u {
+        red3[lid / sg_size] = vec4<f32>(s, 0.0);
+    }
+    workgroupBarrier();
+    if lid == 0u {
+        var t = vec3<f32>(0.0);
+        for (var i = 0u; i < subgroups(); i++) {
+            t += red3[i].xyz;
+        }
+        total = vec4<f32>(t, 0.0);
+    }
+    return workgroupUniformLoad(&total).xyz;
+}
+//#endif
 //#else
-var<workgroup> red: array<f32, WG>;
+// Two halves for wg_sum; the LayerNorm backward's three sums use all three thirds, after a
+// barrier.
+//#if triples
+var<workgroup> red: array<f32, 3u * WG>;
+//#else
+var<workgroup> red: array<f32, 2u * WG>;
+//#endif
+// What the *_uniform reductions hand out (workgroupUniformLoad needs a uniform pointer).
+var<workgroup> total: vec4<f32>;
 
 fn reduce_init(ids: Ids) {}
 
 // Tree reduction in workgroup memory; WG is a power of two (asserted on the host).
 fn wg_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
+    let h = red_half;
+    red[h + lid] = v;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            red[h + lid] += red[h + lid + s];
+        }
+        workgroupBarrier();
+    }
+    red_half = WG - h;
+    return red[h];
+}
+
+// The tree down to two partials, added by invocation 0 and handed out by
+// workgroupUniformLoad: the same additions in the same order as wg_sum.
+fn wg_sum_uniform(v: f32, lid: u32) -> f32 {
+    let h = red_half;
+    red[h + lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 1u; s >>= 1u) {
+        if lid < s {
+            red[h + lid] += red[h + lid + s];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        total.x = red[h] + red[h + 1u];
+    }
+    red_half = WG - h;
+    return workgroupUniformLoad(&total).x;
+}
+
+//#if triples
+fn wg_sum3_uniform(v: vec3<f32>, lid: u32) -> vec3<f32> {
+    // Both halves may still be read by the wg_sum calls before this one.
+    workgroupBarrier();
+    red[lid] = v.x;
+    red[WG + lid] = v.y;
+    red[2u * WG + lid] = v.z;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 1u; s >>= 1u) {
         if lid < s {
             red[lid] += red[lid + s];
+            red[WG + lid] += red[WG + lid + s];
+            red[2u * WG + lid] += red[2u * WG + lid + s];
         }
         workgroupBarrier();
     }
-    let t = red[0];
-    workgroupBarrier();
-    return t;
+    if lid == 0u {
+        let t = vec3<f32>(red[0] + red[1], red[WG] + red[WG + 1u], red[2u * WG] + red[2u * WG + 1u]);
+        total = vec4<f32>(t, 0.0);
+    }
+    return workgroupUniformLoad(&total).xyz;
 }
 //#endif
-
-//#if pairs
-// Two sums at once (the LayerNorm backward needs sum(g) and sum(g * xhat)), one barrier
-// round for both; same order of additions as wg_sum.
-var<workgroup> red2: array<vec2<f32>, WG>;
-
-fn wg_sum2(v: vec2<f32>, lid: u32) -> vec2<f32> {
-    red2[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if lid < s {
-            red2[lid] += red2[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let t = red2[0];
-    workgroupBarrier();
-    return t;
-}
 //#endif

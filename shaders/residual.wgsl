@@ -19,3 +19,14 @@ fn ld_again(row: u32, i: u32) -> V {
     }
     return ld_in(row, i);
 }
+
+// The row's i-th V as any invocation may read it (for the scaled retry, scale.wgsl, which
+// reads the whole row): where s may have been written over x or the residual (`shared`) it is
+// read back, which retry_barrier made visible; elsewhere it is added again.
+fn ld_all(row: u32, i: u32) -> V {
+//#if shared
+    return ld_again(row, i);
+//#else
+    return ld_in(row, i);
+//#endif
+}

@@ -6,8 +6,9 @@
 // first (residual.wgsl). One workgroup per row at a time.
 // CPU mirror: `wgpu_norm::reference::rms_norm`.
 //
-// The sum of squares is accumulated in f32: beyond |x| ~ 1.8e19 a square overflows to inf and
-// the row's output becomes 0 (or NaN where x is inf); see the README.
+// The sum of squares is accumulated in f32; a row whose squares leave f32's range (|x| beyond
+// about 1.8e19, or tiny with a tiny eps) is normalized again, scaled by a power of two
+// (scale.wgsl).
 
 @compute @workgroup_size(WG)
 fn main(ids: Ids) {
@@ -17,11 +18,23 @@ fn main(ids: Ids) {
         if first + r >= params.rows {
             break;
         }
-        rms_norm_row(first + r, ids.lid);
+        if rms_norm_row(first + r, ids.lid) {
+            mark_retry(r);
+        }
+    }
+    // Rows whose sum of squares left f32's range, again (scale.wgsl).
+    if retry_any {
+        for (var r = 0u; r < params.rows_per_group; r++) {
+            if marked(r) {
+                rms_norm_retry(first + r, ids.lid);
+            }
+        }
     }
 }
 
-fn rms_norm_row(row: u32, lid: u32) {
+// Normalizes one row; true when its sum of squares left f32's range and it must be taken
+// again.
+fn rms_norm_row(row: u32, lid: u32) -> bool {
     let n = params.dim / VW;
     let inv_len = 1.0 / f32(params.stat_len);
     let prefix = params.stat_len < params.dim;
@@ -51,7 +64,14 @@ fn rms_norm_row(row: u32, lid: u32) {
         q += c[k] * c[k];
 //#endunroll
     }
-    let rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_len + params.eps);
+    let ms = wg_sum_decide(hsum(q), lid) * inv_len;
+//#if shared
+    if out_of_range(ms) {
+        rms_norm_retry(row, lid);
+        return false;
+    }
+//#endif
+    let rrms = inv_root(ms, 0);
 //#unroll k
     if lid + k * WG < n {
         st_y(row, lid + k * WG, scale(c[k] * rrms, lid + k * WG));
@@ -67,14 +87,40 @@ fn rms_norm_row(row: u32, lid: u32) {
         }
         q += in_prefix(i, v * v);
     }
-    let rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_len + params.eps);
+    let ms = wg_sum_decide(hsum(q), lid) * inv_len;
+//#if shared
+    if out_of_range(ms) {
+        rms_norm_retry(row, lid);
+        return false;
+    }
+//#endif
+    let rrms = inv_root(ms, 0);
     for (var i = lid; i < n; i += WG) {
         st_y(row, i, scale(ld_again(row, i) * rrms, i));
     }
 //#endif
-
     if lid == 0u && has(HAS_RRMS) {
         st_rrms(row, rrms);
+    }
+    return out_of_range(ms);
+}
+
+// A row whose sum of squares left f32's range, normalized again from the row scaled by 2^-e,
+// its statistic taken by each invocation alone (scale.wgsl). A row holding inf or NaN goes
+// through unscaled and comes out as the first time.
+fn rms_norm_retry(row: u32, lid: u32) {
+    retry_barrier();
+    var e = row_exponent(row);
+    if e == NO_SCALE {
+        e = 0;
+    }
+    let rrms = inv_root(scaled_mean_square(row, e), e);
+    retry_barrier();
+    for (var i = lid; i < params.dim / VW; i += WG) {
+        st_y(row, i, scale(scale_v(ld_all(row, i), e) * rrms, i));
+    }
+    if lid == 0u && has(HAS_RRMS) {
+        st_rrms(row, times_pow2(rrms, -e));
     }
 }
 

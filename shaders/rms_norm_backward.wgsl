@@ -6,7 +6,7 @@
 //     dx = rrms * (g - xhat * sum(g * xhat) / k)   for the first k = stat_len elements,
 //     dx = rrms * g                                 for the rest (pRMSNorm; k = D otherwise),
 // since only the first k elements enter rrms. rrms comes from the forward pass (saved)
-// or is recomputed as rms_norm.wgsl does.
+// or is recomputed as rms_norm.wgsl does, the scaled retry included (scale.wgsl).
 
 @compute @workgroup_size(WG)
 fn main(ids: Ids) {
@@ -25,7 +25,10 @@ fn main(ids: Ids) {
         let n = params.dim / VW;
         let inv_len = 1.0 / f32(params.stat_len);
         let saved = has(HAS_RRMS);
+        // A recomputed rrms whose sum of squares left f32's range is taken again (scale.wgsl;
+        // a saved one needs no squares).
         var rrms = 0.0;
+        var retry = false;
         if saved {
             rrms = ld_rrms(row);
         }
@@ -43,8 +46,16 @@ fn main(ids: Ids) {
 //#unroll k
             q += in_prefix(lid + k * WG, c[k] * c[k]);
 //#endunroll
-            rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_len + params.eps);
+            let ms = wg_sum_decide(hsum(q), lid) * inv_len;
+            retry = out_of_range(ms);
+            rrms = inv_root(ms, 0);
         }
+//#if shared
+        if retry {
+            rms_norm_backward_retry(row, lid, group, &pw);
+            continue;
+        }
+//#endif
         var s = V(0.0);
 //#unroll k
         if lid + k * WG < n {
@@ -53,6 +64,7 @@ fn main(ids: Ids) {
         }
 //#endunroll
         let t = wg_sum(hsum(s), lid) * inv_len;
+        // A row to be retried writes nothing yet: dx may be accumulated.
 //#unroll k
         if lid + k * WG < n {
             let i = lid + k * WG;
@@ -60,8 +72,10 @@ fn main(ids: Ids) {
             if has(OPT_ACCUMULATE_DX) {
                 v += ld_dx(row, i);
             }
-            st_dx(row, i, v);
-            pw[k] += d[k] * c[k];
+            if !retry {
+                st_dx(row, i, v);
+            }
+            pw[k] += select(d[k] * c[k], V(0.0), retry);
         }
 //#endunroll
 //#else
@@ -71,8 +85,16 @@ fn main(ids: Ids) {
                 let v = ld_x(row, i);
                 q += in_prefix(i, v * v);
             }
-            rrms = 1.0 / sqrt(wg_sum(hsum(q), lid) * inv_len + params.eps);
+            let ms = wg_sum_decide(hsum(q), lid) * inv_len;
+            retry = out_of_range(ms);
+            rrms = inv_root(ms, 0);
         }
+//#if shared
+        if retry {
+            rms_norm_backward_retry(row, lid, group);
+            continue;
+        }
+//#endif
         var s = V(0.0);
         for (var i = lid; i < n; i += WG) {
             s += grad_g(ld_dy(row, i), i) * (ld_x(row, i) * rrms);
@@ -85,13 +107,37 @@ fn main(ids: Ids) {
             if has(OPT_ACCUMULATE_DX) {
                 v += ld_dx(row, i);
             }
-            st_dx(row, i, v);
+            if !retry {
+                st_dx(row, i, v);
+            }
             if has(HAS_DWEIGHT) {
-                st_partials(group, i, select(ld_partials(group, i), V(0.0), r == 0u) + d * xh);
+                let before = select(ld_partials(group, i), V(0.0), r == 0u);
+                st_partials(group, i, before + select(d * xh, V(0.0), retry));
             }
         }
 //#endif
+//#if shared
+//#else
+        if retry {
+            mark_retry(r);
+        }
+//#endif
     }
+//#if shared
+//#else
+    // Rows whose sum of squares left f32's range, again (scale.wgsl).
+    if retry_any {
+        for (var r = 0u; r < params.rows_per_group; r++) {
+            if marked(r) {
+//#if cached
+                rms_norm_backward_retry(first + r, lid, group, &pw);
+//#else
+                rms_norm_backward_retry(first + r, lid, group);
+//#endif
+            }
+        }
+    }
+//#endif
 //#if cached
     // The grid can hold more workgroups than there are groups of rows: those write nothing.
     if first >= params.rows {
@@ -104,6 +150,70 @@ fn main(ids: Ids) {
     }
 //#endunroll
 //#endif
+}
+
+// The row again, rrms from the row scaled by 2^-e, taken by each invocation alone
+// (scale.wgsl): dx, and the row's contribution to this workgroup's partial sums (which the
+// first attempt left out). A row holding inf or NaN goes through unscaled, as before.
+//#if cached
+fn rms_norm_backward_retry(row: u32, lid: u32, group: u32, pw: ptr<function, array<V, CACHE>>) {
+//#else
+fn rms_norm_backward_retry(row: u32, lid: u32, group: u32) {
+//#endif
+    retry_barrier();
+    var e = row_exponent(row);
+    if e == NO_SCALE {
+        e = 0;
+    }
+    // The rrms of the scaled row (xhat = (x * 2^-e) * rs) and the true one.
+    let rs = inv_root(scaled_mean_square(row, e), e);
+    let rrms = times_pow2(rs, -e);
+    let n = params.dim / VW;
+    var st = no_sum();
+    for (var i0 = 0u; i0 < n; i0 += SERIAL) {
+//#unroll ui SERIAL
+        if i0 + ui < n {
+            let i = i0 + ui;
+            st = add(st, grad_g(ld_dy(row, i), i) * (scale_v(ld_x(row, i), e) * rs));
+        }
+//#endunroll
+    }
+    let t = sum_of(st) / f32(params.stat_len);
+    retry_barrier();
+//#if cached
+//#unroll k
+    if lid + k * WG < n {
+        let i = lid + k * WG;
+        let xh = scale_v(ld_x(row, i), e) * rs;
+        let d = ld_dy(row, i);
+        var v = rrms * (grad_g(d, i) - in_prefix(i, xh * t));
+        if has(OPT_ACCUMULATE_DX) {
+            v += ld_dx(row, i);
+        }
+        st_dx(row, i, v);
+        (*pw)[k] += d * xh;
+    }
+//#endunroll
+//#else
+    for (var i = lid; i < n; i += WG) {
+        let xh = scale_v(ld_x(row, i), e) * rs;
+        let d = ld_dy(row, i);
+        var v = rrms * (grad_g(d, i) - in_prefix(i, xh * t));
+        if has(OPT_ACCUMULATE_DX) {
+            v += ld_dx(row, i);
+        }
+        st_dx(row, i, v);
+        // The first attempt started this partial row (at row r == 0) or left it as it was.
+        if has(HAS_DWEIGHT) {
+            st_partials(group, i, ld_partials(group, i) + d * xh);
+        }
+    }
+//#endif
+}
+
+// The row as the scaled retry reads it (scale.wgsl): x is never written here.
+fn ld_all(row: u32, i: u32) -> V {
+    return ld_x(row, i);
 }
 
 // g = dy * weight (or * (1 + weight)) for the i-th V of the row.

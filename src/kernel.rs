@@ -264,6 +264,15 @@ impl Kernel {
         )
     }
 
+    /// Most rows one workgroup of this kernel handles (the size of scale.wgsl's marks).
+    pub fn max_rows_per_group(self) -> u32 {
+        match self.def().shape {
+            Shape::Rows { .. } => crate::shaders::MAX_ROWS_PER_GROUP,
+            Shape::RowsWithPartials { .. } => crate::shaders::MAX_PARTIAL_ROWS_PER_GROUP,
+            Shape::Flat | Shape::Columns => 1,
+        }
+    }
+
     /// The kernel that reduces this one's partial sums, if it writes any.
     pub fn stage2(self) -> Option<Kernel> {
         match self.def().shape {

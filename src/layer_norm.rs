@@ -28,7 +28,7 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
         per_invocation: crate::shaders::V_PER_INVOCATION,
         arrays: 1,
     },
-    includes: &[crate::shaders::RESIDUAL],
+    includes: &[crate::shaders::SCALE, crate::shaders::RESIDUAL],
     wgsl_flags: &[],
 };
 

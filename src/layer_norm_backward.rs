@@ -29,9 +29,9 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
         arrays: 4,
         stage2: Kernel::ParamGrad,
     },
-    includes: &[],
-    // Two sums in one reduction: wg_sum2 in reduce.wgsl.
-    wgsl_flags: &["pairs"],
+    includes: &[crate::shaders::SCALE],
+    // Three sums in one reduction: wg_sum3_uniform in reduce.wgsl.
+    wgsl_flags: &["triples"],
 };
 
 /// Gradients of [`crate::LayerNorm`]: with `xhat = (x - mean) * rstd` and `g = dy * weight`,

@@ -26,11 +26,16 @@
 //!
 //! [`mod@reference`] holds the CPU mirrors of the kernels (f64, two-pass) they are tested against.
 //!
+//! ## Range
+//! Every finite f32 input is normalized to the f32 tolerance: rows whose squares leave f32's
+//! range (|x| beyond about 1.8e19, or below about 1e-19 with a tiny eps) are detected from
+//! their sums and taken again scaled by a power of two (`shaders/scale.wgsl`).
+//!
 //! ## Non-finite input
 //! Rows are independent. A NaN or ±Inf anywhere in a row makes that row's statistics and its
-//! whole output NaN (an Inf in x gives NaN, not Inf); every other row is unaffected. Squares
-//! are summed in f32, so RMSNorm of a row with |x| beyond about 1.8e19 overflows to an
-//! infinite sum of squares and its output is 0 (as f32 arithmetic in PyTorch does).
+//! whole output NaN (for LayerNorm), or, for RMSNorm, an ±Inf makes rrms 0, its finite
+//! elements 0 and itself NaN (as `x * rsqrt(mean(x^2))` in PyTorch); every other row is
+//! unaffected.
 
 #![forbid(unsafe_code)]
 

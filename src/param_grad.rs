@@ -5,7 +5,9 @@
 use crate::error::{Error, Operand, Result};
 use crate::kernel::{Access, Extent, Kernel, KernelDef, Opt, PARTIALS, Shape, Slot, grad_param};
 use crate::plan::{Bind, Caps, Checked, Step, bind_range};
-use crate::shaders::{MAX_PARTIAL_ROWS, PARTIAL_INVOCATIONS, Params, Variant};
+use crate::shaders::{
+    MAX_PARTIAL_ROWS, MAX_PARTIAL_ROWS_PER_GROUP, PARTIAL_INVOCATIONS, Params, Variant,
+};
 
 /// The kernel's bindings, in binding order (1, 2, ...).
 pub(crate) const KERNEL: KernelDef = KernelDef {
@@ -62,8 +64,12 @@ pub(crate) fn partials(caps: &Caps, c: &Checked, arrays: u32, wg: u32) -> Result
     }
     let target = u64::from((PARTIAL_INVOCATIONS / wg).clamp(1, MAX_PARTIAL_ROWS));
     let rows = c.rows;
-    let per_group = rows.div_ceil(target.min(by_size)).max(1);
+    let per_group = rows
+        .div_ceil(target.min(by_size))
+        .clamp(1, u64::from(MAX_PARTIAL_ROWS_PER_GROUP));
+    // Each dispatch's partial rows fit one binding (at most a few rows a workgroup for that).
     let per_group = per_group.max(c.chunk_rows.div_ceil(by_size));
+    debug_assert!(per_group <= u64::from(MAX_PARTIAL_ROWS_PER_GROUP));
     Ok(Partials {
         arrays,
         rows_per_group: per_group as u32,

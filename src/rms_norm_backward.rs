@@ -28,7 +28,7 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
         arrays: 3,
         stage2: Kernel::ParamGrad,
     },
-    includes: &[],
+    includes: &[crate::shaders::SCALE],
     wgsl_flags: &[],
 };
 

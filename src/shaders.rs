@@ -37,6 +37,16 @@ pub const BYTES_PER_GROUP: u32 = 16384;
 /// Most rows one workgroup handles, so that tiny D still spreads over many workgroups.
 pub const MAX_ROWS_PER_GROUP: u32 = 64;
 
+/// V's an invocation takes per iteration where it reads a whole row alone (scale.wgsl's
+/// retry), written out: the fewer the iterations, the further a CPU adapter that caps every
+/// invocation's loop iterations (llvmpipe: 65535 in all) gets. The WGSL constant `SERIAL`.
+pub const SERIAL_UNROLL: u32 = 4;
+
+/// Most rows one workgroup of a backward row kernel handles (each workgroup writes one row of
+/// partial sums, so few rows a workgroup means many partial rows): many rows are spread over
+/// more workgroups rather than more rows each.
+pub const MAX_PARTIAL_ROWS_PER_GROUP: u32 = 1024;
+
 /// The copy kernel's shape: a plain copy, independent of D.
 const COPY_WORKGROUP_SIZE: u32 = 256;
 const COPY_V_PER_INVOCATION: u32 = 4;
@@ -91,6 +101,8 @@ fn cache_len(per_row: u32, wg: u32, arrays: u32) -> u32 {
 pub(crate) const COMMON: &str = include_str!("../shaders/common.wgsl");
 pub(crate) const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
 pub(crate) const HALF: &str = include_str!("../shaders/half.wgsl");
+/// The retry of rows whose squares leave f32's range, for every kernel that takes statistics.
+pub(crate) const SCALE: (&str, &str) = ("scale.wgsl", include_str!("../shaders/scale.wgsl"));
 /// The forward norms' input stream: x, or x + residual, and re-reading it.
 pub(crate) const RESIDUAL: (&str, &str) =
     ("residual.wgsl", include_str!("../shaders/residual.wgsl"));
@@ -326,12 +338,15 @@ impl Variant {
              const CACHE: u32 = {cache}u;\n\
              const VW: u32 = {vw}u;\n\
              const SLICES: u32 = {slices}u;\n\
+             const ROW_WORDS: u32 = {row_words}u;\n\
+             const SERIAL: u32 = {SERIAL_UNROLL}u;\n\
              alias V = {v};\n\n\
              // Bits of params.flags: an operand is present, an option is on.\n",
             label = self.label(),
             wg = self.wg,
             cache = self.cache,
             slices = self.slices,
+            row_words = self.kernel.max_rows_per_group().div_ceil(32).max(1),
         );
         for o in Operand::ALL {
             let name = o.wgsl().to_uppercase();
@@ -551,8 +566,9 @@ fn preprocess(text: &str, flag: impl Fn(&str) -> bool) -> String {
     out
 }
 
-/// Repeats each block between `//#unroll NAME` and `//#endunroll` `count` times, with the
-/// identifier NAME replaced by `0u`, `1u`, ... in each copy.
+/// Repeats each block between `//#unroll NAME` and `//#endunroll` `count` times (or, after
+/// `//#unroll NAME SERIAL`, [`SERIAL_UNROLL`] times), with the identifier NAME replaced by
+/// `0u`, `1u`, ... in each copy.
 ///
 /// The register cache depends on this: wgpu bounds every WGSL loop with a hidden counter (its
 /// protection against infinite loops), which keeps drivers from unrolling a loop over the
@@ -560,21 +576,28 @@ fn preprocess(text: &str, flag: impl Fn(&str) -> bool) -> String {
 /// indices let the driver keep it in registers.
 fn unroll(text: &str, count: u32) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut block: Option<(String, Vec<&str>)> = None;
+    let mut block: Option<(String, u32, Vec<&str>)> = None;
     for line in text.lines() {
         let t = line.trim();
-        if let Some(name) = t.strip_prefix("//#unroll ") {
+        if let Some(rest) = t.strip_prefix("//#unroll ") {
             assert!(block.is_none(), "nested //#unroll");
-            block = Some((name.trim().to_string(), Vec::new()));
+            let mut words = rest.split_whitespace();
+            let name = words.next().expect("//#unroll needs a name").to_string();
+            let times = match words.next() {
+                None => count,
+                Some("SERIAL") => SERIAL_UNROLL,
+                Some(other) => panic!("unknown //#unroll count {other:?}"),
+            };
+            block = Some((name, times, Vec::new()));
         } else if t == "//#endunroll" {
-            let (name, lines) = block.take().expect("//#endunroll without //#unroll");
+            let (name, count, lines) = block.take().expect("//#endunroll without //#unroll");
             for k in 0..count {
                 for l in &lines {
                     out.push_str(&replace_ident(l, &name, &format!("{k}u")));
                     out.push('\n');
                 }
             }
-        } else if let Some((_, lines)) = &mut block {
+        } else if let Some((_, _, lines)) = &mut block {
             lines.push(line);
         } else {
             out.push_str(line);
@@ -630,6 +653,8 @@ mod tests {
         let src = "a\n//#unroll k\nc[k] = kk + k;\n//#endunroll\nb\n";
         assert_eq!(unroll(src, 2), "a\nc[0u] = kk + 0u;\nc[1u] = kk + 1u;\nb\n");
         assert_eq!(unroll(src, 0), "a\nb\n");
+        let serial = "//#unroll u SERIAL\nx(u);\n//#endunroll\n";
+        assert_eq!(unroll(serial, 2).lines().count(), SERIAL_UNROLL as usize);
     }
 
     #[test]

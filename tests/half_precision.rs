@@ -122,15 +122,142 @@ fn data_offset_by_1e3_in_f16() {
     check_any(gpu(), &c);
 }
 
+/// One 16-bit backward case: x, dy and dx in `dtype` at element offset `off`, the weight in
+/// f32 (`mixed`) or `dtype`, statistics saved by the forward or recomputed.
+struct Bwd16 {
+    op: Op,
+    dtype: DType,
+    rows: usize,
+    dim: usize,
+    off: usize,
+    saved: bool,
+    mixed: bool,
+    x: Vec<f32>,
+    dy: Vec<f32>,
+    eps: f32,
+    /// dx to the storage tolerance plus 1e-5 of its terms, without absolute floors.
+    relative: bool,
+}
+
+impl Bwd16 {
+    fn new(op: Op, dtype: DType, rows: usize, dim: usize, off: usize, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        Bwd16 {
+            op,
+            dtype,
+            rows,
+            dim,
+            off,
+            saved: false,
+            mixed: false,
+            x: quantize(dtype, rng.data(rows * dim, 0.5, 2.0)),
+            dy: quantize(dtype, rng.data(rows * dim, 0.0, 1.0)),
+            eps: 1e-5,
+            relative: false,
+        }
+    }
+
+    /// Runs the backward (after the forward, for saved statistics) and checks dx, dweight and
+    /// dbias against the f64 reference on the same 16-bit inputs.
+    fn check(&self, gpu: &wgpu_norm::Gpu) {
+        use common::backward::assert_sum_close;
+        use common::storage::{at, stage, unstage};
+        use wgpu_norm::{LayerNorm, RmsNorm, reference};
+        let (dtype, rows, dim, off) = (self.dtype, self.rows, self.dim, self.off);
+        let n = rows * dim;
+        let par = if self.mixed { DType::F32 } else { dtype };
+        let w = quantize(par, Rng::new(n as u64).data(dim, 1.0, 0.5));
+        let xb = stage(gpu, dtype, Some(&self.x), n, off);
+        let dyb = stage(gpu, dtype, Some(&self.dy), n, off);
+        let dxb = stage(gpu, dtype, None, n, off);
+        let yb = stage(gpu, dtype, None, n, off);
+        let wb = stage(gpu, par, Some(&w), dim, off);
+        let stats = stage(gpu, DType::F32, None, 2 * rows, 0);
+        let (dw, db) = (gpu.storage("dw", dim), gpu.storage("db", dim));
+        let (mean, rstd) = (
+            at(&stats, 0, DType::F32, rows),
+            at(&stats, rows, DType::F32, rows),
+        );
+        let mut e = gpu.device.create_command_encoder(&Default::default());
+        let (xt, yt) = (at(&xb, off, dtype, n), at(&yb, off, dtype, n));
+        let (dyt, dxt, wt) = (
+            at(&dyb, off, dtype, n),
+            at(&dxb, off, dtype, n),
+            at(&wb, off, par, dim),
+        );
+        let layer = self.op == Op::LayerNorm;
+        if layer {
+            let mut f = LayerNorm::new(rows, dim, xt, yt)
+                .dtype(dtype)
+                .param_dtype(par)
+                .weight(wt)
+                .eps(self.eps);
+            if self.saved {
+                f = f.mean(mean).rstd(rstd);
+                gpu.norms.record(&mut e, &f).unwrap();
+            }
+            let b = f
+                .backward(dyt, dxt)
+                .unwrap()
+                .grad_weight(&dw)
+                .grad_bias(&db);
+            gpu.norms.record(&mut e, &b).unwrap();
+        } else {
+            let mut f = RmsNorm::new(rows, dim, xt, yt)
+                .dtype(dtype)
+                .param_dtype(par)
+                .weight(wt)
+                .eps(self.eps);
+            if self.saved {
+                f = f.rrms(rstd);
+                gpu.norms.record(&mut e, &f).unwrap();
+            }
+            let b = f.backward(dyt, dxt).unwrap().grad_weight(&dw);
+            gpu.norms.record(&mut e, &b).unwrap();
+        }
+        gpu.queue.submit([e.finish()]);
+        let words = (dxb.size() / 4) as usize;
+        let out =
+            pollster::block_on(gpu.read_async(&[(&dxb, words), (&dw, dim), (&db, dim)])).unwrap();
+        let dx = unstage(&out[0], dtype, n, off, "dx");
+        let r = if layer {
+            reference::layer_norm_backward(&self.x, &self.dy, dim, Some(&w), self.eps)
+        } else {
+            reference::rms_norm_backward(&self.x, &self.dy, dim, Some(&w), self.eps)
+        };
+        let what = format!(
+            "{:?} {dtype}/{par} rows={rows} dim={dim} offset={off} saved={}",
+            self.op, self.saved
+        );
+        for (i, ((&g, &e), &s)) in dx.iter().zip(&r.dx).zip(&r.dx_scale).enumerate() {
+            let err = (f64::from(g) - e).abs();
+            let tol = if self.relative {
+                reference::relative_tolerance(dtype, e) + 1e-5 * s + f64::from(f32::MIN_POSITIVE)
+            } else {
+                reference::tolerance(dtype, e) + 1e-5 * s
+            };
+            assert!(
+                err <= tol,
+                "{what}: dx[{i}] = {g} vs {e} (tolerance {tol:e})"
+            );
+        }
+        assert_sum_close(
+            &out[1],
+            &r.dweight,
+            &r.dweight_scale,
+            &format!("{what}: dweight"),
+        );
+        if layer {
+            assert_sum_close(&out[2], &r.dbias, &r.dbias_scale, &format!("{what}: dbias"));
+        }
+    }
+}
+
 /// The backward passes with x, dy and dx in 16 bits (dweight/dbias and statistics f32),
 /// against the f64 reference on the same 16-bit inputs: dx within the storage type's
 /// tolerance plus 1e-5 of the size of its terms, dweight/dbias as in f32.
 #[test]
 fn backward_in_16_bit_storage() {
-    use common::backward::assert_sum_close;
-    use common::storage::{at, stage, unstage};
-    use wgpu_norm::{LayerNorm, LayerNormBackward, RmsNorm, RmsNormBackward, reference};
-    let gpu = gpu();
     let cases = [
         (40, 64, 0, false, false),
         (9, 5, 1, true, false),
@@ -141,99 +268,59 @@ fn backward_in_16_bit_storage() {
     for op in [Op::LayerNorm, Op::RmsNorm] {
         for dtype in HALVES {
             for &(rows, dim, off, saved, mixed) in &cases {
-                let n = rows * dim;
-                let par = if mixed { DType::F32 } else { dtype };
-                let mut rng = Rng::new((rows * dim + off) as u64);
-                let x = quantize(dtype, rng.data(n, 0.5, 2.0));
-                let dy = quantize(dtype, rng.data(n, 0.0, 1.0));
-                let w = quantize(par, rng.data(dim, 1.0, 0.5));
-                let xb = stage(gpu, dtype, Some(&x), n, off);
-                let dyb = stage(gpu, dtype, Some(&dy), n, off);
-                let dxb = stage(gpu, dtype, None, n, off);
-                let yb = stage(gpu, dtype, None, n, off);
-                let wb = stage(gpu, par, Some(&w), dim, off);
-                let stats = stage(gpu, DType::F32, None, 2 * rows, 0);
-                let (dw, db) = (gpu.storage("dw", dim), gpu.storage("db", dim));
-                let (mean, rstd) = (
-                    at(&stats, 0, DType::F32, rows),
-                    at(&stats, rows, DType::F32, rows),
-                );
-                let mut e = gpu.device.create_command_encoder(&Default::default());
-                let (xt, yt) = (at(&xb, off, dtype, n), at(&yb, off, dtype, n));
-                let (dyt, dxt, wt) = (
-                    at(&dyb, off, dtype, n),
-                    at(&dxb, off, dtype, n),
-                    at(&wb, off, par, dim),
-                );
-                let layer = op == Op::LayerNorm;
-                if layer {
-                    if saved {
-                        let f = LayerNorm::new(rows, dim, xt, yt)
-                            .dtype(dtype)
-                            .mean(mean)
-                            .rstd(rstd);
-                        gpu.norms.layer_norm(&mut e, &f).unwrap();
-                    }
-                    let mut b = LayerNormBackward::new(rows, dim, xt, dyt, dxt)
-                        .eps(1e-5)
-                        .dtype(dtype)
-                        .param_dtype(par)
-                        .weight(wt)
-                        .grad_weight(&dw)
-                        .grad_bias(&db);
-                    if saved {
-                        b = b.saved(mean, rstd);
-                    }
-                    gpu.norms.layer_norm_backward(&mut e, &b).unwrap();
-                } else {
-                    if saved {
-                        let f = RmsNorm::new(rows, dim, xt, yt)
-                            .dtype(dtype)
-                            .eps(1e-5)
-                            .rrms(rstd);
-                        gpu.norms.rms_norm(&mut e, &f).unwrap();
-                    }
-                    let mut b = RmsNormBackward::new(rows, dim, xt, dyt, dxt)
-                        .eps(1e-5)
-                        .dtype(dtype)
-                        .param_dtype(par)
-                        .weight(wt)
-                        .grad_weight(&dw);
-                    if saved {
-                        b = b.saved(rstd);
-                    }
-                    gpu.norms.rms_norm_backward(&mut e, &b).unwrap();
+                let mut c = Bwd16::new(op, dtype, rows, dim, off, (rows * dim + off) as u64);
+                c.saved = saved;
+                c.mixed = mixed;
+                c.check(gpu());
+            }
+        }
+    }
+}
+
+/// Saved statistics of data far from zero (f16 at 1000 +- 1, bf16 at 1000 +- 10: what their
+/// 11 and 8 bits keep of it), against recomputed ones.
+#[test]
+fn backward_saved_statistics_far_from_zero() {
+    for op in [Op::LayerNorm, Op::RmsNorm] {
+        for (dtype, spread) in [(DType::F16, 1.0), (DType::Bf16, 10.0)] {
+            for dim in [7, 1024, 4097] {
+                for saved in [true, false] {
+                    let mut c = Bwd16::new(op, dtype, 3, dim, 1, dim as u64);
+                    c.x = quantize(dtype, Rng::new(dim as u64).data(3 * dim, 1000.0, spread));
+                    c.saved = saved;
+                    c.check(gpu());
                 }
-                gpu.queue.submit([e.finish()]);
-                let words = (dxb.size() / 4) as usize;
-                let out =
-                    pollster::block_on(gpu.read_async(&[(&dxb, words), (&dw, dim), (&db, dim)]))
-                        .unwrap();
-                let dx = unstage(&out[0], dtype, n, off, "dx");
-                let r = if layer {
-                    reference::layer_norm_backward(&x, &dy, dim, Some(&w), 1e-5)
-                } else {
-                    reference::rms_norm_backward(&x, &dy, dim, Some(&w), 1e-5)
-                };
-                let what = format!(
-                    "{op:?} {dtype}/{par} rows={rows} dim={dim} offset={off} saved={saved}"
-                );
-                for (i, ((&g, &e), &s)) in dx.iter().zip(&r.dx).zip(&r.dx_scale).enumerate() {
-                    let err = (f64::from(g) - e).abs();
-                    let tol = reference::tolerance(dtype, e) + 1e-5 * s;
-                    assert!(
-                        err <= tol,
-                        "{what}: dx[{i}] = {g} vs {e} (tolerance {tol:e})"
-                    );
-                }
-                assert_sum_close(
-                    &out[1],
-                    &r.dweight,
-                    &r.dweight_scale,
-                    &format!("{what}: dweight"),
-                );
-                if layer {
-                    assert_sum_close(&out[2], &r.dbias, &r.dbias_scale, &format!("{what}: dbias"));
+            }
+        }
+    }
+}
+
+/// bf16 has f32's range: rows whose squares leave it, forward and backward.
+#[test]
+fn bf16_rows_whose_squares_leave_f32() {
+    for op in [Op::LayerNorm, Op::RmsNorm] {
+        for (k, (center, spread, eps)) in [
+            (0.3e20, 1e20, 1e-5),
+            (-0.3e30, 1e30, 1e-5),
+            (0.3e-25, 1e-25, 0.0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for dim in [7, 4096] {
+                let extreme = quantize(DType::Bf16, Rng::new(k as u64).data(dim, center, spread));
+                let mut f = AnyCase::new(op, DType::Bf16, 3, dim, 70 + k as u64);
+                f.x[dim..2 * dim].copy_from_slice(&extreme);
+                f.eps = eps;
+                check_any(gpu(), &f);
+                check_any(tree_gpu(), &f);
+                for saved in [true, false] {
+                    let mut b = Bwd16::new(op, DType::Bf16, 3, dim, 0, 80 + k as u64);
+                    b.x[dim..2 * dim].copy_from_slice(&extreme);
+                    b.eps = eps;
+                    b.saved = saved;
+                    b.relative = true;
+                    b.check(gpu());
                 }
             }
         }

@@ -195,3 +195,13 @@ fn gradient_descent_fits_a_target() {
 fn data_offset_by_1e4_with_recomputed_statistics() {
     common::backward::offset_data(Op::LayerNorm);
 }
+
+#[test]
+fn saved_statistics_far_from_zero() {
+    common::backward::saved_statistics_far_from_zero(Op::LayerNorm);
+}
+
+#[test]
+fn rows_whose_squares_leave_f32() {
+    common::backward::extreme_magnitudes(Op::LayerNorm);
+}

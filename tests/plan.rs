@@ -557,7 +557,10 @@ fn statistics_of_short_16_bit_rows_fit_their_bindings() {
         ],
     );
     check_plan("f16 D = 1", &caps, &d, &p);
-    assert!(p.steps.len() >= 3, "160 KB of statistics in 64 KiB bindings");
+    assert!(
+        p.steps.len() >= 3,
+        "160 KB of statistics in 64 KiB bindings"
+    );
 }
 
 #[test]

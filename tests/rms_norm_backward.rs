@@ -166,3 +166,13 @@ fn gemma_offset_and_partial_on_the_gpu() {
         }
     }
 }
+
+#[test]
+fn saved_statistics_far_from_zero() {
+    common::backward::saved_statistics_far_from_zero(Op::RmsNorm);
+}
+
+#[test]
+fn rows_whose_squares_leave_f32() {
+    common::backward::extreme_magnitudes(Op::RmsNorm);
+}

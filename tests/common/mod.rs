@@ -418,6 +418,56 @@ pub fn offset_data(op: Op) {
     }
 }
 
+/// Rows whose squares leave f32's range, each between two ordinary rows: |x| ~ 1e20 and
+/// 1e30 (squares overflow), a spread of 1e19 at an offset of 1e19, values near 3e37 (sums of
+/// x overflow too), and |x| ~ 1e-25 and 1e-30 with eps = 0 (squares underflow); D = 7, 4096
+/// (the row in registers) and 65536 (streamed), both reductions. y is held to the f32
+/// tolerance, rstd to 1e-5 relative, and the mean to 1e-5 of the row's own spread.
+pub fn extreme_magnitudes(op: Op) {
+    let rows: [(f64, f64, f32); 6] = [
+        (0.3e20, 1e20, 1e-5),
+        (-0.3e30, 1e30, 1e-5),
+        (1e19, 1e19, 1e-5),
+        (3e37, 1e37, 1e-5),
+        (0.3e-25, 1e-25, 0.0),
+        (-0.3e-30, 1e-30, 0.0),
+    ];
+    for (k, &(center, spread, eps)) in rows.iter().enumerate() {
+        for dim in [7, 4096, 65536] {
+            let mut case = Case::new(op, 3, dim, 60 + k as u64);
+            let extreme = Rng::new(k as u64).data(dim, center, spread);
+            // Saturate what Box-Muller would push past f32 at 3e37 +- 1e37.
+            let extreme: Vec<f32> = extreme.iter().map(|v| v.clamp(-3e38, 3e38)).collect();
+            case.x[dim..2 * dim].copy_from_slice(&extreme);
+            case.eps = eps;
+            let r = case.reference();
+            for gpu in [gpu(), tree_gpu()] {
+                let out = run(gpu, &case);
+                let what = format!("{op:?} center {center:e} spread {spread:e} dim {dim}");
+                assert_close(&out.y, &r.y, &format!("{what}: y"));
+                for row in 0..3 {
+                    let rstd = r.rstd[row];
+                    let g = f64::from(out.rstd[row]);
+                    assert!(
+                        (g - rstd).abs() <= 1e-5 * rstd,
+                        "{what}: row {row}: rstd {g:e} vs {rstd:e}"
+                    );
+                    if op == Op::LayerNorm {
+                        // The mean of values +-1e19 that nearly cancel is only as exact as
+                        // f32 sums of them: relative to the spread, not to the mean.
+                        let (g, m) = (f64::from(out.mean[row]), r.mean[row]);
+                        let tolerance = 1e-5 / rstd + 1e-5 * m.abs();
+                        assert!(
+                            (g - m).abs() <= tolerance,
+                            "{what}: row {row}: mean {g:e} vs {m:e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Rows of magnitude 1e-20 to 1e15 (squares stay within f32).
 pub fn magnitudes(op: Op) {
     for (i, scale) in [1e-20, 1e-10, 1e10, 1e15].into_iter().enumerate() {
