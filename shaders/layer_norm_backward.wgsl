@@ -31,7 +31,6 @@ fn main(ids: Ids) {
         let row = first + r;
         let n = params.dim / VW;
         let inv_dim = 1.0 / f32(params.dim);
-        let saved = has(HAS_RSTD);
         let p = first_lane(ld_x(row, 0u));
         // rstd, (mean(g), mean(g * xhat)), and whether the row's sums left f32's range.
         var rstd = 0.0;
@@ -46,7 +45,8 @@ fn main(ids: Ids) {
             d[k] = ld_dy(row, lid + k * WG);
         }
 //#endunroll
-        if saved {
+//#if saved
+        {
             rstd = ld_rstd(row);
             var s = vec3<f32>(0.0);
 //#unroll k
@@ -62,7 +62,9 @@ fn main(ids: Ids) {
 //#unroll k
             c[k] = (c[k] - V(sums.x)) * rstd;
 //#endunroll
-        } else {
+        }
+//#else
+        {
             // As the forward: sums over x - p, then a second pass for the variance.
             var s = V(0.0);
 //#unroll k
@@ -92,6 +94,7 @@ fn main(ids: Ids) {
 //#endunroll
             t = wg_sum3_uniform(s2, lid).xy * inv_dim;
         }
+//#endif
 //#if shared
         if retry {
             layer_norm_backward_retry(row, lid, group, &pw, &pb);
@@ -116,7 +119,8 @@ fn main(ids: Ids) {
 //#else
         // Rows too long for registers: passes over x and dy from memory (mostly cache).
         var mu = 0.0;
-        if saved {
+//#if saved
+        {
             rstd = ld_rstd(row);
             var s = vec3<f32>(0.0);
             for (var i = lid; i < n; i += WG) {
@@ -128,7 +132,9 @@ fn main(ids: Ids) {
             retry = !(finite(sums.x) && finite(sums.z));
             mu = sums.x;
             t = vec2<f32>(sums.y, rstd * (sums.z - sums.x * sums.y));
-        } else {
+        }
+//#else
+        {
             var s = V(0.0);
             for (var i = lid; i < n; i += WG) {
                 s += ld_x(row, i) - V(p);
@@ -150,6 +156,7 @@ fn main(ids: Ids) {
             }
             t = wg_sum3_uniform(s2, lid).xy * inv_dim;
         }
+//#endif
 //#if shared
         if retry {
             layer_norm_backward_retry(row, lid, group);
@@ -247,19 +254,23 @@ fn layer_norm_backward_retry(row: u32, lid: u32, group: u32) {
     var rs = 0.0;
     var rstd = 0.0;
     var t = vec2<f32>(0.0);
-    if has(HAS_RSTD) {
+//#if saved
+    {
         rstd = ld_rstd(row);
         let sums = scaled_sums(row, e, ps);
         mu = sums.x;
         rs = times_pow2(rstd, e);
         t = vec2<f32>(sums.y, rs * (sums.z - sums.x * sums.y));
-    } else {
+    }
+//#else
+    {
         let mo = scaled_moments(row, e);
         mu = mo.mean;
         rs = inv_root(mo.var_, e);
         rstd = times_pow2(rs, -e);
         t = scaled_grad_sums(row, e, ps, mu, rs);
     }
+//#endif
     retry_barrier();
     let n = params.dim / VW;
 //#if cached

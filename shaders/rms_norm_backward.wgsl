@@ -24,14 +24,13 @@ fn main(ids: Ids) {
         let row = first + r;
         let n = params.dim / VW;
         let inv_len = 1.0 / f32(params.stat_len);
-        let saved = has(HAS_RRMS);
         // A recomputed rrms whose sum of squares left f32's range is taken again (scale.wgsl;
         // a saved one needs no squares).
         var rrms = 0.0;
         var retry = false;
-        if saved {
-            rrms = ld_rrms(row);
-        }
+//#if saved
+        rrms = ld_rrms(row);
+//#endif
 //#if cached
         var c: array<V, CACHE>;
         var d: array<V, CACHE>;
@@ -41,7 +40,9 @@ fn main(ids: Ids) {
             d[k] = ld_dy(row, lid + k * WG);
         }
 //#endunroll
-        if !saved {
+//#if saved
+//#else
+        {
             var q = V(0.0);
 //#unroll k
             q += in_prefix(lid + k * WG, c[k] * c[k]);
@@ -50,6 +51,7 @@ fn main(ids: Ids) {
             retry = out_of_range(ms);
             rrms = inv_root(ms, 0);
         }
+//#endif
 //#if shared
         if retry {
             rms_norm_backward_retry(row, lid, group, &pw);
@@ -79,7 +81,9 @@ fn main(ids: Ids) {
         }
 //#endunroll
 //#else
-        if !saved {
+//#if saved
+//#else
+        {
             var q = V(0.0);
             for (var i = lid; i < n; i += WG) {
                 let v = ld_x(row, i);
@@ -89,6 +93,7 @@ fn main(ids: Ids) {
             retry = out_of_range(ms);
             rrms = inv_root(ms, 0);
         }
+//#endif
 //#if shared
         if retry {
             rms_norm_backward_retry(row, lid, group);

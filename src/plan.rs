@@ -175,8 +175,13 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
             }
         }
         Shape::RowsWithPartials { stage2, .. } => {
-            let v = Variant::for_row(l.kernel, c.dim, c.vec4, caps.subgroups, shared, caps.max_wg)
-                .with_storage(c.act, c.param);
+            let mut v =
+                Variant::for_row(l.kernel, c.dim, c.vec4, caps.subgroups, shared, caps.max_wg)
+                    .with_storage(c.act, c.param);
+            // The statistics the kernel reads, given by the forward pass.
+            v.saved = def.slots.iter().any(|s| {
+                s.extent == Extent::PerRow && !s.access.writes() && c.operand(s.operand).is_some()
+            });
             let arrays = stage2
                 .def()
                 .slots

@@ -168,6 +168,9 @@ pub struct Variant {
     pub subgroups: bool,
     /// Inputs bound read_write because one of them shares a buffer with an output.
     pub shared: bool,
+    /// Backward: the forward pass's statistics are given (compiled apart, so that each
+    /// variant carries only its own path, and its own retry, scale.wgsl). False elsewhere.
+    pub saved: bool,
     /// Storage of x, y, dy, dx and the residual stream (norms and backward; f32 elsewhere).
     pub act: DType,
     /// Storage of weight and bias (norms and backward; f32 elsewhere).
@@ -210,6 +213,7 @@ impl Variant {
             slices,
             subgroups: subgroups && kernel.reduces(),
             shared,
+            saved: false,
             act: DType::F32,
             param: DType::F32,
         }
@@ -262,18 +266,21 @@ impl Variant {
                     for vec4 in [false, true] {
                         for subgroups in [false, kernel.reduces()] {
                             for shared in [false, true] {
-                                for (act, param) in storage_pairs(kernel) {
-                                    out.insert(Variant {
-                                        kernel,
-                                        wg,
-                                        vec4,
-                                        cache,
-                                        slices,
-                                        subgroups,
-                                        shared,
-                                        act,
-                                        param,
-                                    });
+                                for saved in [false, kernel.stage2().is_some()] {
+                                    for (act, param) in storage_pairs(kernel) {
+                                        out.insert(Variant {
+                                            kernel,
+                                            wg,
+                                            vec4,
+                                            cache,
+                                            slices,
+                                            subgroups,
+                                            shared,
+                                            saved,
+                                            act,
+                                            param,
+                                        });
+                                    }
                                 }
                             }
                         }
@@ -287,7 +294,7 @@ impl Variant {
     /// A label for wgpu objects and error messages.
     pub fn label(&self) -> String {
         format!(
-            "wgpu-norm {} {}/{} wg={} {} cache={}{}{}{}",
+            "wgpu-norm {} {}/{} wg={} {} cache={}{}{}{}{}",
             self.kernel.name(),
             self.act,
             self.param,
@@ -301,6 +308,7 @@ impl Variant {
             },
             if self.subgroups { " subgroups" } else { "" },
             if self.shared { " shared" } else { "" },
+            if self.saved { " saved" } else { "" },
         )
     }
 
@@ -310,6 +318,7 @@ impl Variant {
             "cached" => Some(self.cache > 0),
             "subgroups" => Some(self.subgroups),
             "shared" => Some(self.shared),
+            "saved" => Some(self.saved),
             _ if Kernel::ALL
                 .iter()
                 .any(|k| k.def().wgsl_flags.contains(&name)) =>

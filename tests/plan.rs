@@ -145,6 +145,10 @@ fn check_plan(what: &str, caps: &Caps, d: &Described, plan: &Plan) {
                     needed,
                     "{at}: one partial row a group"
                 );
+                let saved = d.get(Operand::Rstd).is_some() || d.get(Operand::Rrms).is_some();
+                assert_eq!(v.saved, saved, "{at}: compiled for saved statistics or not");
+            } else {
+                assert!(!v.saved, "{at}");
             }
             last_groups = Some(needed);
             row_steps += 1;
