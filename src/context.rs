@@ -1,7 +1,5 @@
 //! The convenience layer for data in slices: upload, run, read back.
 
-use wgpu::util::DeviceExt;
-
 use crate::DType;
 use crate::adapter;
 use crate::error::{Error, Result};
@@ -116,34 +114,30 @@ impl Gpu {
 
     /// A storage buffer holding `data` (usable as a source and destination of copies too).
     pub fn upload(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
-        // wgpu rejects zero-sized bindings; an empty tensor gets 4 bytes nobody reads.
-        let bytes: &[u8] = if data.is_empty() {
-            &[0; 4]
-        } else {
-            bytemuck::cast_slice(data)
-        };
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytes,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-            })
+        self.upload_bytes(label, bytemuck::cast_slice(data))
     }
 
     /// A storage buffer holding `data` stored as `dtype` (padded to whole words).
     pub fn upload_as(&self, label: &str, data: &[f32], dtype: DType) -> wgpu::Buffer {
-        let mut bytes = dtype.encode(data);
-        bytes.resize(bytes.len().next_multiple_of(4).max(4), 0);
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: &bytes,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-            })
+        self.upload_bytes(label, &dtype.encode(data))
+    }
+
+    /// Through the queue rather than `create_buffer_init`, which panics where its mapping fails
+    /// (a lost device); wgpu rejects zero-sized bindings, so an empty tensor gets 4 bytes.
+    fn upload_bytes(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        let size = (bytes.len() as u64).next_multiple_of(4).max(4);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut padded = bytes.to_vec();
+        padded.resize(size as usize, 0);
+        self.queue.write_buffer(&buffer, 0, &padded);
+        buffer
     }
 
     /// An uninitialised storage buffer of `len` f32.
@@ -316,6 +310,11 @@ impl Gpu {
         dim: usize,
         opts: &SliceOptions<'_>,
     ) -> Result<[Vec<f32>; 3]> {
+        // A loss is reported through the device-lost callback, which wgpu calls when polled.
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        if let Some(why) = self.norms.device_lost() {
+            return Err(Error::DeviceLost(why));
+        }
         if dim == 0 {
             return Err(Error::ZeroDim);
         }

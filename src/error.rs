@@ -156,6 +156,12 @@ pub enum Error {
     )]
     Overlap { written: Operand, other: Operand },
 
+    #[error("{operand}: its buffer has been destroyed")]
+    DestroyedBuffer { operand: Operand },
+
+    #[error("{operand}: its buffer belongs to another device than these kernels")]
+    OtherDevice { operand: Operand },
+
     #[error("{needs} is required with {given}")]
     MissingOperand { needs: Operand, given: Operand },
 
@@ -200,7 +206,7 @@ pub enum Error {
     #[error("wgpu reported an internal error: {0}")]
     Wgpu(String),
 
-    #[error("the device is lost: {0}")]
+    #[error("the device is lost ({0}); make a new device and new Norms")]
     DeviceLost(String),
 
     #[error("wgpu-norm internal error (please report): {0}")]

@@ -3,8 +3,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use wgpu::util::DeviceExt;
-
 use crate::copy::CopyOp;
 use crate::error::{Error, Result};
 use crate::kernel::Kernel;
@@ -24,11 +22,19 @@ pub struct NormsOptions {
     /// Reduce with subgroup operations when the device has `Features::SUBGROUP` (default).
     /// When false, or without the feature, a workgroup-memory tree reduction is used.
     pub subgroups: bool,
+    /// Install a device-lost callback, so that every call after the device is lost returns
+    /// [`Error::DeviceLost`] (default). wgpu keeps one such callback per device: a runtime
+    /// that sets its own (before or after) should set this to false and call the closure
+    /// from [`Norms::device_lost_handler`] in its own.
+    pub device_lost_callback: bool,
 }
 
 impl Default for NormsOptions {
     fn default() -> Self {
-        NormsOptions { subgroups: true }
+        NormsOptions {
+            subgroups: true,
+            device_lost_callback: true,
+        }
     }
 }
 
@@ -77,6 +83,10 @@ pub struct Norms {
     /// writable binding never name the same one.
     dummy_in: wgpu::Buffer,
     dummy_out: wgpu::Buffer,
+    /// One storage binding: binds each operand alone, to find which one wgpu rejected.
+    probe: wgpu::BindGroupLayout,
+    /// Why the device was lost, once wgpu has said so.
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 /// A poisoned lock only means another thread panicked while holding it; every map here is
@@ -154,7 +164,22 @@ impl Norms {
                 })
             })
         };
-        Ok(Norms {
+        let probe = capture(device, || {
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("wgpu-norm operand probe"),
+                entries: &[wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: true },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                }],
+            })
+        })?;
+        let norms = Norms {
             device: device.clone(),
             caps,
             layouts,
@@ -163,7 +188,39 @@ impl Norms {
             scratch: Mutex::new(None),
             dummy_in: dummy("wgpu-norm absent input")?,
             dummy_out: dummy("wgpu-norm absent output")?,
-        })
+            probe,
+            lost: Arc::new(Mutex::new(None)),
+        };
+        if options.device_lost_callback {
+            let handler = norms.device_lost_handler();
+            device.set_device_lost_callback(move |reason, message| handler(reason, &message));
+        }
+        Ok(norms)
+    }
+
+    /// A closure that marks these kernels' device as lost, for a runtime's own device-lost
+    /// callback (see [`NormsOptions::device_lost_callback`]). After it, every call returns
+    /// [`Error::DeviceLost`].
+    pub fn device_lost_handler(
+        &self,
+    ) -> impl Fn(wgpu::DeviceLostReason, &str) + Send + Sync + 'static {
+        let lost = self.lost.clone();
+        move |reason, message| {
+            *lock(&lost) = Some(format!("{reason:?}: {message}"));
+        }
+    }
+
+    /// Why the device was lost, if wgpu has said so (it says so at the next poll or
+    /// submission after the loss, or after `Device::destroy`).
+    pub fn device_lost(&self) -> Option<String> {
+        lock(&self.lost).clone()
+    }
+
+    fn check_device(&self) -> Result<()> {
+        match self.device_lost() {
+            Some(why) => Err(Error::DeviceLost(why)),
+            None => Ok(()),
+        }
     }
 
     /// The device these kernels were built for.
@@ -203,6 +260,7 @@ impl Norms {
     /// pipelines, uniform parameters and the backward's partial-sum buffer come from caches.
     /// An op recorded every step on the same buffers costs less as a [`Prepared`] one.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, op: &impl Op) -> Result<()> {
+        self.check_device()?;
         let launch = op.launch()?;
         let plan = plan_launch(&self.caps, &launch)?;
         if plan.steps.is_empty() {
@@ -218,6 +276,7 @@ impl Norms {
 
     /// [`Norms::record`] into the caller's compute pass.
     pub fn record_in(&self, pass: &mut wgpu::ComputePass<'_>, op: &impl Op) -> Result<()> {
+        self.check_device()?;
         let launch = op.launch()?;
         let plan = plan_launch(&self.caps, &launch)?;
         for s in &self.build(&plan, &launch.operands, false)? {
@@ -230,6 +289,7 @@ impl Norms {
     /// the returned [`Prepared`] records the same op on the same buffers at wgpu's own cost
     /// (a pipeline, a bind group and a dispatch per step). It keeps the buffers alive.
     pub fn prepare(&self, op: &impl Op) -> Result<Prepared> {
+        self.check_device()?;
         let launch = op.launch()?;
         let plan = plan_launch(&self.caps, &launch)?;
         let steps = self.build(&plan, &launch.operands, true)?;
@@ -239,6 +299,7 @@ impl Norms {
     /// Compiles the pipelines `op` needs, so that recording it later compiles nothing. On the
     /// web, where a compilation error can only be awaited, use [`Norms::warm_async`].
     pub fn warm(&self, op: &impl Op) -> Result<()> {
+        self.check_device()?;
         for step in self.plan(op)?.steps {
             self.pipeline(step.variant, true)?;
         }
@@ -248,6 +309,7 @@ impl Norms {
     /// [`Norms::warm`], awaiting the device's verdict on each pipeline instead of looking at
     /// it once.
     pub async fn warm_async(&self, op: &impl Op) -> Result<()> {
+        self.check_device()?;
         for step in self.plan(op)?.steps {
             let cell = self.cell(step.variant);
             if cell.get().is_none() {
@@ -282,6 +344,51 @@ impl Norms {
                 })
                 .collect()
         })
+        .map_err(|e| self.diagnose(plan, operands).unwrap_or(e))
+    }
+
+    /// Which operand's buffer wgpu rejected when a bind group was not made: each is bound
+    /// alone, and the first one rejected is named (destroyed, or from another device).
+    fn diagnose(&self, plan: &Plan, operands: &Operands) -> Option<Error> {
+        let ranges = plan
+            .steps
+            .iter()
+            .flat_map(|s| &s.binds)
+            .filter_map(|b| match *b {
+                Bind::Operand {
+                    operand,
+                    offset,
+                    size,
+                } => Some((operand, offset, size)),
+                _ => None,
+            });
+        for (operand, offset, size) in ranges {
+            let buffer = operands.get(operand)?.buffer;
+            let probe = capture(&self.device, || {
+                self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("wgpu-norm operand probe"),
+                    layout: &self.probe,
+                    entries: &[wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer,
+                            offset,
+                            size: wgpu::BufferSize::new(size),
+                        }),
+                    }],
+                })
+            });
+            if let Err(Error::Validation(why)) = probe {
+                return Some(if why.contains("destroyed") {
+                    Error::DestroyedBuffer { operand }
+                } else if why.contains("doesn't match") {
+                    Error::OtherDevice { operand }
+                } else {
+                    Error::Validation(format!("{operand}: {why}"))
+                });
+            }
+        }
+        None
     }
 
     fn bind_group(
@@ -401,14 +508,24 @@ impl Norms {
         if cache.len() >= PARAMS_CACHE {
             cache.clear();
         }
+        // Written through a mapping at creation rather than `create_buffer_init`, which
+        // panics where the mapping fails (a lost device).
         let buffer = capture(&self.device, || {
-            self.device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("wgpu-norm params"),
-                    contents: bytemuck::bytes_of(params),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                })
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-norm params"),
+                size: size_of::<Params>() as u64,
+                usage: wgpu::BufferUsages::UNIFORM,
+                mapped_at_creation: true,
+            })
         })?;
+        buffer
+            .get_mapped_range_mut(..)
+            .map_err(|e| {
+                let why = self.device_lost().unwrap_or_else(|| e.to_string());
+                Error::DeviceLost(why)
+            })?
+            .copy_from_slice(bytemuck::bytes_of(params));
+        buffer.unmap();
         cache.insert(key, buffer.clone());
         Ok(buffer)
     }

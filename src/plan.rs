@@ -358,10 +358,17 @@ fn check<'a>(caps: &Caps, l: &Launch<'a>) -> Result<Checked<'a>> {
     check_aliasing(&all)?;
 
     let row_bytes = u64::from(dim) * l.act.size();
-    if row_bytes + caps.align > caps.max_binding {
+    // Every row- or dim-sized binding holds a whole row at least: the widest of them (an f32
+    // weight with 16-bit activations, say) must fit one binding.
+    let widest = all
+        .iter()
+        .filter(|(s, _)| matches!(s.extent, Extent::Rows | Extent::Dim))
+        .map(|(s, _)| u64::from(dim) * elem_size(s.class, l.act, l.param))
+        .fold(row_bytes, u64::max);
+    if widest + caps.align > caps.max_binding {
         return Err(Error::RowTooLarge {
             dim: l.dim,
-            row_bytes,
+            row_bytes: widest,
             max_binding: caps.max_binding,
         });
     }

@@ -711,6 +711,19 @@ fn errors_come_from_the_plan() {
         err(&|| plan(&caps, &RmsNormBackward::new(3, 4, x, x, y))),
         Error::EpsilonNeeded { .. }
     ));
+    // An f16 row of 96 Ki elements fits a 256 KiB binding; its f32 weight does not.
+    let dim = 96 << 10;
+    let t = Tensors::new(1, dim, DType::F16, DType::F32, 0);
+    let op = RmsNorm::new(1, dim as usize, t.rows_of(&t.x), t.rows_of(&t.y))
+        .dtype(DType::F16)
+        .param_dtype(DType::F32)
+        .weight(t.param_of(&t.w));
+    assert!(matches!(
+        err(&|| plan(&caps, &op)),
+        Error::RowTooLarge { row_bytes, .. } if row_bytes == dim * 4
+    ));
+    let op = RmsNorm::new(1, dim as usize, t.rows_of(&t.x), t.rows_of(&t.y)).dtype(DType::F16);
+    assert!(plan(&caps, &op).is_ok());
 }
 
 #[test]
@@ -734,7 +747,10 @@ fn devices_too_small_are_refused() {
     let caps = Caps::new(
         &wgpu::Limits::default(),
         wgpu::Features::SUBGROUP,
-        NormsOptions { subgroups: false },
+        NormsOptions {
+            subgroups: false,
+            ..Default::default()
+        },
     )
     .unwrap();
     assert!(!caps.subgroups);

@@ -47,7 +47,15 @@ pub fn gpu() -> &'static Gpu {
 /// The same adapter with the workgroup-memory tree reduction forced.
 pub fn tree_gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| open(None, NormsOptions { subgroups: false }))
+    GPU.get_or_init(|| {
+        open(
+            None,
+            NormsOptions {
+                subgroups: false,
+                ..Default::default()
+            },
+        )
+    })
 }
 
 /// A device with wgpu's default limits (256 invocations per workgroup, 128 MiB bindings), as
