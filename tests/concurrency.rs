@@ -95,7 +95,7 @@ fn ten_thousand_ops_leave_memory_flat() {
     let step = |i: usize, encoder: &mut wgpu::CommandEncoder| {
         let (rows, dim) = shapes[i % shapes.len()];
         let (x, dy, y, w, dw) = &buffers[i % shapes.len()];
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let op = LayerNorm::new(rows, dim, x, y).weight(w);
             gpu.norms.record(encoder, &op).unwrap();
         } else {
