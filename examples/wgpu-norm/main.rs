@@ -8,10 +8,13 @@
 //! shapes that do not fit, a bad epsilon) is one line on stderr and exit code 2; other
 //! failures (no adapter, say) exit with 1.
 
+mod npy;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use npy::Array;
 use wgpu_norm::timing::{Clock, Timer};
 use wgpu_norm::{
     DType, Error, Gpu, LayerNorm, NormsOptions, RmsNorm, SliceOptions, TensorRef, reference,
@@ -233,94 +236,12 @@ fn info(adapter: Option<&str>) -> Result<(), Failure> {
 
 // ---- run
 
-/// A float32 or float16 array from a .npy file, C order, its values as f32.
-struct Array {
-    shape: Vec<u64>,
-    data: Vec<f32>,
-    dtype: DType,
-}
-
 fn read_npy(path: &Path) -> Result<Array, Failure> {
-    let show = path.display();
-    let file = std::fs::File::open(path).or_else(|e| bad(format!("cannot open {show}: {e}")))?;
-    let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
-        .or_else(|e| bad(format!("{show}: not a valid .npy file: {e}")))?;
-    if npy.order() == npyz::Order::Fortran {
-        return bad(format!(
-            "{show}: Fortran-order arrays are not supported; save it in C order \
-             (numpy.ascontiguousarray)"
-        ));
-    }
-    let dtype = npy.dtype();
-    let float_of = |size| {
-        matches!(&dtype, npyz::DType::Plain(t)
-            if t.type_char() == npyz::TypeChar::Float && t.size_field() == size)
-    };
-    let shape = npy.shape().to_vec();
-    let truncated =
-        |e: std::io::Error| Failure::BadInput(format!("{show}: truncated or unreadable data: {e}"));
-    if float_of(4) {
-        let data: Vec<f32> = npy.into_vec().map_err(truncated)?;
-        Ok(Array {
-            shape,
-            data,
-            dtype: DType::F32,
-        })
-    } else if float_of(2) {
-        let data: Vec<half::f16> = npy.into_vec().map_err(truncated)?;
-        let data = data.into_iter().map(half::f16::to_f32).collect();
-        Ok(Array {
-            shape,
-            data,
-            dtype: DType::F16,
-        })
-    } else {
-        bad(format!(
-            "{show}: unsupported dtype {}: float32 and float16 are supported (.npy has no \
-             standard bfloat16)",
-            dtype.descr()
-        ))
-    }
+    npy::read(path).map_err(Failure::BadInput)
 }
 
-/// Writes `data` with `shape` to `path` through a temporary file in the same directory, so an
-/// existing file is only ever replaced by a complete new one.
 fn write_npy(path: &Path, shape: &[u64], data: &[f32], dtype: DType) -> Result<(), Failure> {
-    let show = path.display();
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let Some(name) = name else {
-        return bad(format!("{show}: not a file name"));
-    };
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let written = (|| -> std::io::Result<()> {
-        let file = std::fs::File::create(&tmp)?;
-        let mut out = std::io::BufWriter::new(file);
-        use npyz::WriterBuilder;
-        if dtype == DType::F16 {
-            let mut w = npyz::WriteOptions::<half::f16>::new()
-                .default_dtype()
-                .shape(shape)
-                .writer(&mut out)
-                .begin_nd()?;
-            w.extend(data.iter().map(|&v| half::f16::from_f32(v)))?;
-            w.finish()?;
-        } else {
-            let mut w = npyz::WriteOptions::<f32>::new()
-                .default_dtype()
-                .shape(shape)
-                .writer(&mut out)
-                .begin_nd()?;
-            w.extend(data.iter().copied())?;
-            w.finish()?;
-        }
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    written.or_else(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        bad(format!("cannot write {show}: {e}"))
-    })
+    npy::write(path, shape, data, dtype).map_err(Failure::BadInput)
 }
 
 fn run(adapter: Option<&str>, a: &RunArgs) -> Result<(), Failure> {
