@@ -36,7 +36,7 @@ fn valid(shape: &[u64], data: &[f32], dtype: DType) -> Vec<u8> {
 /// A .npy file with `header` as its dictionary (version 1.0, padded to 64 bytes) and `body`.
 fn with_header(header: &str, body: &[u8]) -> Vec<u8> {
     let mut text = header.to_string();
-    while (10 + text.len() + 1) % 64 != 0 {
+    while !(10 + text.len() + 1).is_multiple_of(64) {
         text.push(' ');
     }
     text.push('\n');
