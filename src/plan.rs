@@ -42,7 +42,13 @@ impl Caps {
     ) -> Result<Self> {
         let allowed = limits
             .max_compute_invocations_per_workgroup
-            .min(limits.max_compute_workgroup_size_x);
+            .min(limits.max_compute_workgroup_size_x)
+            .min(
+                options
+                    .max_workgroup_size
+                    .unwrap_or(u32::MAX)
+                    .max(MIN_WORKGROUP_SIZE),
+            );
         if allowed < MIN_WORKGROUP_SIZE {
             return Err(Error::UnsupportedDevice(format!(
                 "needs {MIN_WORKGROUP_SIZE} invocations per workgroup, the device allows {allowed}"

@@ -43,3 +43,37 @@ fn default_limits_cap_the_workgroup_size() {
         }
     }
 }
+
+/// wgpu's default limits are WebGPU's: 256 invocations per workgroup, 8 storage buffers a
+/// stage, 16 KiB of workgroup memory, 128 MiB bindings. Every op family runs within them:
+/// forward and backward of both norms (saved and recomputed statistics, parameter gradients),
+/// 16-bit storage, and the copy, at D = 1, 7, 4097 and 65536.
+#[test]
+fn every_op_runs_within_webgpu_default_limits() {
+    use common::backward::{BwdCase, check_backward};
+    use common::storage::{AnyCase, check_any};
+    let gpu = default_limits_gpu();
+    let limits = gpu.device.limits();
+    assert_eq!(limits.max_compute_invocations_per_workgroup, 256);
+    assert_eq!(limits.max_storage_buffers_per_shader_stage, 8);
+    assert_eq!(limits.max_compute_workgroup_storage_size, 16384);
+    for (i, dim) in [1, 7, 4097, 65536].into_iter().enumerate() {
+        let rows = if dim > 4097 { 2 } else { 9 };
+        for op in [Op::LayerNorm, Op::RmsNorm] {
+            let seed = 900 + i as u64;
+            check(gpu, &Case::new(op, rows, dim, seed));
+            for dtype in [wgpu_norm::DType::F16, wgpu_norm::DType::Bf16] {
+                check_any(
+                    gpu,
+                    &AnyCase::new(op, dtype, rows, dim, seed).with_residual(true),
+                );
+            }
+            for saved in [false, true] {
+                let mut c = BwdCase::new(op, rows, dim, seed);
+                c.saved = saved;
+                check_backward(gpu, &c);
+            }
+        }
+    }
+    common::check_copy(gpu, 9, 4097, 12);
+}

@@ -757,6 +757,42 @@ fn devices_too_small_are_refused() {
 }
 
 #[test]
+fn the_workgroup_cap_bounds_every_variant() {
+    let big = wgpu::Limits {
+        max_compute_invocations_per_workgroup: 1024,
+        max_compute_workgroup_size_x: 1024,
+        ..wgpu::Limits::default()
+    };
+    let caps = |cap| {
+        let options = NormsOptions {
+            max_workgroup_size: cap,
+            ..Default::default()
+        };
+        Caps::new(&big, wgpu::Features::empty(), options).unwrap()
+    };
+    assert_eq!(caps(None).max_wg, 1024);
+    assert_eq!(caps(Some(wgpu_norm::GL_MAX_WORKGROUP_SIZE)).max_wg, 256);
+    assert_eq!(
+        caps(Some(300)).max_wg,
+        256,
+        "rounded down to a power of two"
+    );
+    assert_eq!(
+        caps(Some(1)).max_wg,
+        64,
+        "never below the kernels' smallest workgroup"
+    );
+    let capped = caps(Some(256));
+    for dim in [4097u64, 8192, 65536] {
+        let t = Tensors::new(1, dim, DType::F32, DType::F32, 0);
+        let op = LayerNorm::new(1, dim as usize, t.rows_of(&t.x), t.rows_of(&t.y));
+        for step in plan(&capped, &op).unwrap().steps {
+            assert!(step.variant.wg <= 256, "D = {dim}: {:?}", step.variant);
+        }
+    }
+}
+
+#[test]
 fn plan_needs_only_the_op_trait() {
     fn plan_any(caps: &Caps, op: &impl Op) -> usize {
         plan(caps, op).map(|p| p.steps.len()).unwrap_or(0)
