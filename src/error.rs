@@ -209,6 +209,10 @@ pub enum Error {
     #[error("the device is lost ({0}); make a new device and new Norms")]
     DeviceLost(String),
 
+    /// A burn tensor or device that the burn integration cannot take (feature `burn`).
+    #[error("burn: {0}")]
+    Burn(String),
+
     #[error("wgpu-norm internal error (please report): {0}")]
     Internal(String),
 }

@@ -44,6 +44,8 @@ pub use wgpu;
 
 pub mod adapter;
 mod builder;
+#[cfg(feature = "burn")]
+pub mod burn;
 mod context;
 mod copy;
 mod dtype;

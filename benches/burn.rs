@@ -1,0 +1,124 @@
+//! burn-nn's LayerNorm and RmsNorm against this crate's fused kernels through burn
+//! (`wgpu_norm::burn`), on the same burn wgpu device in the same run: forward, and forward +
+//! backward under burn's autodiff.
+//!
+//! Wall-clock time of `iters` ops followed by one `device.sync()`: burn submits its own work,
+//! so there are no GPU timestamps around it; the fused path's host cost (asking burn for the
+//! buffers) is included, as a model pays it. Throughput counts x read + y written (forward),
+//! plus dy read and dx written (backward), in decimal GB/s. `WGPU_NORM_BENCH_MIB` sets the size
+//! of x (default 8 MiB on a CPU adapter, 256 MiB on a GPU).
+//!
+//!     cargo bench --features burn --bench burn
+
+use std::time::{Duration, Instant};
+
+use burn::nn::{LayerNormConfig, RmsNormConfig};
+use burn::tensor::{Device, Distribution, Tensor};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use wgpu_norm::burn::FusedNormConfig;
+
+const DIMS: [usize; 3] = [1024, 4096, 8192];
+
+fn time(device: &Device, iters: u64, op: &dyn Fn()) -> Duration {
+    device.sync().expect("sync");
+    let start = Instant::now();
+    for _ in 0..iters {
+        op();
+    }
+    device.sync().expect("sync");
+    start.elapsed()
+}
+
+fn burn_norms(c: &mut Criterion) {
+    let device = wgpu_norm::burn::init().unwrap_or_else(|e| panic!("{e}"));
+    let info = wgpu_norm::burn::adapter_info(&device).expect("registered");
+    let cpu = info.device_type == wgpu::DeviceType::Cpu;
+    let mib: usize = std::env::var("WGPU_NORM_BENCH_MIB")
+        .ok()
+        .map(|v| {
+            v.parse()
+                .expect("WGPU_NORM_BENCH_MIB must be a whole number")
+        })
+        .unwrap_or(if cpu { 8 } else { 256 });
+    eprintln!(
+        "adapter: {} | {:?} | {:?} | clock: wall (burn submits its own work) | x = {mib} MiB",
+        info.name, info.backend, info.device_type
+    );
+    let ad = device.clone().autodiff();
+    for dim in DIMS {
+        let rows = (mib << 20) / 4 / dim;
+        let bytes = (rows * dim * 4) as u64;
+        let x = Tensor::<2>::random([rows, dim], Distribution::Default, &device);
+        let (nn_ln, nn_rms) = (
+            LayerNormConfig::new(dim).init(&device),
+            RmsNormConfig::new(dim).init(&device),
+        );
+        let (ln, rms) = (
+            LayerNormConfig::new(dim).init_fused(&device),
+            RmsNormConfig::new(dim).init_fused(&device),
+        );
+        let mut group = c.benchmark_group(format!("burn forward/D={dim}"));
+        group.throughput(Throughput::BytesDecimal(2 * bytes));
+        if cpu {
+            group.sample_size(10);
+            group.warm_up_time(Duration::from_millis(500));
+            group.measurement_time(Duration::from_secs(3));
+        }
+        let run = |group: &mut criterion::BenchmarkGroup<'_, _>, name: &str, op: &dyn Fn()| {
+            group.bench_function(name, |b| b.iter_custom(|iters| time(&device, iters, op)));
+        };
+        run(&mut group, "burn-nn LayerNorm", &|| {
+            drop(nn_ln.forward(x.clone()))
+        });
+        run(&mut group, "wgpu-norm LayerNorm", &|| {
+            drop(ln.forward(x.clone()))
+        });
+        run(&mut group, "burn-nn RmsNorm", &|| {
+            drop(nn_rms.forward(x.clone()))
+        });
+        run(&mut group, "wgpu-norm RmsNorm", &|| {
+            drop(rms.forward(x.clone()))
+        });
+        group.finish();
+
+        // Forward + backward: loss = sum(y * w), gradients of x and γ (β).
+        let xa = Tensor::<2>::from_data(x.clone().into_data(), &ad).require_grad();
+        let w = Tensor::<2>::random([rows, dim], Distribution::Default, &ad);
+        let (nn_ln, nn_rms) = (
+            LayerNormConfig::new(dim).init(&ad),
+            RmsNormConfig::new(dim).init(&ad),
+        );
+        let (ln, rms) = (
+            LayerNormConfig::new(dim).init_fused(&ad),
+            RmsNormConfig::new(dim).init_fused(&ad),
+        );
+        let mut group = c.benchmark_group(format!("burn forward+backward/D={dim}"));
+        // Forward (x, y) and backward (x, dy, dx): the least any implementation moves.
+        group.throughput(Throughput::BytesDecimal(5 * bytes));
+        if cpu {
+            group.sample_size(10);
+            group.warm_up_time(Duration::from_millis(500));
+            group.measurement_time(Duration::from_secs(3));
+        }
+        let step = |y: Tensor<2>| drop((y * w.clone()).sum().backward());
+        let run = |group: &mut criterion::BenchmarkGroup<'_, _>, name: &str, op: &dyn Fn()| {
+            group.bench_function(name, |b| b.iter_custom(|iters| time(&ad, iters, op)));
+        };
+        run(&mut group, "burn-nn LayerNorm", &|| {
+            step(nn_ln.forward(xa.clone()))
+        });
+        run(&mut group, "wgpu-norm LayerNorm", &|| {
+            step(ln.forward(xa.clone()))
+        });
+        run(&mut group, "burn-nn RmsNorm", &|| {
+            step(nn_rms.forward(xa.clone()))
+        });
+        run(&mut group, "wgpu-norm RmsNorm", &|| {
+            step(rms.forward(xa.clone()))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, burn_norms);
+criterion_main!(benches);
