@@ -339,7 +339,8 @@ fn rms_norm_forward(
 /// An f32 gradient of a parameter, in the parameter's own type.
 fn as_param_type(grad: CubeTensor, param: BurnDType) -> CubeTensor {
     match param {
-        BurnDType::F32 | BurnDType::Flex32 => grad,
+        BurnDType::F32 => grad,
+        BurnDType::Flex32 => Cube::float_cast(grad, FloatDType::Flex32),
         BurnDType::F16 => Cube::float_cast(grad, FloatDType::F16),
         BurnDType::BF16 => Cube::float_cast(grad, FloatDType::BF16),
         _ => grad,
@@ -353,7 +354,8 @@ fn layer_norm_backward(
     gamma: CubeTensor,
     (mean, rstd): (CubeTensor, CubeTensor),
     eps: f32,
-) -> Result<(CubeTensor, CubeTensor, CubeTensor)> {
+    want: [bool; 2],
+) -> Result<(CubeTensor, Option<CubeTensor>, Option<CubeTensor>)> {
     let ctx = cube_context(&x.device).ok_or_else(|| Error::Burn("unregistered device".into()))?;
     let dy = into_contiguous(dy);
     let dy = if dy.dtype == x.dtype {
@@ -363,8 +365,8 @@ fn layer_norm_backward(
     };
     let (rows, dim) = rows_dim(&x);
     let dx = empty(&x, x.meta.shape().clone(), x.dtype);
-    let dgamma = empty(&x, Shape::new([dim]), BurnDType::F32);
-    let dbeta = empty(&x, Shape::new([dim]), BurnDType::F32);
+    let grad = |wanted: bool| wanted.then(|| empty(&x, Shape::new([dim]), BurnDType::F32));
+    let (dgamma, dbeta) = (grad(want[0]), grad(want[1]));
     let mut pins = Vec::new();
     let (bx, bdy, bdx) = (
         Bound::of(&x, &mut pins)?,
@@ -376,25 +378,34 @@ fn layer_norm_backward(
         Bound::of(&mean, &mut pins)?,
         Bound::of(&rstd, &mut pins)?,
     );
-    let (bdg, bdb) = (
-        Bound::of(&dgamma, &mut pins)?,
-        Bound::of(&dbeta, &mut pins)?,
-    );
-    let op = LayerNormBackward::new(rows, dim, bx.tensor(), bdy.tensor(), bdx.tensor())
+    let bdg = dgamma
+        .as_ref()
+        .map(|t| Bound::of(t, &mut pins))
+        .transpose()?;
+    let bdb = dbeta
+        .as_ref()
+        .map(|t| Bound::of(t, &mut pins))
+        .transpose()?;
+    let mut op = LayerNormBackward::new(rows, dim, bx.tensor(), bdy.tensor(), bdx.tensor())
         .eps(eps)
         .dtype(act_storage(&x))
         .param_dtype(act_storage(&gamma))
         .weight(bg.tensor())
-        .saved(bm.tensor(), br.tensor())
-        .grad_weight(bdg.tensor())
-        .grad_bias(bdb.tensor());
+        .saved(bm.tensor(), br.tensor());
+    if let Some(b) = &bdg {
+        op = op.grad_weight(b.tensor());
+    }
+    if let Some(b) = &bdb {
+        op = op.grad_bias(b.tensor());
+    }
     submit(&ctx, "wgpu-norm layer_norm backward (burn)", pins, |e| {
         ctx.norms.record(e, &op)
     })?;
+    let param = gamma.dtype;
     Ok((
         dx,
-        as_param_type(dgamma, gamma.dtype),
-        as_param_type(dbeta, gamma.dtype),
+        dgamma.map(|g| as_param_type(g, param)),
+        dbeta.map(|g| as_param_type(g, param)),
     ))
 }
 
@@ -406,7 +417,8 @@ fn rms_norm_backward(
     rrms: CubeTensor,
     eps: f32,
     gemma: bool,
-) -> Result<(CubeTensor, CubeTensor)> {
+    want_gamma: bool,
+) -> Result<(CubeTensor, Option<CubeTensor>)> {
     let ctx = cube_context(&x.device).ok_or_else(|| Error::Burn("unregistered device".into()))?;
     let dy = into_contiguous(dy);
     let dy = if dy.dtype == x.dtype {
@@ -416,30 +428,33 @@ fn rms_norm_backward(
     };
     let (rows, dim) = rows_dim(&x);
     let dx = empty(&x, x.meta.shape().clone(), x.dtype);
-    let dgamma = empty(&x, Shape::new([dim]), BurnDType::F32);
+    let dgamma = want_gamma.then(|| empty(&x, Shape::new([dim]), BurnDType::F32));
     let mut pins = Vec::new();
     let (bx, bdy, bdx) = (
         Bound::of(&x, &mut pins)?,
         Bound::of(&dy, &mut pins)?,
         Bound::of(&dx, &mut pins)?,
     );
-    let (bg, br, bdg) = (
-        Bound::of(&gamma, &mut pins)?,
-        Bound::of(&rrms, &mut pins)?,
-        Bound::of(&dgamma, &mut pins)?,
-    );
-    let op = RmsNormBackward::new(rows, dim, bx.tensor(), bdy.tensor(), bdx.tensor())
+    let (bg, br) = (Bound::of(&gamma, &mut pins)?, Bound::of(&rrms, &mut pins)?);
+    let bdg = dgamma
+        .as_ref()
+        .map(|t| Bound::of(t, &mut pins))
+        .transpose()?;
+    let mut op = RmsNormBackward::new(rows, dim, bx.tensor(), bdy.tensor(), bdx.tensor())
         .eps(eps)
         .gemma_offset(gemma)
         .dtype(act_storage(&x))
         .param_dtype(act_storage(&gamma))
         .weight(bg.tensor())
-        .saved(br.tensor())
-        .grad_weight(bdg.tensor());
+        .saved(br.tensor());
+    if let Some(b) = &bdg {
+        op = op.grad_weight(b.tensor());
+    }
     submit(&ctx, "wgpu-norm rms_norm backward (burn)", pins, |e| {
         ctx.norms.record(e, &op)
     })?;
-    Ok((dx, as_param_type(dgamma, gamma.dtype)))
+    let param = gamma.dtype;
+    Ok((dx, dgamma.map(|g| as_param_type(g, param))))
 }
 
 fn float_dtype(d: BurnDType) -> FloatDType {
@@ -500,15 +515,16 @@ impl Backward<Cube, 3> for LayerNormGrad {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let dy = grads.consume::<Cube>(&ops.node);
         let (x, gamma, stats, eps) = ops.state;
-        let (dx, dgamma, dbeta) = expect_ok(layer_norm_backward(dy, x, gamma, stats, eps));
+        let want = [node_gamma.is_some(), node_beta.is_some()];
+        let (dx, dgamma, dbeta) = expect_ok(layer_norm_backward(dy, x, gamma, stats, eps, want));
         if let Some(node) = node_x {
             grads.register::<Cube>(node.id, dx);
         }
-        if let Some(node) = node_gamma {
-            grads.register::<Cube>(node.id, dgamma);
+        if let (Some(node), Some(g)) = (node_gamma, dgamma) {
+            grads.register::<Cube>(node.id, g);
         }
-        if let Some(node) = node_beta {
-            grads.register::<Cube>(node.id, dbeta);
+        if let (Some(node), Some(g)) = (node_beta, dbeta) {
+            grads.register::<Cube>(node.id, g);
         }
     }
 }
@@ -524,12 +540,13 @@ impl Backward<Cube, 2> for RmsNormGrad {
         let [node_x, node_gamma] = ops.parents;
         let dy = grads.consume::<Cube>(&ops.node);
         let (x, gamma, rrms, eps, gemma) = ops.state;
-        let (dx, dgamma) = expect_ok(rms_norm_backward(dy, x, gamma, rrms, eps, gemma));
+        let want = node_gamma.is_some();
+        let (dx, dgamma) = expect_ok(rms_norm_backward(dy, x, gamma, rrms, eps, gemma, want));
         if let Some(node) = node_x {
             grads.register::<Cube>(node.id, dx);
         }
-        if let Some(node) = node_gamma {
-            grads.register::<Cube>(node.id, dgamma);
+        if let (Some(node), Some(g)) = (node_gamma, dgamma) {
+            grads.register::<Cube>(node.id, g);
         }
     }
 }
@@ -601,7 +618,7 @@ impl<C: CheckpointStrategy> NormBackend for Autodiff<Cube, C> {
 /// Checks what the kernels need of `x` and a parameter, returning D.
 fn check<const D: usize>(x: &Tensor<D>, params: &[(&str, &Tensor<1>)], eps: f64) -> Result<usize> {
     let device = x.device();
-    context_of(&device)?;
+    let ctx = context_of(&device)?;
     if D == 0 {
         return Err(Error::Burn(
             "a tensor of rank 0 has no dimension to normalize".into(),
@@ -617,8 +634,19 @@ fn check<const D: usize>(x: &Tensor<D>, params: &[(&str, &Tensor<1>)], eps: f64)
     if dim == 0 {
         return Err(Error::ZeroDim);
     }
-    if !(eps.is_finite() && eps >= 0.0) {
+    if !(eps.is_finite() && eps >= 0.0 && (eps as f32).is_finite()) {
         return Err(Error::BadEpsilon(eps as f32));
+    }
+    // What the plan would refuse at record time, inside burn's dispatch: a row that no binding
+    // holds (the backward's f32 dγ is the widest operand), or a D beyond u32.
+    let caps = ctx.norms.caps();
+    let row_bytes = (dim as u64).saturating_mul(4);
+    if u32::try_from(dim).is_err() || row_bytes + caps.align > caps.max_binding {
+        return Err(Error::RowTooLarge {
+            dim,
+            row_bytes,
+            max_binding: caps.max_binding,
+        });
     }
     for (name, p) in params {
         if p.dims() != [dim] {
@@ -664,7 +692,13 @@ pub fn layer_norm<const D: usize>(
     }
     let device = x.device();
     let gamma = gamma.unwrap_or_else(|| Tensor::<1>::ones([dim], &device).cast(x.dtype()));
-    let beta = beta.unwrap_or_else(|| Tensor::<1>::zeros([dim], &device).cast(gamma.dtype()));
+    // The kernel takes γ and β in one type, γ's: β is cast (its gradient flows back through
+    // the cast).
+    let beta = match beta {
+        Some(b) if b.dtype() != gamma.dtype() => b.cast(gamma.dtype()),
+        Some(b) => b,
+        None => Tensor::<1>::zeros([dim], &device).cast(gamma.dtype()),
+    };
     Ok(Tensor::from_dispatch(
         <Dispatch as NormBackend>::fused_layer_norm(
             x.into_dispatch(),

@@ -6,7 +6,8 @@ use std::sync::OnceLock;
 
 use burn::module::Module;
 use burn::nn::{LayerNormConfig, RmsNormConfig};
-use burn::tensor::{DType, Device, DeviceKind, Tensor, TensorData};
+use burn::tensor::wgpu::WgpuSetup;
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use wgpu_norm::burn::{FusedNormConfig, gemma_rms_norm, layer_norm, rms_norm};
 use wgpu_norm::{Error, reference};
 
@@ -242,6 +243,37 @@ fn gradients_match_burn_nn() {
             };
             let (fx, fg, fb) = run(true);
             let (nx, ng, nb) = run(false);
+            // The fused gradients against the f64 reference, to the README's bound.
+            let dy = data(rows * dim, 400 + k as u64, 0.0, 1.0);
+            let r = if rms {
+                reference::rms_norm_backward(&x, &dy, dim, Some(&g), 1e-6)
+            } else {
+                reference::layer_norm_backward(&x, &dy, dim, Some(&g), 1e-5)
+            };
+            let name = if rms { "RMSNorm" } else { "LayerNorm" };
+            for (i, (got, want)) in fx.iter().zip(&r.dx).enumerate() {
+                let bound = 1e-5 + 1e-5 * r.dx_scale[i];
+                assert!(
+                    (f64::from(*got) - want).abs() <= bound,
+                    "{name} D={dim} dx[{i}]: {got} vs {want}"
+                );
+            }
+            for (i, (got, want)) in fg.iter().zip(&r.dweight).enumerate() {
+                let bound = 1e-5 + 1e-5 * r.dweight_scale[i];
+                assert!(
+                    (f64::from(*got) - want).abs() <= bound,
+                    "{name} D={dim} dgamma[{i}]: {got} vs {want}"
+                );
+            }
+            if let Some(fb) = &fb {
+                for (i, (got, want)) in fb.iter().zip(&r.dbias).enumerate() {
+                    let bound = 1e-5 + 1e-5 * r.dbias_scale[i];
+                    assert!(
+                        (f64::from(*got) - want).abs() <= bound,
+                        "{name} D={dim} dbeta[{i}]: {got} vs {want}"
+                    );
+                }
+            }
             let what = format!("{} D={dim}", if rms { "RMSNorm" } else { "LayerNorm" });
             // burn-nn's chain rounds at every step: its gradient is the looser of the two.
             let tol = 2e-4 * (dim as f64).sqrt().max(1.0);
@@ -319,13 +351,104 @@ fn bad_input_is_an_error() {
     assert!(matches!(rms_norm(empty, None, 1e-6), Err(Error::ZeroDim)));
     let no_rows = tensor(Vec::new(), [0, 16], dev);
     assert_eq!(rms_norm(no_rows, None, 1e-6).unwrap().dims(), [0, 16]);
-    let ints = x.clone().int().float().cast(DType::F32);
-    assert!(rms_norm(ints, None, 1e-6).is_ok());
-    // A burn wgpu device that was not made through wgpu_norm::burn::init.
-    let other = Device::wgpu(DeviceKind::Cpu);
-    let elsewhere = tensor(vec![1.0; 16], [1, 16], &other);
     assert!(matches!(
-        rms_norm(elsewhere, None, 1e-6),
+        rms_norm(x.clone(), None, 1e39),
+        Err(Error::BadEpsilon(_))
+    ));
+    // β in another type than γ is cast to γ's, not refused inside burn.
+    let beta16 = tensor(vec![0.5; 16], [16], dev).cast(DType::F16);
+    let y = values(layer_norm(x.clone(), None, Some(beta16), 1e-5).unwrap());
+    let want = reference::layer_norm(&values(x.clone()), 16, None, Some(&[0.5; 16]), 1e-5).y;
+    assert_close("f16 beta", &y, &want, 1e-5, 1e-5);
+    // A burn wgpu device that was not made through wgpu_norm::burn::init.
+    // A burn device an application made from its own wgpu device, not yet announced.
+    let setup = pollster::block_on(async {
+        let instance = wgpu_norm::adapter::instance();
+        let adapter = wgpu_norm::adapter::pick_adapter_named(&instance, None)
+            .await
+            .unwrap();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("the application's device"),
+                required_features: adapter.features() - wgpu::Features::MAPPABLE_PRIMARY_BUFFERS,
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        WgpuSetup {
+            backend: adapter.get_info().backend,
+            instance,
+            adapter,
+            device,
+            queue,
+        }
+    });
+    let other = Device::wgpu_options().setup(setup.clone()).init().unwrap();
+    let x = data(16, 3, 0.0, 1.0);
+    let elsewhere = tensor(x.clone(), [1, 16], &other);
+    assert!(matches!(
+        rms_norm(elsewhere.clone(), None, 1e-6),
         Err(Error::Burn(m)) if m.contains("not registered")
     ));
+    wgpu_norm::burn::register(&other, &setup).unwrap();
+    let y = values(rms_norm(elsewhere, None, 1e-6).unwrap());
+    assert_close(
+        "registered",
+        &y,
+        &reference::rms_norm(&x, 16, None, 1e-6).y,
+        1e-5,
+        1e-5,
+    );
+}
+
+/// Only γ trained (x a constant), no β: the gradient γ gets, and none is computed for x.
+#[test]
+fn gradients_of_parameters_alone() {
+    let dev = device().clone().autodiff();
+    let (rows, dim) = (5, 33);
+    let x = data(rows * dim, 21, 0.0, 2.0);
+    let dy = data(rows * dim, 22, 0.0, 1.0);
+    let xt = tensor(x.clone(), [rows, dim], &dev);
+    let mut m = LayerNormConfig::new(dim).with_bias(false).init_fused(&dev);
+    assert!(m.beta.is_none());
+    let g = data(dim, 23, 1.0, 0.3);
+    m.gamma = m
+        .gamma
+        .map(|_| tensor(g.clone(), [dim], &dev).require_grad());
+    let gamma = m.gamma.val();
+    let grads = (m.forward(xt.clone()) * tensor(dy.clone(), [rows, dim], &dev))
+        .sum()
+        .backward();
+    assert!(xt.grad(&grads).is_none());
+    let r = reference::layer_norm_backward(&x, &dy, dim, Some(&g), 1e-5);
+    assert_close(
+        "dgamma alone",
+        &values(gamma.grad(&grads).unwrap()),
+        &r.dweight,
+        1e-5,
+        1e-5,
+    );
+}
+
+/// 16-bit activations at odd D, with f32 γ (mixed), forward against the reference.
+#[test]
+fn half_precision_odd_rows_and_mixed_parameters() {
+    let dev = device();
+    for dim in [7, 4097] {
+        let x = data(3 * dim, dim as u64, 0.5, 2.0);
+        let xt = tensor(x, [3, dim], dev).cast(DType::F16);
+        let x16 = values(xt.clone());
+        let g = data(dim, 31, 1.0, 0.5);
+        let y = rms_norm(xt, Some(tensor(g.clone(), [dim], dev)), 1e-6).unwrap();
+        assert_eq!(y.dtype(), DType::F16);
+        let want = reference::rms_norm(&x16, dim, Some(&g), 1e-6).y;
+        assert_close(
+            &format!("f16 x, f32 gamma, D={dim}"),
+            &values(y),
+            &want,
+            2e-3,
+            2e-3,
+        );
+    }
 }
