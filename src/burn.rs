@@ -357,12 +357,7 @@ fn layer_norm_backward(
     want: [bool; 2],
 ) -> Result<(CubeTensor, Option<CubeTensor>, Option<CubeTensor>)> {
     let ctx = cube_context(&x.device).ok_or_else(|| Error::Burn("unregistered device".into()))?;
-    let dy = into_contiguous(dy);
-    let dy = if dy.dtype == x.dtype {
-        dy
-    } else {
-        Cube::float_cast(dy, float_dtype(x.dtype))
-    };
+    let dy = like_input(dy, &x);
     let (rows, dim) = rows_dim(&x);
     let dx = empty(&x, x.meta.shape().clone(), x.dtype);
     let grad = |wanted: bool| wanted.then(|| empty(&x, Shape::new([dim]), BurnDType::F32));
@@ -420,12 +415,7 @@ fn rms_norm_backward(
     want_gamma: bool,
 ) -> Result<(CubeTensor, Option<CubeTensor>)> {
     let ctx = cube_context(&x.device).ok_or_else(|| Error::Burn("unregistered device".into()))?;
-    let dy = into_contiguous(dy);
-    let dy = if dy.dtype == x.dtype {
-        dy
-    } else {
-        Cube::float_cast(dy, float_dtype(x.dtype))
-    };
+    let dy = like_input(dy, &x);
     let (rows, dim) = rows_dim(&x);
     let dx = empty(&x, x.meta.shape().clone(), x.dtype);
     let dgamma = want_gamma.then(|| empty(&x, Shape::new([dim]), BurnDType::F32));
@@ -455,6 +445,17 @@ fn rms_norm_backward(
     })?;
     let param = gamma.dtype;
     Ok((dx, dgamma.map(|g| as_param_type(g, param))))
+}
+
+/// The gradient burn hands the backward (maybe broadcast, maybe of another float type) as a
+/// contiguous tensor of x's type, which the backward kernels read.
+fn like_input(dy: CubeTensor, x: &CubeTensor) -> CubeTensor {
+    let dy = into_contiguous(dy);
+    if dy.dtype == x.dtype {
+        dy
+    } else {
+        Cube::float_cast(dy, float_dtype(x.dtype))
+    }
 }
 
 fn float_dtype(d: BurnDType) -> FloatDType {
