@@ -413,15 +413,7 @@ pub fn saved_statistics_far_from_zero(op: Op) {
 /// The forward's extreme rows (`super::extreme_magnitudes`) in the backward, saved and
 /// recomputed statistics, each between two ordinary rows; dx held to 1e-5 of its terms.
 pub fn extreme_magnitudes(op: Op) {
-    let rows: [(f64, f64, f32); 6] = [
-        (0.3e20, 1e20, 1e-5),
-        (-0.3e30, 1e30, 1e-5),
-        (1e19, 1e19, 1e-5),
-        (3e37, 1e37, 1e-5),
-        (0.3e-25, 1e-25, 0.0),
-        (-0.3e-30, 1e-30, 0.0),
-    ];
-    for (k, &(center, spread, eps)) in rows.iter().enumerate() {
+    for (k, &(center, spread, eps)) in super::EXTREME_ROWS.iter().enumerate() {
         for dim in [7, 4096, 65536] {
             for saved in [true, false] {
                 let mut c = BwdCase::new(op, 3, dim, 1300 + k as u64);

@@ -426,21 +426,24 @@ pub fn offset_data(op: Op) {
     }
 }
 
+/// (center, spread, eps) of the rows whose squares leave f32's range, shared by the forward
+/// and backward tests.
+pub const EXTREME_ROWS: [(f64, f64, f32); 6] = [
+    (0.3e20, 1e20, 1e-5),
+    (-0.3e30, 1e30, 1e-5),
+    (1e19, 1e19, 1e-5),
+    (3e37, 1e37, 1e-5),
+    (0.3e-25, 1e-25, 0.0),
+    (-0.3e-30, 1e-30, 0.0),
+];
+
 /// Rows whose squares leave f32's range, each between two ordinary rows: |x| ~ 1e20 and
 /// 1e30 (squares overflow), a spread of 1e19 at an offset of 1e19, values near 3e37 (sums of
 /// x overflow too), and |x| ~ 1e-25 and 1e-30 with eps = 0 (squares underflow); D = 7, 4096
 /// (the row in registers) and 65536 (streamed), both reductions. y is held to the f32
 /// tolerance, rstd to 1e-5 relative, and the mean to 1e-5 of the row's own spread.
 pub fn extreme_magnitudes(op: Op) {
-    let rows: [(f64, f64, f32); 6] = [
-        (0.3e20, 1e20, 1e-5),
-        (-0.3e30, 1e30, 1e-5),
-        (1e19, 1e19, 1e-5),
-        (3e37, 1e37, 1e-5),
-        (0.3e-25, 1e-25, 0.0),
-        (-0.3e-30, 1e-30, 0.0),
-    ];
-    for (k, &(center, spread, eps)) in rows.iter().enumerate() {
+    for (k, &(center, spread, eps)) in EXTREME_ROWS.iter().enumerate() {
         for dim in [7, 4096, 65536] {
             let mut case = Case::new(op, 3, dim, 60 + k as u64);
             let extreme = Rng::new(k as u64).data(dim, center, spread);
