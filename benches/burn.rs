@@ -29,6 +29,23 @@ fn time(device: &Device, iters: u64, op: &dyn Fn()) -> Duration {
     start.elapsed()
 }
 
+/// A group counting `bytes` per op; short runs on a CPU adapter.
+fn new_group(
+    c: &mut Criterion,
+    name: String,
+    bytes: u64,
+    cpu: bool,
+) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::BytesDecimal(bytes));
+    if cpu {
+        group.sample_size(10);
+        group.warm_up_time(Duration::from_millis(500));
+        group.measurement_time(Duration::from_secs(3));
+    }
+    group
+}
+
 fn burn_norms(c: &mut Criterion) {
     let device = wgpu_norm::burn::init().unwrap_or_else(|e| panic!("{e}"));
     let info = wgpu_norm::burn::adapter_info(&device).expect("registered");
@@ -57,13 +74,7 @@ fn burn_norms(c: &mut Criterion) {
             LayerNormConfig::new(dim).init_fused(&device),
             RmsNormConfig::new(dim).init_fused(&device),
         );
-        let mut group = c.benchmark_group(format!("burn forward/D={dim}"));
-        group.throughput(Throughput::BytesDecimal(2 * bytes));
-        if cpu {
-            group.sample_size(10);
-            group.warm_up_time(Duration::from_millis(500));
-            group.measurement_time(Duration::from_secs(3));
-        }
+        let mut group = new_group(c, format!("burn forward/D={dim}"), 2 * bytes, cpu);
         let run = |group: &mut criterion::BenchmarkGroup<'_, _>, name: &str, op: &dyn Fn()| {
             group.bench_function(name, |b| b.iter_custom(|iters| time(&device, iters, op)));
         };
@@ -92,14 +103,8 @@ fn burn_norms(c: &mut Criterion) {
             LayerNormConfig::new(dim).init_fused(&ad),
             RmsNormConfig::new(dim).init_fused(&ad),
         );
-        let mut group = c.benchmark_group(format!("burn forward+backward/D={dim}"));
         // Forward (x, y) and backward (x, dy, dx): the least any implementation moves.
-        group.throughput(Throughput::BytesDecimal(5 * bytes));
-        if cpu {
-            group.sample_size(10);
-            group.warm_up_time(Duration::from_millis(500));
-            group.measurement_time(Duration::from_secs(3));
-        }
+        let mut group = new_group(c, format!("burn forward+backward/D={dim}"), 5 * bytes, cpu);
         let step = |y: Tensor<2>| drop((y * w.clone()).sum().backward());
         let run = |group: &mut criterion::BenchmarkGroup<'_, _>, name: &str, op: &dyn Fn()| {
             group.bench_function(name, |b| b.iter_custom(|iters| time(&ad, iters, op)));
