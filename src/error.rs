@@ -185,6 +185,9 @@ pub enum Error {
     #[error("the pRMSNorm fraction must be in (0, 1], got {0}")]
     BadFraction(f32),
 
+    #[error("bad tuning: {0}")]
+    BadTuning(String),
+
     #[error("the device cannot run these kernels: {0}")]
     UnsupportedDevice(String),
 

@@ -73,7 +73,7 @@ pub use error::{Error, Operand, Result};
 pub use kernel::Kernel;
 pub use layer_norm::{EpsPlacement, LayerNorm};
 pub use layer_norm_backward::LayerNormBackward;
-pub use norms::{CacheStats, GL_MAX_WORKGROUP_SIZE, Norms, NormsOptions};
+pub use norms::{CacheStats, GL_MAX_WORKGROUP_SIZE, Norms, NormsOptions, Tuning};
 pub use op::Op;
 pub use plan::{Caps, Plan};
 pub use prepared::Prepared;

@@ -31,6 +31,34 @@ pub struct NormsOptions {
     /// `None` (default): the device's limit, except on OpenGL, where it is
     /// [`GL_MAX_WORKGROUP_SIZE`].
     pub max_workgroup_size: Option<u32>,
+    /// How rows are spread over invocations and workgroups (the per-adapter knobs).
+    pub tuning: Tuning,
+}
+
+/// The knobs of the row kernels' launch shape that suit one adapter and not another. The
+/// defaults are what measured best on an H200; a CPU adapter, whose "invocations" are SIMD
+/// lanes of a few cores and whose barriers are function calls, wants fewer, longer-lived
+/// invocations. Every setting gives the same results within the documented tolerances (the
+/// order of additions, hence the bits, follows the workgroup size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tuning {
+    /// Row elements (`V`s) each forward invocation aims to handle (the backward half as
+    /// many): the workgroup grows with D until there are this many per invocation. A power of
+    /// two from 1 to 64.
+    pub v_per_invocation: u32,
+    /// Bytes of f32 rows each forward workgroup handles at least, one row after another (short
+    /// rows share a workgroup so its launch is paid for by enough traffic). At least 4; at most
+    /// [`crate::shaders::MAX_ROWS_PER_GROUP`] rows whatever this says.
+    pub bytes_per_group: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            v_per_invocation: crate::shaders::V_PER_INVOCATION,
+            bytes_per_group: crate::shaders::BYTES_PER_GROUP,
+        }
+    }
 }
 
 /// Largest workgroup used on wgpu's OpenGL backend unless [`NormsOptions::max_workgroup_size`]
@@ -45,6 +73,7 @@ impl Default for NormsOptions {
             subgroups: true,
             device_lost_callback: true,
             max_workgroup_size: None,
+            tuning: Tuning::default(),
         }
     }
 }

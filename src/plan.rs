@@ -10,7 +10,7 @@
 use crate::dtype::DType;
 use crate::error::{Error, Operand, Result};
 use crate::kernel::{Class, Extent, Kernel, Shape, Slot};
-use crate::norms::NormsOptions;
+use crate::norms::{NormsOptions, Tuning};
 use crate::op::{Launch, Op, Operands};
 use crate::shaders::{MIN_WORKGROUP_SIZE, Params, Variant, rows_per_group};
 use crate::tensor::TensorRef;
@@ -30,6 +30,8 @@ pub struct Caps {
     /// Where a storage binding may start: `min_storage_buffer_offset_alignment`, at least 16.
     pub align: u64,
     pub max_groups_per_dim: u32,
+    /// The launch-shape knobs ([`NormsOptions::tuning`]), checked.
+    pub tuning: Tuning,
 }
 
 impl Caps {
@@ -65,7 +67,17 @@ impl Caps {
                 limits.max_storage_buffers_per_shader_stage
             )));
         }
+        let t = options.tuning;
+        if !(t.v_per_invocation.is_power_of_two() && t.v_per_invocation <= 64)
+            || t.bytes_per_group < 4
+        {
+            return Err(Error::BadTuning(format!(
+                "{t:?}: v_per_invocation must be a power of two from 1 to 64 and \
+                 bytes_per_group at least 4"
+            )));
+        }
         Ok(Caps {
+            tuning: t,
             max_wg: 1 << allowed.ilog2(),
             subgroups: options.subgroups && features.contains(wgpu::Features::SUBGROUP),
             max_binding: limits.max_storage_buffer_binding_size.min(MAX_BINDING) & !15,
@@ -172,9 +184,9 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
             }
         }
         Shape::Rows { .. } => {
-            let v = Variant::for_row(l.kernel, c.dim, c.vec4, caps.subgroups, shared, caps.max_wg)
+            let v = Variant::for_row_tuned(l.kernel, c.dim, c.vec4, caps.subgroups, shared, caps)
                 .with_storage(c.act, c.param);
-            let per_group = rows_per_group(c.dim);
+            let per_group = rows_per_group(c.dim, caps.tuning.bytes_per_group);
             for (r0, rows) in chunks(&c) {
                 let groups = rows.div_ceil(u64::from(per_group));
                 steps.push(row_step(caps, l, &c, v, r0, rows, per_group, groups, None));
@@ -182,7 +194,7 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
         }
         Shape::RowsWithPartials { stage2, .. } => {
             let mut v =
-                Variant::for_row(l.kernel, c.dim, c.vec4, caps.subgroups, shared, caps.max_wg)
+                Variant::for_row_tuned(l.kernel, c.dim, c.vec4, caps.subgroups, shared, caps)
                     .with_storage(c.act, c.param);
             // The statistics the kernel reads, given by the forward pass.
             v.saved = def.slots.iter().any(|s| {

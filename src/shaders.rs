@@ -82,9 +82,10 @@ pub fn workgroup_size(dim: u32, lanes: u32, per_invocation: u32, max_wg: u32) ->
         .clamp(MIN_WORKGROUP_SIZE, max_wg.min(MAX_WORKGROUP_SIZE))
 }
 
-/// Rows each norm workgroup handles for rows of `dim` f32.
-pub fn rows_per_group(dim: u32) -> u32 {
-    (BYTES_PER_GROUP / dim.saturating_mul(4).max(1)).clamp(1, MAX_ROWS_PER_GROUP)
+/// Rows each norm workgroup handles for rows of `dim` f32, aiming at `bytes_per_group`
+/// ([`BYTES_PER_GROUP`] unless tuned).
+pub fn rows_per_group(dim: u32, bytes_per_group: u32) -> u32 {
+    (bytes_per_group / dim.saturating_mul(4).max(1)).clamp(1, MAX_ROWS_PER_GROUP)
 }
 
 /// The register cache length for `per_row` `V`s over `wg` invocations; 0 when it does not fit.
@@ -188,6 +189,39 @@ impl Variant {
         shared: bool,
         max_wg: u32,
     ) -> Self {
+        Self::shaped(
+            kernel,
+            dim,
+            vec4,
+            subgroups,
+            shared,
+            max_wg,
+            V_PER_INVOCATION,
+        )
+    }
+
+    /// [`Variant::for_row`] on a device with `caps`, whose tuning sets the `V`s per invocation.
+    pub fn for_row_tuned(
+        kernel: Kernel,
+        dim: u32,
+        vec4: bool,
+        subgroups: bool,
+        shared: bool,
+        caps: &crate::plan::Caps,
+    ) -> Self {
+        let v = caps.tuning.v_per_invocation;
+        Self::shaped(kernel, dim, vec4, subgroups, shared, caps.max_wg, v)
+    }
+
+    fn shaped(
+        kernel: Kernel,
+        dim: u32,
+        vec4: bool,
+        subgroups: bool,
+        shared: bool,
+        max_wg: u32,
+        v_per_invocation: u32,
+    ) -> Self {
         let lanes = if vec4 { 4 } else { 1 };
         let (wg, cache, slices) = match kernel.def().shape {
             Shape::Flat => (COPY_WORKGROUP_SIZE.min(max_wg), COPY_V_PER_INVOCATION, 1),
@@ -201,6 +235,8 @@ impl Variant {
                 arrays,
                 ..
             } => {
+                // The kernel's own share relative to the default, scaled by the tuning's.
+                let per_invocation = (per_invocation * v_per_invocation / V_PER_INVOCATION).max(1);
                 let wg = workgroup_size(dim, lanes, per_invocation, max_wg);
                 (wg, cache_len(dim.div_ceil(lanes), wg, arrays), 1)
             }

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# The whole performance grid on a GPU machine in one call: both norms forward and backward in
+# f32/f16/bf16 over every D, few rows (a decode step), the tuning knobs, the forward option
+# variants, burn's own norms, and PyTorch's fused CUDA kernels at the same shapes, same
+# machine, same call. Every kernel is checked against the f64 reference before it is timed.
+#
+# Build on the development machine (the GPU machine has no Rust), following
+# ../shared/gpu/README.md:
+#     examples/gpu_grid.sh --build        # binaries into .gpu/bin/
+# Then on the GPU machine, from the project root (the device tool's `run`, carry [".gpu"]):
+#     examples/gpu_grid.sh "$OUT"         # [--quick] for a small rehearsal
+# Rehearse it here on lavapipe without PyTorch:  examples/gpu_grid.sh /tmp/grid --quick
+#
+# Writes into the folder: grid.json (everything, one document), grid.txt (the tables), the
+# raw outputs of each step, and grid.svg. Steps run in order of importance and each one's
+# output is kept as it finishes, so a run cut short still returns what it measured.
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+
+if [[ "${1:-}" == "--build" ]]; then
+    set -e
+    mkdir -p .gpu/bin
+    cargo build --release --example wgpu-norm
+    cp target/release/examples/wgpu-norm .gpu/bin/
+    for b in forward; do
+        exe=$(cargo bench --no-run --bench "$b" --message-format=json 2>/dev/null |
+            jq -r 'select(.executable != null and .target.kind == ["bench"]) | .executable')
+        cp "$exe" ".gpu/bin/bench-$b"
+    done
+    # burn's bench needs the burn feature (a long first build; CARGO_TARGET_DIR is honoured).
+    exe=$(cargo bench --no-run --all-features --bench burn --message-format=json 2>/dev/null |
+        jq -r 'select(.executable != null and .target.kind == ["bench"]) | .executable')
+    cp "$exe" .gpu/bin/bench-burn
+    ls -l .gpu/bin
+    exit 0
+fi
+
+out=${1:?usage: examples/gpu_grid.sh OUTDIR [--quick] | --build}
+quick=${2:-}
+mkdir -p "$out"
+bin=.gpu/bin
+[[ -x $bin/wgpu-norm ]] || bin=target/release/examples
+# Only on the GPU machine: it points the Vulkan loader at the NVIDIA driver.
+if [[ -f .gpu/gpu-env.sh ]] && command -v nvidia-smi >/dev/null; then
+    source .gpu/gpu-env.sh >"$out/gpu-env.txt" 2>&1
+fi
+torch_py=.gpu/torch_norms.py
+[[ -f $torch_py ]] || torch_py=../shared/gpu/torch_norms.py
+have_torch=$(python3 -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
+
+if [[ $quick == --quick ]]; then
+    dims=128,1024,4097
+    few_dims=4096
+    mib=(--mib 2)
+    iters=(--iters 3 --warm-up-ms 50)
+    sweep_dims=128,4096
+else
+    dims=128,256,512,1024,2048,4096,4097,5120,6912,8192,16384,32768
+    few_dims=4096,8192
+    mib=(--mib 256)
+    iters=(--iters 50 --warm-up-ms 150)
+    sweep_dims=128,512,4096,4097
+fi
+mib_n=${mib[1]}
+ours() { "$bin/wgpu-norm" bench "$@"; }
+log() { echo "== $(date -u +%T) $*" | tee -a "$out/steps.txt" >&2; }
+
+log "adapter"
+"$bin/wgpu-norm" info >"$out/info.txt" 2>&1
+
+# 1. PyTorch at the grid's shapes, then ours with PyTorch beside it.
+if [[ $have_torch == 1 ]]; then
+    log "PyTorch grid"
+    python3 "$torch_py" --mib "$mib_n" --dims "$dims" >"$out/torch_grid.csv" 2>"$out/torch_grid.err"
+    log "PyTorch few rows"
+    : >"$out/torch_few.csv"
+    for r in 1 8 64; do
+        python3 "$torch_py" --rows-fixed "$r" --dims "$few_dims" 2>>"$out/torch_few.err" |
+            { if [[ $r == 1 ]]; then cat; else grep -v '^#\|^dtype'; fi; } >>"$out/torch_few.csv"
+    done
+    torch_grid=(--torch "$out/torch_grid.csv")
+    torch_few=(--torch "$out/torch_few.csv")
+else
+    log "no PyTorch with CUDA here: our figures only"
+    torch_grid=()
+    torch_few=()
+fi
+log "ours: grid"
+ours --dims "$dims" "${mib[@]}" --dtypes f32,f16,bf16 --backward "${iters[@]}" \
+    "${torch_grid[@]}" --json "$out/grid-main.json" --svg "$out/grid.svg" \
+    >"$out/grid-main.txt" 2>"$out/grid-main.err"
+log "ours: few rows"
+ours --dims "$few_dims" --rows 1,8,64 --dtypes f32,f16,bf16 --backward "${iters[@]}" \
+    "${torch_few[@]}" --json "$out/grid-few.json" >"$out/grid-few.txt" 2>"$out/grid-few.err"
+
+# 2. The tuning knobs, f32, against the defaults measured in the same step.
+sweep() {
+    local name=$1
+    shift
+    log "ours: tuning $name"
+    ours --dims "$sweep_dims" "${mib[@]}" --backward "${iters[@]}" "$@" \
+        --json "$out/tune-$name.json" >"$out/tune-$name.txt" 2>"$out/tune-$name.err"
+}
+
+
+sweep v4 --v-per-invocation 4
+sweep v16 --v-per-invocation 16
+sweep b4k --bytes-per-group 4096
+sweep b64k --bytes-per-group 65536
+sweep wg256 --max-workgroup-size 256
+
+# 3. The forward option variants (criterion, D = 4096), and burn's norms against ours.
+crit=(--warm-up-time 0.3 --measurement-time 1 --noplot)
+if [[ -x $bin/bench-forward ]]; then
+    log "criterion: forward variants"
+    WGPU_NORM_BENCH_MIB=$mib_n "$bin/bench-forward" --bench "forward variants" "${crit[@]}" \
+        >"$out/variants.txt" 2>"$out/variants.err"
+fi
+if [[ -x $bin/bench-burn ]]; then
+    log "criterion: burn"
+    WGPU_NORM_BENCH_MIB=$mib_n "$bin/bench-burn" --bench "${crit[@]}" \
+        >"$out/burn.txt" 2>"$out/burn.err"
+fi
+
+# 4. One document and one text of everything.
+log "merging"
+python3 - "$out" <<'EOF'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+doc = {"tool": "examples/gpu_grid.sh", "parts": {}}
+for p in sorted(out.glob("*.json")):
+    if p.name != "grid.json":
+        doc["parts"][p.stem] = json.loads(p.read_text())
+for name in ["info.txt", "torch_grid.csv", "torch_few.csv", "variants.txt", "burn.txt"]:
+    p = out / name
+    if p.exists():
+        doc["parts"][name] = p.read_text()
+(out / "grid.json").write_text(json.dumps(doc, indent=1) + "\n")
+EOF
+{
+    for f in info grid-main grid-few tune-v4 tune-v16 tune-b4k tune-b64k tune-wg256; do
+        [[ -f $out/$f.txt ]] && { echo "### $f"; cat "$out/$f.txt"; echo; }
+    done
+    [[ -f $out/variants.txt ]] && { echo "### forward variants (criterion)"; grep -E 'time:|thrpt:|^[a-z]' "$out/variants.txt"; }
+    [[ -f $out/burn.txt ]] && { echo "### burn (criterion)"; grep -E 'time:|thrpt:|^[a-z]' "$out/burn.txt"; }
+} >"$out/grid.txt"
+log "done"
