@@ -11,9 +11,11 @@
 #     examples/gpu_grid.sh "$OUT"         # [--quick] for a small rehearsal
 # Rehearse it here on lavapipe without PyTorch:  examples/gpu_grid.sh /tmp/grid --quick
 #
-# Writes into the folder: grid.json (everything, one document), grid.txt (the tables), the
-# raw outputs of each step, and grid.svg. Steps run in order of importance and each one's
-# output is kept as it finishes, so a run cut short still returns what it measured.
+# Writes four files into the folder: grid.json (everything, one document), grid.txt (the
+# tables), grid.svg, and raw.tgz (each step's own output and log). Few files, because the
+# device tool brings back only a handful (2026-11-26: 8 of 35 came back, the rest lost). Steps
+# run in order of importance and are packed as they finish, so a run cut short still returns
+# what it measured.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,9 +39,13 @@ if [[ "${1:-}" == "--build" ]]; then
     exit 0
 fi
 
-out=${1:?usage: examples/gpu_grid.sh OUTDIR [--quick] | --build}
+dest=${1:?usage: examples/gpu_grid.sh OUTDIR [--quick] | --build}
 quick=${2:-}
-mkdir -p "$out"
+mkdir -p "$dest"
+dest=$(cd "$dest" && pwd)
+out=$(mktemp -d)
+# What is there so far, into the destination (after every step).
+pack() { tar -C "$out" -czf "$dest/raw.tgz" .; }
 bin=.gpu/bin
 [[ -x $bin/wgpu-norm ]] || bin=target/release/examples
 # Only on the GPU machine: it points the Vulkan loader at the NVIDIA driver.
@@ -60,12 +66,15 @@ else
     dims=128,256,512,1024,2048,4096,4097,5120,6912,8192,16384,32768
     few_dims=4096,8192
     mib=(--mib 256)
-    iters=(--iters 50 --warm-up-ms 150)
+    iters=(--iters 50 --warm-up-ms 500)
     sweep_dims=128,512,4096,4097
 fi
 mib_n=${mib[1]}
 ours() { "$bin/wgpu-norm" bench "$@"; }
-log() { echo "== $(date -u +%T) $*" | tee -a "$out/steps.txt" >&2; }
+log() {
+    [[ -f $out/steps.txt ]] && pack
+    echo "== $(date -u +%T) $*" | tee -a "$out/steps.txt" >&2
+}
 
 log "adapter"
 "$bin/wgpu-norm" info >"$out/info.txt" 2>&1
@@ -146,4 +155,7 @@ EOF
     [[ -f $out/variants.txt ]] && { echo "### forward variants (criterion)"; grep -E 'time:|thrpt:|^[a-z]' "$out/variants.txt"; }
     [[ -f $out/burn.txt ]] && { echo "### burn (criterion)"; grep -E 'time:|thrpt:|^[a-z]' "$out/burn.txt"; }
 } >"$out/grid.txt"
+cp "$out/grid.json" "$out/grid.txt" "$dest/"
+[[ -f $out/grid.svg ]] && cp "$out/grid.svg" "$dest/"
+pack
 log "done"

@@ -398,9 +398,9 @@ fn measure(
     };
     // The copy moves whole words: a 16-bit tensor of odd length ends in half a word of padding.
     let whole = |buf| TensorRef::new(buf, 0, words as u64 * 4);
-    let copy = time("copy", 2, &|e| {
-        gpu.norms.copy(e, 1, words, whole(&xb), whole(&yb))
-    })?;
+    let copy_op =
+        |e: &mut wgpu::CommandEncoder| gpu.norms.copy(e, 1, words, whole(&xb), whole(&yb));
+    let copy = time("copy", 2, &copy_op)?;
     let layer_norm = checked(ln_check, &|| {
         time("layer_norm", 2, &|e| gpu.norms.layer_norm(e, &ln))
     })?;
@@ -498,6 +498,13 @@ fn measure(
                 gpu.norms.rms_norm_backward(e, &rms_bwd)
             })
         })?;
+    }
+    // The copy again, last: on the H200 (2026-11-26) the first timing after the CPU-side
+    // check caught the GPU at low clocks in half the shapes (1.5 against 3.9 TB/s) despite
+    // the warm-up. The faster of the two is the copy of this shape.
+    let again = time("copy again", 2, &copy_op)?;
+    if again.gbps > figures[0].gbps {
+        figures[0] = again;
     }
     Ok(Row {
         dtype,
