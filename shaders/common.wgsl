@@ -72,10 +72,16 @@ fn first_lane(v: V) -> f32 {
 //#endif
 }
 
-// Built-in inputs every kernel takes (one struct, so the subgroup ones can come and go).
-struct Ids {
+// Built-in inputs every kernel takes, in two structs: WGSL's uniformity analysis takes a
+// struct as a whole, so one that held an invocation's index too would make the workgroup's
+// index non-uniform, and Chrome's compiler (Tint) rejects every barrier after a branch on it.
+struct Group {
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
+}
+
+// Per invocation (one struct, so the subgroup ones can come and go).
+struct Ids {
     @builtin(local_invocation_index) lid: u32,
 //#if subgroups
     @builtin(subgroup_size) sg_size: u32,
@@ -84,6 +90,6 @@ struct Ids {
 }
 
 // This workgroup's index: the grid is 2-D because one dimension stops at 65535.
-fn group_index(ids: Ids) -> u32 {
-    return ids.wg.y * ids.nwg.x + ids.wg.x;
+fn group_index(g: Group) -> u32 {
+    return g.wg.y * g.nwg.x + g.wg.x;
 }

@@ -4,9 +4,9 @@
 // addressed as one flat row (row 0 of the accessors).
 
 @compute @workgroup_size(WG)
-fn main(ids: Ids) {
+fn main(g: Group, ids: Ids) {
     let n = params.rows * params.dim / VW;
-    let base = group_index(ids) * WG * CACHE + ids.lid;
+    let base = group_index(g) * WG * CACHE + ids.lid;
     var c: array<V, CACHE>;
 //#unroll k
     if base + k * WG < n {

@@ -17,10 +17,10 @@
 // f32's range is normalized again, scaled by a power of two (scale.wgsl).
 
 @compute @workgroup_size(WG)
-fn main(ids: Ids) {
+fn main(g: Group, ids: Ids) {
     reduce_init(ids);
     // Several short rows per workgroup, so that each moves enough bytes to pay for its launch.
-    let first = group_index(ids) * params.rows_per_group;
+    let first = group_index(g) * params.rows_per_group;
     for (var r = 0u; r < params.rows_per_group; r++) {
         if first + r >= params.rows {
             break;

@@ -14,10 +14,10 @@
 // range is taken again scaled by a power of two (scale.wgsl).
 
 @compute @workgroup_size(WG)
-fn main(ids: Ids) {
+fn main(g: Group, ids: Ids) {
     reduce_init(ids);
     let lid = ids.lid;
-    let group = group_index(ids);
+    let group = group_index(g);
     let first = group * params.rows_per_group;
 //#if cached
     // Column partials stay in registers across this workgroup's rows.

@@ -10,10 +10,10 @@ const COLS: u32 = WG / SLICES;
 var<workgroup> acc: array<V, WG>;
 
 @compute @workgroup_size(WG)
-fn main(ids: Ids) {
+fn main(g: Group, ids: Ids) {
     let lid = ids.lid;
     let n = params.dim / VW;
-    let col = group_index(ids) * COLS + lid % COLS;
+    let col = group_index(g) * COLS + lid % COLS;
     let slice = lid / COLS;
     let live = col < n;
     var w = V(0.0);

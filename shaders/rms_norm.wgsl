@@ -11,9 +11,9 @@
 // (scale.wgsl).
 
 @compute @workgroup_size(WG)
-fn main(ids: Ids) {
+fn main(g: Group, ids: Ids) {
     reduce_init(ids);
-    let first = group_index(ids) * params.rows_per_group;
+    let first = group_index(g) * params.rows_per_group;
     for (var r = 0u; r < params.rows_per_group; r++) {
         if first + r >= params.rows {
             break;

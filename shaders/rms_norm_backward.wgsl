@@ -9,10 +9,10 @@
 // or is recomputed as rms_norm.wgsl does, the scaled retry included (scale.wgsl).
 
 @compute @workgroup_size(WG)
-fn main(ids: Ids) {
+fn main(g: Group, ids: Ids) {
     reduce_init(ids);
     let lid = ids.lid;
-    let group = group_index(ids);
+    let group = group_index(g);
     let first = group * params.rows_per_group;
 //#if cached
     var pw: array<V, CACHE>;

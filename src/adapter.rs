@@ -74,9 +74,15 @@ pub async fn pick_adapter_named(
 
 /// One line naming an adapter: "name | backend | device type | driver".
 pub fn describe(info: &wgpu::AdapterInfo) -> String {
+    // Browsers hide the adapter's name (and driver) from pages.
+    let name = if info.name.is_empty() {
+        "(unnamed)"
+    } else {
+        &info.name
+    };
     format!(
-        "{} | {:?} | {:?} | {} {}",
-        info.name, info.backend, info.device_type, info.driver, info.driver_info
+        "{name} | {:?} | {:?} | {} {}",
+        info.backend, info.device_type, info.driver, info.driver_info
     )
     .trim_end()
     .to_string()

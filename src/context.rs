@@ -68,7 +68,9 @@ pub struct Gradients {
 }
 
 impl Gpu {
-    /// Picks an adapter with [`adapter::pick_adapter`] and opens a device on it.
+    /// Picks an adapter with [`adapter::pick_adapter`] and opens a device on it (native only:
+    /// in the browser, [`Gpu::new_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Self> {
         pollster::block_on(Self::new_async())
     }
@@ -211,6 +213,7 @@ impl Gpu {
     }
 
     /// LayerNorm of `x` (rows of `dim`), with each row's mean and rstd.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn layer_norm(
         &self,
         x: &[f32],
@@ -231,6 +234,7 @@ impl Gpu {
     }
 
     /// RMSNorm of `x` (rows of `dim`), with each row's rrms.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn rms_norm(&self, x: &[f32], dim: usize, opts: &SliceOptions) -> Result<RmsNormOutput> {
         pollster::block_on(self.rms_norm_async(x, dim, opts))
     }
@@ -247,6 +251,7 @@ impl Gpu {
 
     /// The gradients of [`Gpu::layer_norm`] with the same `x` and options, for the output
     /// gradient `dy` (the statistics are recomputed with `opts.eps`).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn layer_norm_backward(
         &self,
         x: &[f32],
@@ -272,6 +277,7 @@ impl Gpu {
 
     /// The gradients of [`Gpu::rms_norm`] with the same `x` and options, for the output
     /// gradient `dy` (rrms is recomputed with `opts.eps`).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn rms_norm_backward(
         &self,
         x: &[f32],
@@ -386,6 +392,9 @@ impl Gpu {
                         .rstd(stat_r);
                     op.weight = wb.as_ref().map(crate::TensorRef::from);
                     op.bias = bb.as_ref().map(crate::TensorRef::from);
+                    // Compiled and awaited first: in a browser a pipeline's errors are only
+                    // known later, and recording alone would drop them.
+                    self.norms.warm_async(&op).await?;
                     self.norms.record(&mut encoder, &op)?;
                 } else {
                     let mut op = RmsNorm::new(rows, dim, t(&xb), t(&yb))
@@ -394,6 +403,9 @@ impl Gpu {
                         .eps(opts.eps.unwrap_or(RmsNorm::DEFAULT_EPS))
                         .rrms(stat_r);
                     op.weight = wb.as_ref().map(crate::TensorRef::from);
+                    // Compiled and awaited first: in a browser a pipeline's errors are only
+                    // known later, and recording alone would drop them.
+                    self.norms.warm_async(&op).await?;
                     self.norms.record(&mut encoder, &op)?;
                 }
                 ([yb, mb, rb], [words, if layer { rows } else { 0 }, rows])
@@ -411,6 +423,9 @@ impl Gpu {
                         .grad_weight(&dwb)
                         .grad_bias(&dbb);
                     op.weight = wb.as_ref().map(crate::TensorRef::from);
+                    // Compiled and awaited first: in a browser a pipeline's errors are only
+                    // known later, and recording alone would drop them.
+                    self.norms.warm_async(&op).await?;
                     self.norms.record(&mut encoder, &op)?;
                 } else {
                     let mut op = RmsNormBackward::new(rows, dim, t(&xb), t(&dyb), t(&dxb))
@@ -419,6 +434,9 @@ impl Gpu {
                         .eps(opts.eps.unwrap_or(RmsNorm::DEFAULT_EPS))
                         .grad_weight(&dwb);
                     op.weight = wb.as_ref().map(crate::TensorRef::from);
+                    // Compiled and awaited first: in a browser a pipeline's errors are only
+                    // known later, and recording alone would drop them.
+                    self.norms.warm_async(&op).await?;
                     self.norms.record(&mut encoder, &op)?;
                 }
                 ([dxb, dwb, dbb], [words, dim, if layer { dim } else { 0 }])

@@ -342,7 +342,8 @@ impl Norms {
     }
 
     /// Compiles the pipelines `op` needs, so that recording it later compiles nothing. On the
-    /// web, where a compilation error can only be awaited, use [`Norms::warm_async`].
+    /// web, where a compilation error can only be awaited, there is [`Norms::warm_async`] only.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn warm(&self, op: &impl Op) -> Result<()> {
         self.check_device()?;
         for step in self.plan(op)?.steps {
@@ -504,9 +505,16 @@ impl Norms {
     fn compile(&self, variant: Variant, wait: bool) -> Result<wgpu::ComputePipeline> {
         let scopes = ErrorScopes::push(&self.device);
         let pipeline = self.create_pipeline(variant);
+        #[cfg(not(target_arch = "wasm32"))]
         let verdict = if wait {
             pollster::block_on(scopes.pop())
         } else {
+            scopes.pop_now()
+        };
+        // Nothing asks to wait in the browser (`warm` is native only).
+        #[cfg(target_arch = "wasm32")]
+        let verdict = {
+            let _ = wait;
             scopes.pop_now()
         };
         verdict

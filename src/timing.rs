@@ -1,8 +1,15 @@
-//! Timing recorded GPU work, for the benchmarks and the command-line tool.
+//! Timing recorded GPU work, for the benchmarks, the command-line tool and the browser page.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(not(target_arch = "wasm32"))]
+use std::time::Instant;
+// std's Instant panics in the browser.
+#[cfg(target_arch = "wasm32")]
+use web_time::Instant;
 
 use crate::error::{Error, Result};
+use crate::norms::Norms;
+use crate::op::Op;
 
 /// Where a [`Timer`]'s figures come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,14 +25,17 @@ pub struct Timer {
     device: wgpu::Device,
     queue: wgpu::Queue,
     queries: Option<(wgpu::QuerySet, wgpu::Buffer, wgpu::Buffer)>,
+    /// The queries may be written between passes (else only at a pass's start and end: all
+    /// WebGPU allows).
+    inside_encoders: bool,
 }
 
 impl Timer {
-    /// GPU timestamps where the device has `TIMESTAMP_QUERY_INSIDE_ENCODERS`, else wall clock.
+    /// GPU timestamps where the device has `TIMESTAMP_QUERY` ([`Timer::time`] also needs
+    /// `TIMESTAMP_QUERY_INSIDE_ENCODERS`), else wall clock.
     pub fn new(device: &wgpu::Device, queue: &wgpu::Queue) -> Self {
-        let wanted =
-            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
-        let queries = device.features().contains(wanted).then(|| {
+        let features = device.features();
+        let queries = features.contains(wgpu::Features::TIMESTAMP_QUERY).then(|| {
             let set = device.create_query_set(&wgpu::QuerySetDescriptor {
                 label: Some("wgpu-norm timer"),
                 ty: wgpu::QueryType::Timestamp,
@@ -49,10 +59,21 @@ impl Timer {
             device: device.clone(),
             queue: queue.clone(),
             queries,
+            inside_encoders: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS),
         }
     }
 
+    /// The clock of [`Timer::time`].
     pub fn clock(&self) -> Clock {
+        if self.queries.is_some() && self.inside_encoders {
+            Clock::GpuTimestamps
+        } else {
+            Clock::WallClock
+        }
+    }
+
+    /// The clock of [`Timer::time_op_async`].
+    pub fn op_clock(&self) -> Clock {
         if self.queries.is_some() {
             Clock::GpuTimestamps
         } else {
@@ -61,7 +82,8 @@ impl Timer {
     }
 
     /// Records `record` `iters` times into one encoder, submits it, waits, and returns the
-    /// total time of the `iters` runs.
+    /// total time of the `iters` runs (native only: it blocks).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn time(
         &self,
         iters: u32,
@@ -72,13 +94,14 @@ impl Timer {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("wgpu-norm timed"),
             });
-        if let Some((set, _, _)) = &self.queries {
+        let queries = self.queries.as_ref().filter(|_| self.inside_encoders);
+        if let Some((set, _, _)) = queries {
             encoder.write_timestamp(set, 0);
         }
         for _ in 0..iters {
             record(&mut encoder)?;
         }
-        if let Some((set, resolve, read)) = &self.queries {
+        if let Some((set, resolve, read)) = queries {
             encoder.write_timestamp(set, 1);
             encoder.resolve_query_set(set, 0..2, resolve, 0);
             encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
@@ -90,7 +113,7 @@ impl Timer {
                 .poll(wgpu::PollType::wait_indefinitely())
                 .map_err(|e| Error::Readback(e.to_string()))
         };
-        let Some((_, _, read)) = &self.queries else {
+        let Some((_, _, read)) = queries else {
             wait(&self.device)?;
             return Ok(start.elapsed());
         };
@@ -103,6 +126,72 @@ impl Timer {
         rx.recv()
             .map_err(|e| Error::Readback(e.to_string()))?
             .map_err(|e| Error::Readback(e.to_string()))?;
+        let ticks = {
+            let data = read
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            let t: &[u64] = bytemuck::cast_slice(&data);
+            t[1].saturating_sub(t[0])
+        };
+        read.unmap();
+        let ns = ticks as f64 * f64::from(self.queue.get_timestamp_period());
+        Ok(Duration::from_nanos(ns as u64))
+    }
+
+    /// Times `iters` runs of `op`, prepared once and recorded into one compute pass, awaiting
+    /// the result instead of blocking: what works in a browser (and natively). GPU timestamps
+    /// at the pass's start and end where the device has `TIMESTAMP_QUERY` (WebGPU grants no
+    /// more), else wall clock from submit until the queue reports the work done.
+    pub async fn time_op_async(&self, norms: &Norms, op: &impl Op, iters: u32) -> Result<Duration> {
+        let prepared = norms.prepare(op)?;
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgpu-norm timed"),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("wgpu-norm timed"),
+                timestamp_writes: self.queries.as_ref().map(|(set, _, _)| {
+                    wgpu::ComputePassTimestampWrites {
+                        query_set: set,
+                        beginning_of_pass_write_index: Some(0),
+                        end_of_pass_write_index: Some(1),
+                    }
+                }),
+            });
+            for _ in 0..iters {
+                prepared.record_in(&mut pass);
+            }
+        }
+        if let Some((set, resolve, read)) = &self.queries {
+            encoder.resolve_query_set(set, 0..2, resolve, 0);
+            encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
+        }
+        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
+        let start = Instant::now();
+        self.queue.submit([encoder.finish()]);
+        match &self.queries {
+            Some((_, _, read)) => read.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+            }),
+            None => self.queue.on_submitted_work_done(move || {
+                let _ = tx.send(Ok(()));
+            }),
+        }
+        // Native: the poll waits and runs the callback. Browser: it returns at once and the
+        // browser runs the callback when the GPU is done, which the await waits for.
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        rx.receive()
+            .await
+            .ok_or_else(|| Error::Readback("callback dropped".into()))?
+            .map_err(Error::Readback)?;
+        let Some((_, _, read)) = &self.queries else {
+            return Ok(start.elapsed());
+        };
         let ticks = {
             let data = read
                 .slice(..)

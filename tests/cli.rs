@@ -299,14 +299,37 @@ fn info_lists_adapters_and_the_choice() {
 #[test]
 fn tiny_bench_writes_json_and_svg() {
     let dir = scratch("bench");
+    // PyTorch's figures as torch_norms.py prints them, for one of the shapes.
+    std::fs::write(
+        dir.join("torch.csv"),
+        "# fake\ndtype,rows,D,copy_GBps,ln_fwd_us,ln_fwd_GBps,rms_fwd_us,rms_fwd_GBps,\
+         ln_bwd_us,ln_bwd_GBps,rms_bwd_us,rms_bwd_GBps\nbf16,50,300,1,1e6,1,2e6,1,3e6,1,4e6,1\n",
+    )
+    .unwrap();
     let out = run(tool().current_dir(&dir).args([
-        "bench", "--dims", "64,300", "--rows", "50", "--iters", "2", "--json", "b.json", "--svg",
+        "bench",
+        "--dims",
+        "64,300",
+        "--rows",
+        "50",
+        "--iters",
+        "2",
+        "--warm-up-ms",
+        "10",
+        "--dtypes",
+        "f32,bf16",
+        "--backward",
+        "--torch",
+        "torch.csv",
+        "--json",
+        "b.json",
+        "--svg",
         "b.svg",
     ]));
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("copy GB/s") && text.contains("RMS/LN"),
+        text.contains("copy µs") && text.contains("RMS/LN") && text.contains("RMSNorm bwd"),
         "{text}"
     );
     let json: serde_json::Value =
@@ -318,16 +341,29 @@ fn tiny_bench_writes_json_and_svg() {
             .is_some_and(|n| !n.is_empty())
     );
     assert!(json["date"].as_str().is_some_and(|d| d.len() == 10));
+    assert_eq!(json["tuning"]["v_per_invocation"], 8);
     let results = json["results"].as_array().unwrap();
-    assert_eq!(results.len(), 2);
-    for (r, dim) in results.iter().zip([64, 300]) {
+    assert_eq!(results.len(), 4);
+    let shapes = [("f32", 64), ("f32", 300), ("bf16", 64), ("bf16", 300)];
+    for (r, (dtype, dim)) in results.iter().zip(shapes) {
         assert_eq!(r["dim"], dim);
+        assert_eq!(r["dtype"], dtype);
         assert!(r["copy_gbps"].as_f64().unwrap() > 0.0);
-        for k in ["layer_norm", "rms_norm"] {
-            assert_eq!(r[k]["check_passed"], true);
+        for k in [
+            "layer_norm",
+            "rms_norm",
+            "layer_norm_backward",
+            "rms_norm_backward",
+        ] {
+            assert_eq!(r[k]["check_passed"], true, "{k} {r}");
             assert!(r[k]["gbps"].as_f64().unwrap() > 0.0);
+            assert!(r[k]["us_per_op"].as_f64().unwrap() > 0.0);
+            // PyTorch's time only where the CSV had the shape.
+            let torch = r[k]["torch_us"].as_f64();
+            assert_eq!(torch.is_some(), dtype == "bf16" && dim == 300, "{k} {r}");
         }
     }
+    assert_eq!(results[3]["rms_norm_backward"]["torch_us"], 4e6);
     let svg = std::fs::read_to_string(dir.join("b.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("RMSNorm"));
 }

@@ -17,7 +17,7 @@ pub const POISON: u32 = 0x7FBA_DBAD;
 /// Errors that reached a device's uncaptured-error handler; must stay 0.
 pub static UNCAPTURED: AtomicUsize = AtomicUsize::new(0);
 
-fn open(limits: Option<wgpu::Limits>, options: NormsOptions) -> Gpu {
+pub fn open(limits: Option<wgpu::Limits>, options: NormsOptions) -> Gpu {
     let gpu = pollster::block_on(async {
         let adapter = wgpu_norm::pick_adapter().await?;
         Gpu::from_adapter(adapter, limits, options).await
