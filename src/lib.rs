@@ -64,6 +64,8 @@ mod rms_norm_backward;
 pub mod shaders;
 mod tensor;
 pub mod timing;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod tune;
 
 pub use adapter::pick_adapter;
 pub use context::{Gpu, Gradients, LayerNormOutput, RmsNormOutput, SliceOptions, USEFUL_FEATURES};

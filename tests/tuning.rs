@@ -130,3 +130,52 @@ fn a_bad_tuning_is_an_error() {
         assert!(matches!(r, Err(Error::BadTuning(_))), "{tuning:?}");
     }
 }
+
+#[test]
+fn autotune_measures_once_then_reads_the_cache() {
+    let gpu = common::gpu();
+    let dir = std::env::temp_dir().join(format!("wgpu-norm-tune-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let options = NormsOptions::default();
+    // A small grid: the measurement itself, not its verdict on this adapter, is under test.
+    let grid = wgpu_norm::tune::Grid {
+        dims: vec![7, 1024, 4097],
+        bytes: Some(64 << 10),
+    };
+    let tune = || {
+        wgpu_norm::tune::tuning_cached_in(&dir, &gpu.device, &gpu.queue, options, &grid).unwrap()
+    };
+    let first = tune();
+    assert!(first.measured);
+    let candidates = wgpu_norm::tune::candidates();
+    assert!(candidates.contains(&first.tuning), "{first:?}");
+    assert_eq!(first.scores.len(), candidates.len());
+    // The default is the yardstick: its own score is exactly 1, every score is finite.
+    assert_eq!(first.scores[0], (Tuning::default(), 1.0));
+    assert!(
+        first.scores.iter().all(|s| s.1.is_finite() && s.1 > 0.0),
+        "{first:?}"
+    );
+    // A choice other than the default beats it by the margin.
+    let chosen = first.scores.iter().find(|s| s.0 == first.tuning).unwrap().1;
+    assert!(first.tuning == Tuning::default() || chosen < 1.0 - wgpu_norm::tune::MARGIN);
+    eprintln!("autotune on {}: {first:?}", gpu.describe());
+
+    let path = first.cache.clone().unwrap();
+    let second = tune();
+    assert!(
+        !second.measured && second.tuning == first.tuning,
+        "{second:?}"
+    );
+
+    // A corrupt file is measured again (and rewritten).
+    std::fs::write(&path, "not a tuning").unwrap();
+    let again = tune();
+    assert!(again.measured && again.cache == Some(path.clone()));
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("v_per_invocation=")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -43,6 +43,11 @@ pub struct BenchArgs {
     /// Warm-up of each kernel before it is timed, in milliseconds.
     #[arg(long, default_value_t = 500)]
     warm_up_ms: u64,
+    /// Tuning: measure the candidates on this adapter once and use the best (cached in the
+    /// user's cache directory; WGPU_NORM_AUTOTUNE=0 turns it off); the explicit knobs below
+    /// override what it chose.
+    #[arg(long)]
+    autotune: bool,
     /// Tuning: V's (4 elements at D % 4 == 0) per invocation, a power of two (default 8).
     #[arg(long)]
     v_per_invocation: Option<u32>,
@@ -184,16 +189,37 @@ pub fn bench(adapter: Option<&str>, a: &BenchArgs) -> Result<(), Failure> {
         .map(|s| parse_dtype(s))
         .collect::<Result<Vec<_>, _>>()?;
     let torch = a.torch.as_deref().map(read_torch).transpose()?;
-    let defaults = Tuning::default();
-    let options = NormsOptions {
+    let mut options = NormsOptions {
         max_workgroup_size: a.max_workgroup_size,
-        tuning: Tuning {
-            v_per_invocation: a.v_per_invocation.unwrap_or(defaults.v_per_invocation),
-            bytes_per_group: a.bytes_per_group.unwrap_or(defaults.bytes_per_group),
-        },
         ..NormsOptions::default()
     };
-    let gpu = open_gpu_with(adapter, options)?;
+    let mut gpu = open_gpu_with(adapter, options)?;
+    let base = if a.autotune {
+        let tuned = wgpu_norm::tune::tuning_for(&gpu.device, &gpu.queue, options)?;
+        println!(
+            "autotune: {:?} ({}{})",
+            tuned.tuning,
+            if tuned.measured {
+                "measured now"
+            } else {
+                "from the cache, or WGPU_NORM_AUTOTUNE=0"
+            },
+            tuned
+                .cache
+                .as_ref()
+                .map_or(String::new(), |p| format!(", {}", p.display()))
+        );
+        tuned.tuning
+    } else {
+        Tuning::default()
+    };
+    options.tuning = Tuning {
+        v_per_invocation: a.v_per_invocation.unwrap_or(base.v_per_invocation),
+        bytes_per_group: a.bytes_per_group.unwrap_or(base.bytes_per_group),
+    };
+    if options.tuning != Tuning::default() {
+        gpu.norms = wgpu_norm::Norms::with_options(&gpu.device, options)?;
+    }
     let info = gpu.adapter.get_info();
     let cpu = info.device_type == wgpu::DeviceType::Cpu;
     let mib = a.mib.unwrap_or(if cpu { 8 } else { 256 });

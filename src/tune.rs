@@ -1,0 +1,335 @@
+//! Choosing the launch shape ([`Tuning`]) for one adapter by measuring it once, and keeping
+//! the result in the user's cache directory.
+//!
+//! The right shape differs by adapter: an H200 wants many invocations with 8 `V`s each, a CPU
+//! adapter (lavapipe) fewer, longer-lived invocations, since its barriers are function calls.
+//! [`autotune`] times a small grid of candidates on the device (RMSNorm and LayerNorm, forward
+//! and backward, at short, mid, odd and long rows), scores each by the geometric mean of its
+//! time over the default's, and keeps the default unless a candidate beats it by
+//! [`MARGIN`]. [`tuning_for`] caches that choice per adapter, driver and crate version, so
+//! it is measured once. Native only: it blocks while it measures.
+//!
+//! Turn it off with `WGPU_NORM_AUTOTUNE=0` (then [`tuning_for`] returns the default without
+//! measuring or reading the cache); `WGPU_NORM_CACHE_DIR` moves the cache (default:
+//! `$XDG_CACHE_HOME/wgpu-norm`, else `~/.cache/wgpu-norm`).
+
+use std::path::{Path, PathBuf};
+
+use crate::error::Result;
+use crate::norms::{Norms, NormsOptions, Tuning};
+use crate::timing::Timer;
+use crate::{LayerNorm, RmsNorm, TensorRef};
+
+/// A candidate must be this much faster than the default (geometric mean over the grid) to
+/// be chosen: smaller differences are within run-to-run noise.
+pub const MARGIN: f64 = 0.05;
+
+/// The candidates: `V`s per invocation by bytes of rows per workgroup, the default among them.
+pub fn candidates() -> Vec<Tuning> {
+    let mut all = vec![Tuning::default()];
+    // 2 V's per invocation lost everywhere it was tried (H200: 43 % of a copy at D = 8192).
+    for v in [4, 8, 16] {
+        for bytes in [4096, 16384, 65536] {
+            let t = Tuning {
+                v_per_invocation: v,
+                bytes_per_group: bytes,
+            };
+            if !all.contains(&t) {
+                all.push(t);
+            }
+        }
+    }
+    all
+}
+
+/// What [`tuning_for`] decided, and how.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tuned {
+    pub tuning: Tuning,
+    /// Measured now (false: read from the cache, or autotuning is off).
+    pub measured: bool,
+    /// Each candidate's score (time over the default's; below 1 is faster), when measured.
+    pub scores: Vec<(Tuning, f64)>,
+    /// The cache file, when one is used.
+    pub cache: Option<PathBuf>,
+}
+
+/// The tuning for this device: from the cache when this adapter, driver and crate version
+/// were measured before, else measured now with [`autotune`] and cached. `options` are the
+/// ones the caller's [`Norms`] will use (their `tuning` is ignored). With
+/// `WGPU_NORM_AUTOTUNE=0`, the default at once.
+pub fn tuning_for(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    options: NormsOptions,
+) -> Result<Tuned> {
+    if std::env::var("WGPU_NORM_AUTOTUNE").is_ok_and(|v| v == "0") {
+        return Ok(Tuned {
+            tuning: Tuning::default(),
+            measured: false,
+            scores: Vec::new(),
+            cache: None,
+        });
+    }
+    let dir = std::env::var_os("WGPU_NORM_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("wgpu-norm")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wgpu-norm")));
+    match dir {
+        Some(dir) => tuning_cached_in(&dir, device, queue, options, &Grid::default()),
+        None => autotune(device, queue, options, &Grid::default()).map(|(tuning, scores)| Tuned {
+            tuning,
+            measured: true,
+            scores,
+            cache: None,
+        }),
+    }
+}
+
+/// [`tuning_for`] with the cache in `dir` (created if missing), measuring on `grid`. A cache
+/// file that cannot be read or parsed is measured again and rewritten; one that cannot be
+/// written is not fatal.
+pub fn tuning_cached_in(
+    dir: &Path,
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    options: NormsOptions,
+    grid: &Grid,
+) -> Result<Tuned> {
+    let key = cache_key(&device.adapter_info(), options);
+    let path = dir.join(format!("tuning-{:016x}.txt", fnv1a(key.as_bytes())));
+    if let Some(tuning) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| parse(&text, &key))
+    {
+        return Ok(Tuned {
+            tuning,
+            measured: false,
+            scores: Vec::new(),
+            cache: Some(path),
+        });
+    }
+    let (tuning, scores) = autotune(device, queue, options, grid)?;
+    let text = format!(
+        "# wgpu-norm's launch shape for this adapter, measured by wgpu_norm::tune::autotune\n\
+         key={key}\nv_per_invocation={}\nbytes_per_group={}\n",
+        tuning.v_per_invocation, tuning.bytes_per_group
+    );
+    let _ = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text));
+    Ok(Tuned {
+        tuning,
+        measured: true,
+        scores,
+        cache: Some(path),
+    })
+}
+
+/// What identifies a measurement: the adapter, its driver, the crate version and the options
+/// that change the kernels.
+fn cache_key(info: &wgpu::AdapterInfo, options: NormsOptions) -> String {
+    format!(
+        "{} | {:?} | {:?} | {:04x}:{:04x} | {} {} | wgpu-norm {} | subgroups={} max_wg={:?}",
+        info.name,
+        info.backend,
+        info.device_type,
+        info.vendor,
+        info.device,
+        info.driver,
+        info.driver_info,
+        env!("CARGO_PKG_VERSION"),
+        options.subgroups,
+        options.max_workgroup_size
+    )
+    .replace('\n', " ")
+}
+
+fn parse(text: &str, key: &str) -> Option<Tuning> {
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+    };
+    if value("key")? != key {
+        return None;
+    }
+    let tuning = Tuning {
+        v_per_invocation: value("v_per_invocation")?.trim().parse().ok()?,
+        bytes_per_group: value("bytes_per_group")?.trim().parse().ok()?,
+    };
+    candidates().contains(&tuning).then_some(tuning)
+}
+
+/// 64-bit FNV-1a: a stable file name for a key (std's hasher may change between releases).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// What the autotune measures.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grid {
+    /// Row lengths (default: short rows, a mid size, an odd one, a long one).
+    pub dims: Vec<usize>,
+    /// Bytes of x (f32) at each D; `None`: 1 MiB on a CPU adapter, 32 MiB on a GPU.
+    pub bytes: Option<u64>,
+}
+
+impl Default for Grid {
+    fn default() -> Self {
+        Grid {
+            dims: vec![128, 1024, 4097, 8192],
+            bytes: None,
+        }
+    }
+}
+
+/// Measures every candidate on this device over `grid` and returns the best with every
+/// score (half a minute to a minute on lavapipe, most of it compiling each candidate's
+/// pipelines; seconds on a GPU).
+pub fn autotune(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    options: NormsOptions,
+    grid: &Grid,
+) -> Result<(Tuning, Vec<(Tuning, f64)>)> {
+    let cpu = device.adapter_info().device_type == wgpu::DeviceType::Cpu;
+    let bytes = grid.bytes.unwrap_or(if cpu { 1 << 20 } else { 32 << 20 }) & !3;
+    let iters = if cpu { 2 } else { 20 };
+    let dims = &grid.dims;
+    if dims.is_empty() || dims.contains(&0) || dims.iter().any(|&d| d as u64 * 4 > bytes) {
+        return Err(crate::Error::BadTuning(format!(
+            "autotune grid: each D must be at least 1 and fit {bytes} bytes, got {dims:?}"
+        )));
+    }
+    let timer = Timer::new(device, queue);
+    let storage = |label: &str, size: u64| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
+    // Data around 3 with spread 1 (the values do not change the timing, as long as they are
+    // finite and not all equal).
+    let x = storage("wgpu-norm autotune x", bytes);
+    let words: Vec<f32> = (0..bytes / 4)
+        .map(|i| 3.0 + (i % 97) as f32 / 97.0)
+        .collect();
+    queue.write_buffer(&x, 0, bytemuck::cast_slice(&words));
+    let (y, dy, dx) = (
+        storage("wgpu-norm autotune y", bytes),
+        storage("wgpu-norm autotune dy", bytes),
+        storage("wgpu-norm autotune dx", bytes),
+    );
+    queue.write_buffer(&dy, 0, bytemuck::cast_slice(&words));
+    let max_dim = dims.iter().max().copied().unwrap_or(1) as u64;
+    let w = storage("wgpu-norm autotune weight", max_dim * 4);
+    queue.write_buffer(&w, 0, bytemuck::cast_slice(&vec![1.0f32; max_dim as usize]));
+    let stats_len = bytes / 4 / dims.iter().min().copied().unwrap_or(1) as u64 * 4;
+    let (mean, rstd) = (
+        storage("wgpu-norm autotune mean", stats_len),
+        storage("wgpu-norm autotune rstd", stats_len),
+    );
+    let dw = storage("wgpu-norm autotune dweight", max_dim * 4);
+
+    // Each candidate's time for each (D, op), taken twice in alternating order so that a
+    // drift in the device's clocks does not favour the candidates measured first.
+    let all = candidates();
+    // One Norms per candidate for both rounds: each compiles its own pipelines once.
+    let norms_of = all
+        .iter()
+        .map(|&tuning| {
+            Norms::with_options(
+                device,
+                NormsOptions {
+                    tuning,
+                    device_lost_callback: false,
+                    ..options
+                },
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut times = vec![vec![0.0f64; dims.len() * 4]; all.len()];
+    for round in 0..2 {
+        let order: Vec<usize> = if round == 0 {
+            (0..all.len()).collect()
+        } else {
+            (0..all.len()).rev().collect()
+        };
+        for c in order {
+            let norms = &norms_of[c];
+            for (k, &dim) in dims.iter().enumerate() {
+                let rows = (bytes / 4) as usize / dim;
+                let n = (rows * dim * 4) as u64;
+                let t = |b| TensorRef::new(b, 0, n);
+                let wt = TensorRef::new(&w, 0, dim as u64 * 4);
+                let stat = |b| TensorRef::new(b, 0, rows as u64 * 4);
+                let rms = RmsNorm::new(rows, dim, t(&x), t(&y))
+                    .weight(wt)
+                    .rrms(stat(&rstd));
+                let ln = LayerNorm::new(rows, dim, t(&x), t(&y))
+                    .weight(wt)
+                    .mean(stat(&mean))
+                    .rstd(stat(&rstd));
+                let dwt = TensorRef::new(&dw, 0, dim as u64 * 4);
+                let rms_bwd = rms.backward(t(&dy), t(&dx))?.grad_weight(dwt);
+                let ln_bwd = ln.backward(t(&dy), t(&dx))?.grad_weight(dwt);
+                let ops: [&dyn Fn(&mut wgpu::CommandEncoder) -> Result<()>; 4] = [
+                    &|e| norms.rms_norm(e, &rms),
+                    &|e| norms.layer_norm(e, &ln),
+                    &|e| norms.rms_norm_backward(e, &rms_bwd),
+                    &|e| norms.layer_norm_backward(e, &ln_bwd),
+                ];
+                for (o, op) in ops.iter().enumerate() {
+                    // Once to compile and warm, then the better of two batches.
+                    timer.time(1, op)?;
+                    let best = (0..2)
+                        .map(|_| timer.time(iters, op).map(|d| d.as_secs_f64()))
+                        .collect::<Result<Vec<f64>>>()?
+                        .into_iter()
+                        .fold(f64::INFINITY, f64::min);
+                    times[c][k * 4 + o] += best;
+                }
+            }
+        }
+    }
+    // Geometric mean of each candidate's time over the default's (candidate 0).
+    let scores: Vec<(Tuning, f64)> = all
+        .iter()
+        .zip(&times)
+        .map(|(&t, ts)| {
+            let logs: f64 = ts.iter().zip(&times[0]).map(|(a, b)| (a / b).ln()).sum();
+            (t, (logs / ts.len() as f64).exp())
+        })
+        .collect();
+    let best = scores
+        .iter()
+        .copied()
+        .filter(|&(_, s)| s.is_finite())
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .filter(|&(_, s)| s < 1.0 - MARGIN)
+        .map_or(Tuning::default(), |(t, _)| t);
+    Ok((best, scores))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_file_names_its_key_and_rejects_another() {
+        let key = "some adapter | Vulkan";
+        let text = format!("# comment\nkey={key}\nv_per_invocation=4\nbytes_per_group=65536\n");
+        let t = parse(&text, key).unwrap();
+        assert_eq!((t.v_per_invocation, t.bytes_per_group), (4, 65536));
+        assert_eq!(parse(&text, "another adapter"), None);
+        assert_eq!(
+            parse("key=k\nv_per_invocation=3\nbytes_per_group=1\n", "k"),
+            None
+        );
+        assert_eq!(parse("garbage", key), None);
+        assert_ne!(fnv1a(b"a"), fnv1a(b"b"));
+        assert_eq!(candidates()[0], Tuning::default());
+    }
+}
