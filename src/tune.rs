@@ -165,6 +165,9 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Records one op into an encoder.
+type Record<'a> = dyn Fn(&mut wgpu::CommandEncoder) -> Result<()> + 'a;
+
 /// What the autotune measures.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grid {
@@ -275,7 +278,7 @@ pub fn autotune(
                 let dwt = TensorRef::new(&dw, 0, dim as u64 * 4);
                 let rms_bwd = rms.backward(t(&dy), t(&dx))?.grad_weight(dwt);
                 let ln_bwd = ln.backward(t(&dy), t(&dx))?.grad_weight(dwt);
-                let ops: [&dyn Fn(&mut wgpu::CommandEncoder) -> Result<()>; 4] = [
+                let ops: [&Record; 4] = [
                     &|e| norms.rms_norm(e, &rms),
                     &|e| norms.layer_norm(e, &ln),
                     &|e| norms.rms_norm_backward(e, &rms_bwd),
