@@ -52,8 +52,7 @@ bin=.gpu/bin
 if [[ -f .gpu/gpu-env.sh ]] && command -v nvidia-smi >/dev/null; then
     source .gpu/gpu-env.sh >"$out/gpu-env.txt" 2>&1
 fi
-torch_py=.gpu/torch_norms.py
-[[ -f $torch_py ]] || torch_py=../shared/gpu/torch_norms.py
+torch_py=examples/torch_norms.py
 have_torch=$(python3 -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
 
 if [[ $quick == --quick ]]; then
@@ -70,6 +69,9 @@ else
     sweep_dims=128,512,4096,4097
 fi
 mib_n=${mib[1]}
+# Every step runs even when one before it failed; the script's exit status says whether all
+# passed (a failed check, a missing binary, a crashed PyTorch run), and steps.txt which.
+failed=()
 ours() { "$bin/wgpu-norm" bench "$@"; }
 log() {
     [[ -f $out/steps.txt ]] && pack
@@ -82,13 +84,16 @@ log "adapter"
 # 1. PyTorch at the grid's shapes, then ours with PyTorch beside it.
 if [[ $have_torch == 1 ]]; then
     log "PyTorch grid"
-    python3 "$torch_py" --mib "$mib_n" --dims "$dims" >"$out/torch_grid.csv" 2>"$out/torch_grid.err"
+    python3 "$torch_py" --mib "$mib_n" --dims "$dims" >"$out/torch_grid.csv" \
+        2>"$out/torch_grid.err" || failed+=("PyTorch grid")
     log "PyTorch few rows"
-    : >"$out/torch_few.csv"
     for r in 1 8 64; do
-        python3 "$torch_py" --rows-fixed "$r" --dims "$few_dims" 2>>"$out/torch_few.err" |
-            { if [[ $r == 1 ]]; then cat; else grep -v '^#\|^dtype'; fi; } >>"$out/torch_few.csv"
+        python3 "$torch_py" --rows-fixed "$r" --dims "$few_dims" >"$out/torch_few_$r.csv" \
+            2>>"$out/torch_few.err" || failed+=("PyTorch $r rows")
     done
+    # One header (from whichever run printed one), then every run's rows.
+    { grep -h '^dtype' "$out"/torch_few_*.csv | head -1
+      grep -hv '^#\|^dtype' "$out"/torch_few_*.csv; } >"$out/torch_few.csv" || true
     torch_grid=(--torch "$out/torch_grid.csv")
     torch_few=(--torch "$out/torch_few.csv")
 else
@@ -99,18 +104,19 @@ fi
 log "ours: grid"
 ours --dims "$dims" "${mib[@]}" --dtypes f32,f16,bf16 --backward "${iters[@]}" \
     "${torch_grid[@]}" --json "$out/grid-main.json" --svg "$out/grid.svg" \
-    >"$out/grid-main.txt" 2>"$out/grid-main.err"
+    >"$out/grid-main.txt" 2>"$out/grid-main.err" || failed+=("grid")
 log "ours: few rows"
 ours --dims "$few_dims" --rows 1,8,64 --dtypes f32,f16,bf16 --backward "${iters[@]}" \
-    "${torch_few[@]}" --json "$out/grid-few.json" >"$out/grid-few.txt" 2>"$out/grid-few.err"
+    "${torch_few[@]}" --json "$out/grid-few.json" >"$out/grid-few.txt" 2>"$out/grid-few.err" || failed+=("few rows")
 
-# 2. The tuning knobs, f32, against the defaults measured in the same step.
+# 2. The tuning knobs, f32, against the defaults of the grid above (same call).
 sweep() {
     local name=$1
     shift
     log "ours: tuning $name"
     ours --dims "$sweep_dims" "${mib[@]}" --backward "${iters[@]}" "$@" \
-        --json "$out/tune-$name.json" >"$out/tune-$name.txt" 2>"$out/tune-$name.err"
+        --json "$out/tune-$name.json" >"$out/tune-$name.txt" 2>"$out/tune-$name.err" ||
+        failed+=("tuning $name")
 }
 
 
@@ -119,18 +125,20 @@ sweep v16 --v-per-invocation 16
 sweep b4k --bytes-per-group 4096
 sweep b64k --bytes-per-group 65536
 sweep wg256 --max-workgroup-size 256
+# What the autotune chooses here (its cache kept with the results), against the default above.
+WGPU_NORM_CACHE_DIR="$out/tune-cache" sweep autotune --autotune
 
 # 3. The forward option variants (criterion, D = 4096), and burn's norms against ours.
 crit=(--warm-up-time 0.3 --measurement-time 1 --noplot)
 if [[ -x $bin/bench-forward ]]; then
     log "criterion: forward variants"
     WGPU_NORM_BENCH_MIB=$mib_n "$bin/bench-forward" --bench "forward variants" "${crit[@]}" \
-        >"$out/variants.txt" 2>"$out/variants.err"
+        >"$out/variants.txt" 2>"$out/variants.err" || failed+=("variants")
 fi
 if [[ -x $bin/bench-burn ]]; then
     log "criterion: burn"
     WGPU_NORM_BENCH_MIB=$mib_n "$bin/bench-burn" --bench "${crit[@]}" \
-        >"$out/burn.txt" 2>"$out/burn.err"
+        >"$out/burn.txt" 2>"$out/burn.err" || failed+=("burn")
 fi
 
 # 4. One document and one text of everything.
@@ -149,7 +157,7 @@ for name in ["info.txt", "torch_grid.csv", "torch_few.csv", "variants.txt", "bur
 (out / "grid.json").write_text(json.dumps(doc, indent=1) + "\n")
 EOF
 {
-    for f in info grid-main grid-few tune-v4 tune-v16 tune-b4k tune-b64k tune-wg256; do
+    for f in info grid-main grid-few tune-v4 tune-v16 tune-b4k tune-b64k tune-wg256 tune-autotune; do
         [[ -f $out/$f.txt ]] && { echo "### $f"; cat "$out/$f.txt"; echo; }
     done
     [[ -f $out/variants.txt ]] && { echo "### forward variants (criterion)"; grep -E 'time:|thrpt:|^[a-z]' "$out/variants.txt"; }
@@ -157,5 +165,10 @@ EOF
 } >"$out/grid.txt"
 cp "$out/grid.json" "$out/grid.txt" "$dest/"
 [[ -f $out/grid.svg ]] && cp "$out/grid.svg" "$dest/"
+if [[ ${#failed[@]} -gt 0 ]]; then
+    log "FAILED: ${failed[*]} (see raw.tgz)"
+    pack
+    exit 1
+fi
 pack
 log "done"

@@ -144,6 +144,8 @@ impl Timer {
     /// at the pass's start and end where the device has `TIMESTAMP_QUERY` (WebGPU grants no
     /// more), else wall clock from submit until the queue reports the work done.
     pub async fn time_op_async(&self, norms: &Norms, op: &impl Op, iters: u32) -> Result<Duration> {
+        // Compile errors are only known later in a browser: await them before preparing.
+        norms.warm_async(op).await?;
         let prepared = norms.prepare(op)?;
         let mut encoder = self
             .device

@@ -96,7 +96,18 @@ pub fn tuning_cached_in(
     options: NormsOptions,
     grid: &Grid,
 ) -> Result<Tuned> {
-    let key = cache_key(&device.adapter_info(), options);
+    // Keyed by what the kernels will actually use on this device (a device opened with lower
+    // limits, or without subgroups, is another measurement).
+    let caps = Norms::with_options(
+        device,
+        NormsOptions {
+            device_lost_callback: false,
+            ..options
+        },
+    )?
+    .caps()
+    .clone();
+    let key = cache_key(&device.adapter_info(), &caps);
     let path = dir.join(format!("tuning-{:016x}.txt", fnv1a(key.as_bytes())));
     if let Some(tuning) = std::fs::read_to_string(&path)
         .ok()
@@ -126,9 +137,9 @@ pub fn tuning_cached_in(
 
 /// What identifies a measurement: the adapter, its driver, the crate version and the options
 /// that change the kernels.
-fn cache_key(info: &wgpu::AdapterInfo, options: NormsOptions) -> String {
+fn cache_key(info: &wgpu::AdapterInfo, caps: &crate::Caps) -> String {
     format!(
-        "{} | {:?} | {:?} | {:04x}:{:04x} | {} {} | wgpu-norm {} | subgroups={} max_wg={:?}",
+        "{} | {:?} | {:?} | {:04x}:{:04x} | {} {} | wgpu-norm {} | subgroups={} max_wg={}",
         info.name,
         info.backend,
         info.device_type,
@@ -137,8 +148,8 @@ fn cache_key(info: &wgpu::AdapterInfo, options: NormsOptions) -> String {
         info.driver,
         info.driver_info,
         env!("CARGO_PKG_VERSION"),
-        options.subgroups,
-        options.max_workgroup_size
+        caps.subgroups,
+        caps.max_wg
     )
     .replace('\n', " ")
 }
@@ -229,6 +240,8 @@ pub fn autotune(
     let max_dim = dims.iter().max().copied().unwrap_or(1) as u64;
     let w = storage("wgpu-norm autotune weight", max_dim * 4);
     queue.write_buffer(&w, 0, bytemuck::cast_slice(&vec![1.0f32; max_dim as usize]));
+    // The statistics buffers are shared by all ops: the RMSNorm backward reads what the
+    // LayerNorm forward last wrote, which changes nothing for timing.
     let stats_len = bytes / 4 / dims.iter().min().copied().unwrap_or(1) as u64 * 4;
     let (mean, rstd) = (
         storage("wgpu-norm autotune mean", stats_len),
@@ -309,7 +322,9 @@ pub fn autotune(
     let best = scores
         .iter()
         .copied()
-        .filter(|&(_, s)| s.is_finite())
+        // A zero time (a clock that did not tick) would score 0 and win: such a candidate is
+        // out.
+        .filter(|&(_, s)| s.is_finite() && s > 0.0)
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .filter(|&(_, s)| s < 1.0 - MARGIN)
         .map_or(Tuning::default(), |(t, _)| t);

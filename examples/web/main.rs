@@ -168,9 +168,12 @@ impl Shape {
             .write_buffer(&self.yb, 0, bytemuck::cast_slice(&vec![f32::NAN; words]));
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let (ln, rms) = (self.layer_norm(), self.rms_norm());
+        // Compile errors are only known later in a browser: await them before recording.
         if layer {
+            gpu.norms.warm_async(&ln).await.map_err(js_err)?;
             gpu.norms.layer_norm(&mut encoder, &ln).map_err(js_err)?;
         } else {
+            gpu.norms.warm_async(&rms).await.map_err(js_err)?;
             gpu.norms.rms_norm(&mut encoder, &rms).map_err(js_err)?;
         }
         gpu.queue.submit([encoder.finish()]);

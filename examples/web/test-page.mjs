@@ -17,6 +17,9 @@ const proc = spawn(chrome, ['--headless=new', '--no-sandbox', '--enable-unsafe-w
   '--no-first-run', '--window-size=1100,1400', 'about:blank'],
   { stdio: ['ignore', 'ignore', 'ignore'], detached: true });
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// A hung browser must fail the run, not hang it: a hard stop past the deadline.
+setTimeout(() => finish(1, 'FAILED: no answer from the browser before the deadline'),
+  Math.max(0, deadline - Date.now()) + 10000).unref();
 function finish(code, msg) {
   if (msg) console.log(msg);
   try { process.kill(-proc.pid, 'SIGTERM'); } catch {}

@@ -16,15 +16,23 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
         chromium chromium-driver >/dev/null
 fi
 if [ ! -x "$W/root/usr/bin/rustc" ]; then
+    # A failed download fails here (the callers run with pipefail), not as a half-unpacked
+    # toolchain later.
     (cd "$W/debs" && apt-get download rustc-web cargo-web libstd-rust-web-1.96 \
         libstd-rust-web-dev rust-web-src libllvm22 libgit2-1.5 libhttp-parser2.9 \
-        libmbedcrypto7 libmbedtls14 libmbedx509-1 2>&1 | grep -v unsandboxed || true)
+        libmbedcrypto7 libmbedtls14 libmbedx509-1 2>&1 | { grep -v unsandboxed || true; })
     for f in "$W"/debs/*.deb; do dpkg-deb -x "$f" "$W/root"; done
+    if [ ! -x "$W/root/usr/bin/rustc" ] || [ ! -x "$W/root/usr/bin/cargo" ]; then
+        echo "toolchain.sh: rustc-web did not unpack into $W/root" >&2
+        rm -rf "$W/root"
+        return 1
+    fi
 fi
 export LD_LIBRARY_PATH="$W/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export RUSTC="$W/root/usr/bin/rustc" RUSTDOC="$W/root/usr/bin/rustdoc" RUSTC_BOOTSTRAP=1
 # rust-lld comes with every rustup toolchain.
-export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER="$(rustc +stable --print sysroot)/lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld"
+_sysroot=$(rustc +stable --print sysroot)
+export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER="$_sysroot/lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld"
 _wbv=$(grep -A1 '^name = "wasm-bindgen"$' "$_root/Cargo.lock" | sed -n 's/^version = "\(.*\)"/\1/p')
 if [ "$("$W/tools/bin/wasm-bindgen" --version 2>/dev/null)" != "wasm-bindgen $_wbv" ]; then
     # Not --locked: its lock file asks for a webpki-roots release the registry lacks.

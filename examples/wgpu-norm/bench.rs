@@ -32,8 +32,8 @@ pub struct BenchArgs {
     /// statistics, as a training step runs them).
     #[arg(long)]
     backward: bool,
-    /// PyTorch's figures at the same shapes, as `torch_norms.py` prints them (CSV): shown as
-    /// PyTorch's time over ours.
+    /// PyTorch's figures at the same shapes, as `examples/torch_norms.py` prints them (CSV):
+    /// shown as PyTorch's time over ours.
     #[arg(long)]
     torch: Option<PathBuf>,
     /// Runs per timed batch; each kernel is warmed up, then timed in 5 batches and the median
@@ -162,8 +162,9 @@ fn read_torch(path: &Path) -> Result<TorchTimes, Failure> {
         };
         let elem = parse_dtype(dtype)?.size() as f64;
         let copy_us = col("copy_GBps").map(|g| 2.0 * elem * (rows * dim) as f64 / g / 1e3);
+        // Keyed by the type's own name, whichever spelling the file used.
         out.insert(
-            (dtype.to_string(), rows, dim),
+            (parse_dtype(dtype)?.name().to_string(), rows, dim),
             [
                 copy_us,
                 col("ln_fwd_us"),
