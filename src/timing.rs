@@ -126,17 +126,7 @@ impl Timer {
         rx.recv()
             .map_err(|e| Error::Readback(e.to_string()))?
             .map_err(|e| Error::Readback(e.to_string()))?;
-        let ticks = {
-            let data = read
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| Error::Readback(e.to_string()))?;
-            let t: &[u64] = bytemuck::cast_slice(&data);
-            t[1].saturating_sub(t[0])
-        };
-        read.unmap();
-        let ns = ticks as f64 * f64::from(self.queue.get_timestamp_period());
-        Ok(Duration::from_nanos(ns as u64))
+        self.elapsed(read)
     }
 
     /// Times `iters` runs of `op`, prepared once and recorded into one compute pass, awaiting
@@ -194,6 +184,11 @@ impl Timer {
         let Some((_, _, read)) = &self.queries else {
             return Ok(start.elapsed());
         };
+        self.elapsed(read)
+    }
+
+    /// The time between the two timestamps in `read`, once it is mapped (unmaps it).
+    fn elapsed(&self, read: &wgpu::Buffer) -> Result<Duration> {
         let ticks = {
             let data = read
                 .slice(..)
