@@ -184,8 +184,16 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
             }
         }
         Shape::Rows { .. } => {
-            let v = Variant::for_row_tuned(l.kernel, c.dim, c.vec4, caps.subgroups, shared, caps)
-                .with_storage(c.act, c.param);
+            let v = Variant::for_row_with(
+                l.kernel,
+                c.dim,
+                c.vec4,
+                caps.subgroups,
+                shared,
+                caps.max_wg,
+                caps.tuning.v_per_invocation,
+            )
+            .with_storage(c.act, c.param);
             let per_group = rows_per_group(c.dim, caps.tuning.bytes_per_group);
             for (r0, rows) in chunks(&c) {
                 let groups = rows.div_ceil(u64::from(per_group));
@@ -193,9 +201,16 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
             }
         }
         Shape::RowsWithPartials { stage2, .. } => {
-            let mut v =
-                Variant::for_row_tuned(l.kernel, c.dim, c.vec4, caps.subgroups, shared, caps)
-                    .with_storage(c.act, c.param);
+            let mut v = Variant::for_row_with(
+                l.kernel,
+                c.dim,
+                c.vec4,
+                caps.subgroups,
+                shared,
+                caps.max_wg,
+                caps.tuning.v_per_invocation,
+            )
+            .with_storage(c.act, c.param);
             // The statistics the kernel reads, given by the forward pass.
             v.saved = def.slots.iter().any(|s| {
                 s.extent == Extent::PerRow && !s.access.writes() && c.operand(s.operand).is_some()

@@ -189,7 +189,7 @@ impl Variant {
         shared: bool,
         max_wg: u32,
     ) -> Self {
-        Self::shaped(
+        Self::for_row_with(
             kernel,
             dim,
             vec4,
@@ -200,20 +200,9 @@ impl Variant {
         )
     }
 
-    /// [`Variant::for_row`] on a device with `caps`, whose tuning sets the `V`s per invocation.
-    pub fn for_row_tuned(
-        kernel: Kernel,
-        dim: u32,
-        vec4: bool,
-        subgroups: bool,
-        shared: bool,
-        caps: &crate::plan::Caps,
-    ) -> Self {
-        let v = caps.tuning.v_per_invocation;
-        Self::shaped(kernel, dim, vec4, subgroups, shared, caps.max_wg, v)
-    }
-
-    fn shaped(
+    /// [`Variant::for_row`] with `v_per_invocation` `V`s per invocation aimed for (a device's
+    /// [`crate::Tuning`]; the backward kernels take half as many).
+    pub fn for_row_with(
         kernel: Kernel,
         dim: u32,
         vec4: bool,
