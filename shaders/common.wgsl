@@ -39,6 +39,13 @@ fn off_f(b: u32) -> u32 {
     return params.off[b / 4u][b % 4u];
 }
 
+// V's of the row a forward norm's invocation works on: 0 for a slot past the last row, where
+// short rows are normalized side by side (RW < WG), which then loads and stores nothing but
+// still takes part in every barrier.
+fn row_len(row: u32) -> u32 {
+    return select(0u, params.dim / VW, row < params.rows);
+}
+
 // Whether an operand is present (HAS_*) or an option on (OPT_*).
 fn has(f: u32) -> bool {
     return (params.flags & f) != 0u;

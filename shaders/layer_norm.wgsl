@@ -19,21 +19,25 @@
 @compute @workgroup_size(WG)
 fn main(g: Group, ids: Ids) {
     reduce_init(ids);
-    // Several short rows per workgroup, so that each moves enough bytes to pay for its launch.
-    let first = group_index(g) * params.rows_per_group;
+    // SLOTS rows side by side (short rows, RW invocations each; 1 elsewhere), and
+    // rows_per_group such steps one after another, so that each workgroup moves enough bytes
+    // to pay for its launch.
+    let slot = ids.lid / RW;
+    let first = group_index(g) * params.rows_per_group * SLOTS;
     for (var r = 0u; r < params.rows_per_group; r++) {
-        if first + r >= params.rows {
+        if first + r * SLOTS >= params.rows {
             break;
         }
-        if layer_norm_row(first + r, ids.lid) {
+        if layer_norm_row(first + r * SLOTS + slot, ids.lid) {
             mark_retry(r);
         }
     }
-    // Rows whose sums left f32's range, again (scale.wgsl).
+    // Rows whose sums left f32's range, again (scale.wgsl). Each invocation marked its own
+    // slot's rows, and the retry needs no barrier.
     if retry_any {
         for (var r = 0u; r < params.rows_per_group; r++) {
             if marked(r) {
-                layer_norm_retry(first + r, ids.lid);
+                layer_norm_retry(first + r * SLOTS + slot, ids.lid);
             }
         }
     }
@@ -41,9 +45,13 @@ fn main(g: Group, ids: Ids) {
 
 // Normalizes one row; true when its sums left f32's range and it must be taken again.
 fn layer_norm_row(row: u32, lid: u32) -> bool {
-    let n = params.dim / VW;
+    let lane = lid % RW;
+    let n = row_len(row);
     let inv_dim = 1.0 / f32(params.dim);
-    let p = first_lane(ld_in(row, 0u));
+    var p = 0.0;
+    if n > 0u {
+        p = first_lane(ld_in(row, 0u));
+    }
     let pv = V(p);
     if has(HAS_RESIDUAL_OUT) {
         // Every invocation has read the pivot before s (which may replace x or the
@@ -56,20 +64,20 @@ fn layer_norm_row(row: u32, lid: u32) -> bool {
     // issued before the first use, so each invocation has CACHE of them in flight.
     var c: array<V, CACHE>;
 //#unroll k
-    if lid + k * WG < n {
-        c[k] = ld_in(row, lid + k * WG);
+    if lane + k * RW < n {
+        c[k] = ld_in(row, lane + k * RW);
     }
 //#endunroll
     if has(HAS_RESIDUAL_OUT) {
 //#unroll k
-        if lid + k * WG < n {
-            st_residual_out(row, lid + k * WG, c[k]);
+        if lane + k * RW < n {
+            st_residual_out(row, lane + k * RW, c[k]);
         }
 //#endunroll
     }
     var s = V(0.0);
 //#unroll k
-    if lid + k * WG < n {
+    if lane + k * RW < n {
         c[k] -= pv;
         s += c[k];
     }
@@ -78,7 +86,7 @@ fn layer_norm_row(row: u32, lid: u32) -> bool {
     let mv = V(m);
     var q = V(0.0);
 //#unroll k
-    if lid + k * WG < n {
+    if lane + k * RW < n {
         c[k] -= mv;
         q += c[k] * c[k];
     }
@@ -92,14 +100,14 @@ fn layer_norm_row(row: u32, lid: u32) -> bool {
 //#endif
     let rstd = inv_std(v, 0);
 //#unroll k
-    if lid + k * WG < n {
-        st_y(row, lid + k * WG, affine(c[k] * rstd, lid + k * WG));
+    if lane + k * RW < n {
+        st_y(row, lane + k * RW, affine(c[k] * rstd, lane + k * RW));
     }
 //#endunroll
 //#else
     // Rows too long for registers: three passes over x, the later two mostly from cache.
     var s = V(0.0);
-    for (var i = lid; i < n; i += WG) {
+    for (var i = lane; i < n; i += RW) {
         let x = ld_in(row, i);
         if has(HAS_RESIDUAL_OUT) {
             st_residual_out(row, i, x);
@@ -109,7 +117,7 @@ fn layer_norm_row(row: u32, lid: u32) -> bool {
     let m = wg_sum(hsum(s), lid) * inv_dim;
     let mv = V(m);
     var q = V(0.0);
-    for (var i = lid; i < n; i += WG) {
+    for (var i = lane; i < n; i += RW) {
         let d = (ld_again(row, i) - pv) - mv;
         q += d * d;
     }
@@ -121,18 +129,21 @@ fn layer_norm_row(row: u32, lid: u32) -> bool {
     }
 //#endif
     let rstd = inv_std(v, 0);
-    for (var i = lid; i < n; i += WG) {
+    for (var i = lane; i < n; i += RW) {
         st_y(row, i, affine(((ld_again(row, i) - pv) - mv) * rstd, i));
     }
 //#endif
-    save_stats(row, lid, p + m, rstd);
-    return out_of_range(v);
+    if n > 0u {
+        save_stats(row, lane, p + m, rstd);
+    }
+    return out_of_range(v) && n > 0u;
 }
 
 // A row whose sums left f32's range, normalized again from the row scaled by 2^-e, its
 // statistics taken by each invocation alone (scale.wgsl). A row holding inf or NaN goes
 // through unscaled and comes out NaN, as the first time.
 fn layer_norm_retry(row: u32, lid: u32) {
+    let lane = lid % RW;
     retry_barrier();
     var e = row_exponent(row);
     if e == NO_SCALE {
@@ -141,15 +152,15 @@ fn layer_norm_retry(row: u32, lid: u32) {
     let mo = scaled_moments(row, e);
     retry_barrier();
     let rstd = inv_std(mo.var_, e);
-    for (var i = lid; i < params.dim / VW; i += WG) {
+    for (var i = lane; i < params.dim / VW; i += RW) {
         let xhat = ((scale_v(ld_all(row, i), e) - V(mo.pivot)) - V(mo.mean)) * rstd;
         st_y(row, i, affine(xhat, i));
     }
-    save_stats(row, lid, times_pow2(mo.pivot + mo.mean, e), times_pow2(rstd, -e));
+    save_stats(row, lane, times_pow2(mo.pivot + mo.mean, e), times_pow2(rstd, -e));
 }
 
-fn save_stats(row: u32, lid: u32, mean: f32, rstd: f32) {
-    if lid == 0u {
+fn save_stats(row: u32, lane: u32, mean: f32, rstd: f32) {
+    if lane == 0u {
         if has(HAS_MEAN) {
             st_mean(row, mean);
         }

@@ -106,20 +106,27 @@ var<workgroup> total: vec4<f32>;
 
 fn reduce_init(ids: Ids) {}
 
-// Tree reduction in workgroup memory; WG is a power of two (asserted on the host).
+// Tree reduction in workgroup memory; WG and RW are powers of two (asserted on the host).
+// Where short rows lie side by side (RW < WG), each row's RW invocations sum their own run
+// of `red`: the sum is the row's alone.
 fn wg_sum(v: f32, lid: u32) -> f32 {
     let h = red_half;
+    let lane = lid % RW;
     red[h + lid] = v;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if lid < s {
+    for (var s = RW / 2u; s > 0u; s >>= 1u) {
+        if lane < s {
             red[h + lid] += red[h + lid + s];
         }
         workgroupBarrier();
     }
     red_half = WG - h;
-    return red[h];
+    return red[h + lid - lane];
 }
+
+//#if side_by_side
+// (No *_uniform reductions: with several rows in a workgroup, no sum is the workgroup's.)
+//#else
 
 // The tree down to two partials, added by invocation 0 and handed out by
 // workgroupUniformLoad: the same additions in the same order as wg_sum.
@@ -139,6 +146,7 @@ fn wg_sum_uniform(v: f32, lid: u32) -> f32 {
     red_half = WG - h;
     return workgroupUniformLoad(&total).x;
 }
+//#endif
 
 //#if triples
 fn wg_sum3_uniform(v: vec3<f32>, lid: u32) -> vec3<f32> {

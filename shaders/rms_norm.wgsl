@@ -13,20 +13,25 @@
 @compute @workgroup_size(WG)
 fn main(g: Group, ids: Ids) {
     reduce_init(ids);
-    let first = group_index(g) * params.rows_per_group;
+    // SLOTS rows side by side (short rows, RW invocations each; 1 elsewhere), and
+    // rows_per_group such steps one after another, so that each workgroup moves enough bytes
+    // to pay for its launch.
+    let slot = ids.lid / RW;
+    let first = group_index(g) * params.rows_per_group * SLOTS;
     for (var r = 0u; r < params.rows_per_group; r++) {
-        if first + r >= params.rows {
+        if first + r * SLOTS >= params.rows {
             break;
         }
-        if rms_norm_row(first + r, ids.lid) {
+        if rms_norm_row(first + r * SLOTS + slot, ids.lid) {
             mark_retry(r);
         }
     }
-    // Rows whose sum of squares left f32's range, again (scale.wgsl).
+    // Rows whose sums left f32's range, again (scale.wgsl). Each invocation marked its own
+    // slot's rows, and the retry needs no barrier.
     if retry_any {
         for (var r = 0u; r < params.rows_per_group; r++) {
             if marked(r) {
-                rms_norm_retry(first + r, ids.lid);
+                rms_norm_retry(first + r * SLOTS + slot, ids.lid);
             }
         }
     }
@@ -35,7 +40,8 @@ fn main(g: Group, ids: Ids) {
 // Normalizes one row; true when its sum of squares left f32's range and it must be taken
 // again.
 fn rms_norm_row(row: u32, lid: u32) -> bool {
-    let n = params.dim / VW;
+    let lane = lid % RW;
+    let n = row_len(row);
     let inv_len = 1.0 / f32(params.stat_len);
     let prefix = params.stat_len < params.dim;
 
@@ -43,21 +49,21 @@ fn rms_norm_row(row: u32, lid: u32) -> bool {
     // The row stays in registers: x is read once, all loads in flight together.
     var c: array<V, CACHE>;
 //#unroll k
-    if lid + k * WG < n {
-        c[k] = ld_in(row, lid + k * WG);
+    if lane + k * RW < n {
+        c[k] = ld_in(row, lane + k * RW);
     }
 //#endunroll
     if has(HAS_RESIDUAL_OUT) {
 //#unroll k
-        if lid + k * WG < n {
-            st_residual_out(row, lid + k * WG, c[k]);
+        if lane + k * RW < n {
+            st_residual_out(row, lane + k * RW, c[k]);
         }
 //#endunroll
     }
     var q = V(0.0);
     if prefix {
 //#unroll k
-        q += in_prefix(lid + k * WG, c[k] * c[k]);
+        q += in_prefix(lane + k * RW, c[k] * c[k]);
 //#endunroll
     } else {
 //#unroll k
@@ -73,14 +79,14 @@ fn rms_norm_row(row: u32, lid: u32) -> bool {
 //#endif
     let rrms = inv_root(ms, 0);
 //#unroll k
-    if lid + k * WG < n {
-        st_y(row, lid + k * WG, scale(c[k] * rrms, lid + k * WG));
+    if lane + k * RW < n {
+        st_y(row, lane + k * RW, scale(c[k] * rrms, lane + k * RW));
     }
 //#endunroll
 //#else
     // Rows too long for registers: two passes over x, the second mostly from cache.
     var q = V(0.0);
-    for (var i = lid; i < n; i += WG) {
+    for (var i = lane; i < n; i += RW) {
         let v = ld_in(row, i);
         if has(HAS_RESIDUAL_OUT) {
             st_residual_out(row, i, v);
@@ -95,20 +101,21 @@ fn rms_norm_row(row: u32, lid: u32) -> bool {
     }
 //#endif
     let rrms = inv_root(ms, 0);
-    for (var i = lid; i < n; i += WG) {
+    for (var i = lane; i < n; i += RW) {
         st_y(row, i, scale(ld_again(row, i) * rrms, i));
     }
 //#endif
-    if lid == 0u && has(HAS_RRMS) {
+    if lane == 0u && n > 0u && has(HAS_RRMS) {
         st_rrms(row, rrms);
     }
-    return out_of_range(ms);
+    return out_of_range(ms) && n > 0u;
 }
 
 // A row whose sum of squares left f32's range, normalized again from the row scaled by 2^-e,
 // its statistic taken by each invocation alone (scale.wgsl). A row holding inf or NaN goes
 // through unscaled and comes out as the first time.
 fn rms_norm_retry(row: u32, lid: u32) {
+    let lane = lid % RW;
     retry_barrier();
     var e = row_exponent(row);
     if e == NO_SCALE {
@@ -116,10 +123,10 @@ fn rms_norm_retry(row: u32, lid: u32) {
     }
     let rrms = inv_root(scaled_mean_square(row, e), e);
     retry_barrier();
-    for (var i = lid; i < params.dim / VW; i += WG) {
+    for (var i = lane; i < params.dim / VW; i += RW) {
         st_y(row, i, scale(scale_v(ld_all(row, i), e) * rrms, i));
     }
-    if lid == 0u && has(HAS_RRMS) {
+    if lane == 0u && has(HAS_RRMS) {
         st_rrms(row, times_pow2(rrms, -e));
     }
 }

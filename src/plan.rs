@@ -194,10 +194,24 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
                 caps.tuning.v_per_invocation,
             )
             .with_storage(c.act, c.param);
-            let per_group = rows_per_group(c.dim, caps.tuning.bytes_per_group);
+            // Rows side by side count once per step: `per_group` rows in all.
+            let side_by_side = v.rows_side_by_side();
+            let steps_per_group =
+                rows_per_group(c.dim, caps.tuning.bytes_per_group).div_ceil(side_by_side);
+            let per_group = u64::from(steps_per_group * side_by_side);
             for (r0, rows) in chunks(&c) {
-                let groups = rows.div_ceil(u64::from(per_group));
-                steps.push(row_step(caps, l, &c, v, r0, rows, per_group, groups, None));
+                let groups = rows.div_ceil(per_group);
+                steps.push(row_step(
+                    caps,
+                    l,
+                    &c,
+                    v,
+                    r0,
+                    rows,
+                    steps_per_group,
+                    groups,
+                    None,
+                ));
             }
         }
         Shape::RowsWithPartials { stage2, .. } => {

@@ -21,14 +21,19 @@ pub const MIN_WORKGROUP_SIZE: u32 = 64;
 /// Largest workgroup the kernels use, where the device allows it.
 pub const MAX_WORKGROUP_SIZE: u32 = 1024;
 
-/// Row elements (`V`s) each invocation aims to handle: the workgroup grows with D until it
-/// reaches the largest size, so short rows are not spread thinly over idle invocations and
-/// every invocation has several loads in flight.
+/// Row elements (`V`s of four elements) each invocation aims to handle: the workgroup grows
+/// with D until it reaches the largest size, so short rows are not spread thinly over idle
+/// invocations and every invocation has several loads in flight. The scalar path (D % 4 != 0)
+/// takes [`LANES`] times as many one-element `V`s: the same bytes in flight per invocation.
 pub const V_PER_INVOCATION: u32 = 8;
 
-/// Longest register cache, in `V`s per invocation. Rows that fit are read from memory once;
-/// longer rows are streamed again (in practice from cache) for each pass.
-pub const MAX_CACHE: u32 = 16;
+/// Elements in the `V` of the vec4 path.
+pub const LANES: u32 = 4;
+
+/// Longest register cache, in 32-bit registers (`V` lanes) per invocation: 16 `V`s of the
+/// vec4 path, 64 of the scalar one. Rows that fit are read from memory once; longer rows are
+/// streamed again (in practice from cache) for each pass.
+pub const MAX_CACHE_LANES: u32 = 64;
 
 /// Bytes of rows each norm workgroup handles at least, one row after another: short rows
 /// share a workgroup so that the launch of one is paid for by enough traffic.
@@ -65,12 +70,14 @@ pub const MIN_COLUMNS: u32 = 4;
 pub const PARTIAL_INVOCATIONS: u32 = 131072;
 pub const MAX_PARTIAL_ROWS: u32 = 1024;
 
-/// Register budget of the cache: `cache * workgroup` stays within this many `V`s, so that a
-/// 1024-invocation workgroup (at most 64 registers each on many GPUs) does not spill.
-const CACHE_BUDGET: u32 = 8192;
+/// Register budget of the cache, in 32-bit registers: `cache * lanes * workgroup` stays within
+/// it, so that a 1024-invocation workgroup (at most 64 registers each on many GPUs) does not
+/// spill.
+const CACHE_BUDGET: u32 = 32768;
 
 const _: () = assert!(MIN_WORKGROUP_SIZE.is_power_of_two() && MAX_WORKGROUP_SIZE.is_power_of_two());
-const _: () = assert!(MAX_CACHE.is_power_of_two() && V_PER_INVOCATION.is_power_of_two());
+const _: () = assert!(MAX_CACHE_LANES.is_power_of_two() && V_PER_INVOCATION.is_power_of_two());
+const _: () = assert!(LANES.is_power_of_two() && MAX_CACHE_LANES >= LANES);
 
 /// The workgroup size for a row of `lanes`-wide elements on a device that allows `max_wg`
 /// invocations (a power of two). The one source of truth for the WGSL constant `WG`.
@@ -88,10 +95,12 @@ pub fn rows_per_group(dim: u32, bytes_per_group: u32) -> u32 {
     (bytes_per_group / dim.saturating_mul(4).max(1)).clamp(1, MAX_ROWS_PER_GROUP)
 }
 
-/// The register cache length for `per_row` `V`s over `wg` invocations; 0 when it does not fit.
-fn cache_len(per_row: u32, wg: u32, arrays: u32) -> u32 {
-    let per_invocation = per_row.div_ceil(wg).next_power_of_two();
-    if per_invocation <= MAX_CACHE && per_invocation * wg * arrays <= CACHE_BUDGET.max(wg) {
+/// The register cache length for `per_row` `V`s of `lanes` elements over `row_wg` invocations
+/// of a `wg`-invocation workgroup; 0 when it does not fit.
+fn cache_len(per_row: u32, row_wg: u32, wg: u32, arrays: u32, lanes: u32) -> u32 {
+    let per_invocation = per_row.div_ceil(row_wg).next_power_of_two();
+    let registers = per_invocation * lanes;
+    if registers <= MAX_CACHE_LANES && registers * wg * arrays <= CACHE_BUDGET.max(wg * lanes) {
         per_invocation
     } else {
         0
@@ -158,6 +167,10 @@ pub struct Variant {
     pub kernel: Kernel,
     /// Workgroup size (the WGSL constant `WG`), from [`workgroup_size`].
     pub wg: u32,
+    /// Invocations per row (the WGSL constant `RW`): `wg`, or fewer where a forward norm's row
+    /// is too short to keep [`MIN_WORKGROUP_SIZE`] invocations busy, and `wg / row_wg` rows
+    /// are normalized side by side ([`Variant::rows_side_by_side`]).
+    pub row_wg: u32,
     /// `V = vec4<f32>`: D % 4 == 0 and every operand 16-byte aligned.
     pub vec4: bool,
     /// Register cache length in `V`s per invocation; 0 streams the row from memory.
@@ -211,10 +224,17 @@ impl Variant {
         max_wg: u32,
         v_per_invocation: u32,
     ) -> Self {
-        let lanes = if vec4 { 4 } else { 1 };
-        let (wg, cache, slices) = match kernel.def().shape {
-            Shape::Flat => (COPY_WORKGROUP_SIZE.min(max_wg), COPY_V_PER_INVOCATION, 1),
-            Shape::Columns => (PARAM_GRAD_WORKGROUP_SIZE.min(max_wg), 0, 1),
+        let lanes = if vec4 { LANES } else { 1 };
+        let mut subgroups = subgroups && kernel.reduces();
+        let (wg, row_wg, cache, slices) = match kernel.def().shape {
+            Shape::Flat => {
+                let wg = COPY_WORKGROUP_SIZE.min(max_wg);
+                (wg, wg, COPY_V_PER_INVOCATION, 1)
+            }
+            Shape::Columns => {
+                let wg = PARAM_GRAD_WORKGROUP_SIZE.min(max_wg);
+                (wg, wg, 0, 1)
+            }
             Shape::Rows {
                 per_invocation,
                 arrays,
@@ -224,19 +244,44 @@ impl Variant {
                 arrays,
                 ..
             } => {
-                // The kernel's own share relative to the default, scaled by the tuning's.
-                let per_invocation = (per_invocation * v_per_invocation / V_PER_INVOCATION).max(1);
+                // The kernel's own share relative to the default, scaled by the tuning's, in
+                // four-element units: the scalar path's one-element V's are LANES times as
+                // many (with one element per V, a row of D = 4097 would otherwise spread over
+                // four times the invocations, each with a quarter of the bytes in flight).
+                let per_invocation =
+                    (per_invocation * v_per_invocation / V_PER_INVOCATION).max(1) * (LANES / lanes);
                 let wg = workgroup_size(dim, lanes, per_invocation, max_wg);
-                (wg, cache_len(dim.div_ceil(lanes), wg, arrays), 1)
+                let per_row = dim.div_ceil(lanes);
+                // A forward row of fewer V's than the smallest workgroup has invocations would
+                // leave the rest of it idle: the workgroup normalizes several such rows side by
+                // side instead. Their reductions are trees over each row's invocations in
+                // workgroup memory (a subgroup may span several rows, and its size is not known
+                // here). Where an output may overwrite an input (`shared`), a row out of f32's
+                // range is retried at once behind workgroup-wide barriers, which needs the
+                // whole workgroup on one row. Longer rows, whose invocations all have work,
+                // keep the shape measured on GPUs.
+                let side_by_side = matches!(kernel.def().shape, Shape::Rows { .. })
+                    && !shared
+                    && per_row < MIN_WORKGROUP_SIZE;
+                let row_wg = if side_by_side {
+                    per_row.div_ceil(per_invocation).next_power_of_two().min(wg)
+                } else {
+                    wg
+                };
+                if row_wg < wg {
+                    subgroups = false;
+                }
+                (wg, row_wg, cache_len(per_row, row_wg, wg, arrays, lanes), 1)
             }
         };
         Variant {
             kernel,
             wg,
+            row_wg,
             vec4,
             cache,
             slices,
-            subgroups: subgroups && kernel.reduces(),
+            subgroups,
             shared,
             saved: false,
             act: DType::F32,
@@ -251,6 +296,11 @@ impl Variant {
             slices: param_grad_slices(part_rows, v.wg),
             ..v
         }
+    }
+
+    /// Rows one workgroup of this variant normalizes at once (`WG / RW` in WGSL).
+    pub fn rows_side_by_side(&self) -> u32 {
+        self.wg / self.row_wg
     }
 
     /// Columns of partial sums one workgroup of this (column-sum) variant owns.
@@ -275,20 +325,51 @@ impl Variant {
         for kernel in Kernel::ALL {
             for wg in pow2(MIN_WORKGROUP_SIZE, MAX_WORKGROUP_SIZE) {
                 // Every (cache, slices) the host can pick for this kernel and workgroup size.
-                let shapes: Vec<(u32, u32)> = match kernel.def().shape {
-                    Shape::Flat if wg <= COPY_WORKGROUP_SIZE => vec![(COPY_V_PER_INVOCATION, 1)],
-                    Shape::Columns if wg <= PARAM_GRAD_WORKGROUP_SIZE => {
-                        pow2(1, wg / MIN_COLUMNS).map(|s| (0, s)).collect()
+                let shapes = |lanes: u32| -> Vec<(u32, u32)> {
+                    match kernel.def().shape {
+                        Shape::Flat if wg <= COPY_WORKGROUP_SIZE => {
+                            vec![(COPY_V_PER_INVOCATION, 1)]
+                        }
+                        Shape::Columns if wg <= PARAM_GRAD_WORKGROUP_SIZE => {
+                            pow2(1, wg / MIN_COLUMNS).map(|s| (0, s)).collect()
+                        }
+                        Shape::Flat | Shape::Columns => vec![],
+                        Shape::Rows { arrays, .. } | Shape::RowsWithPartials { arrays, .. } => (0
+                            ..=(MAX_CACHE_LANES / lanes).trailing_zeros())
+                            .map(|b| (cache_len((1 << b) * wg, wg, wg, arrays, lanes), 1))
+                            .chain([(0, 1)])
+                            .collect(),
                     }
-                    Shape::Flat | Shape::Columns => vec![],
-                    Shape::Rows { arrays, .. } | Shape::RowsWithPartials { arrays, .. } => (0
-                        ..=MAX_CACHE.trailing_zeros())
-                        .map(|b| (cache_len((1 << b) * wg, wg, arrays), 1))
-                        .chain([(0, 1)])
-                        .collect(),
                 };
-                for (cache, slices) in shapes {
-                    for vec4 in [false, true] {
+                for vec4 in [false, true] {
+                    let lanes = if vec4 { LANES } else { 1 };
+                    // Short rows side by side (forward norms, the smallest workgroup only):
+                    // (row_wg, cache), without subgroups or shared buffers.
+                    if let Shape::Rows { arrays, .. } = kernel.def().shape
+                        && wg == MIN_WORKGROUP_SIZE
+                    {
+                        for row_wg in pow2(1, wg / 2) {
+                            for b in 0..=(MAX_CACHE_LANES / lanes).trailing_zeros() {
+                                let cache = cache_len((1 << b) * row_wg, row_wg, wg, arrays, lanes);
+                                for (act, param) in storage_pairs(kernel) {
+                                    out.insert(Variant {
+                                        kernel,
+                                        wg,
+                                        row_wg,
+                                        vec4,
+                                        cache,
+                                        slices: 1,
+                                        subgroups: false,
+                                        shared: false,
+                                        saved: false,
+                                        act,
+                                        param,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    for &(cache, slices) in shapes(lanes).iter() {
                         for subgroups in [false, kernel.reduces()] {
                             for shared in [false, true] {
                                 for saved in [false, kernel.stage2().is_some()] {
@@ -296,6 +377,7 @@ impl Variant {
                                         out.insert(Variant {
                                             kernel,
                                             wg,
+                                            row_wg: wg,
                                             vec4,
                                             cache,
                                             slices,
@@ -319,11 +401,16 @@ impl Variant {
     /// A label for wgpu objects and error messages.
     pub fn label(&self) -> String {
         format!(
-            "wgpu-norm {} {}/{} wg={} {} cache={}{}{}{}{}",
+            "wgpu-norm {} {}/{} wg={}{} {} cache={}{}{}{}{}",
             self.kernel.name(),
             self.act,
             self.param,
             self.wg,
+            if self.row_wg < self.wg {
+                format!(" rows={}x{}", self.rows_side_by_side(), self.row_wg)
+            } else {
+                String::new()
+            },
             if self.vec4 { "vec4" } else { "scalar" },
             self.cache,
             if self.slices > 1 {
@@ -344,6 +431,7 @@ impl Variant {
             "subgroups" => Some(self.subgroups),
             "shared" => Some(self.shared),
             "saved" => Some(self.saved),
+            "side_by_side" => Some(self.row_wg < self.wg),
             _ if Kernel::ALL
                 .iter()
                 .any(|k| k.def().wgsl_flags.contains(&name)) =>
@@ -361,6 +449,11 @@ impl Variant {
 
     /// The generated prelude: the shape constants and the flag bits, from their Rust sources.
     fn prelude(&self) -> String {
+        // The reductions' trees halve both.
+        assert!(
+            self.wg.is_power_of_two() && self.row_wg.is_power_of_two() && self.row_wg <= self.wg,
+            "{self:?}"
+        );
         let (v, vw) = if self.vec4 {
             ("vec4<f32>", 4)
         } else {
@@ -369,6 +462,8 @@ impl Variant {
         let mut out = format!(
             "// Generated by wgpu_norm::shaders for: {label}\n\
              const WG: u32 = {wg}u;\n\
+             const RW: u32 = {row_wg}u;\n\
+             const SLOTS: u32 = {slots}u;\n\
              const CACHE: u32 = {cache}u;\n\
              const VW: u32 = {vw}u;\n\
              const SLICES: u32 = {slices}u;\n\
@@ -378,6 +473,8 @@ impl Variant {
              // Bits of params.flags: an operand is present, an option is on.\n",
             label = self.label(),
             wg = self.wg,
+            row_wg = self.row_wg,
+            slots = self.rows_side_by_side(),
             cache = self.cache,
             slices = self.slices,
             row_words = self.kernel.max_rows_per_group().div_ceil(32).max(1),
@@ -701,7 +798,7 @@ mod tests {
                 for vec4 in [false, true] {
                     for kernel in Kernel::ALL {
                         let v = Variant::for_row(kernel, dim, vec4, false, false, max_wg);
-                        let lanes = if vec4 { 4 } else { 1 };
+                        let lanes = if vec4 { LANES } else { 1 };
                         assert!(v.wg.is_power_of_two() && v.wg <= max_wg, "{v:?}");
                         assert!(v.wg >= MIN_WORKGROUP_SIZE, "{v:?}");
                         assert!(all.contains(&v), "{v:?} is not validated");
@@ -714,17 +811,49 @@ mod tests {
                             }
                             _ => unreachable!(),
                         };
+                        if v.row_wg < v.wg {
+                            // Side by side: too short a row for the smallest workgroup.
+                            assert!(
+                                v.wg == MIN_WORKGROUP_SIZE && v.cache > 0 && !v.subgroups,
+                                "{v:?}"
+                            );
+                            assert!(dim.div_ceil(lanes) < MIN_WORKGROUP_SIZE, "{v:?}");
+                        }
                         if v.cache > 0 {
-                            assert!(v.cache * v.wg * lanes >= dim, "{v:?}");
-                            assert!(v.cache * v.wg * arrays <= CACHE_BUDGET.max(v.wg), "{v:?}");
+                            assert!(v.cache * v.row_wg * lanes >= dim, "{v:?}");
+                            assert!(
+                                v.cache * lanes * v.wg * arrays <= CACHE_BUDGET.max(v.wg * lanes),
+                                "{v:?}"
+                            );
                         } else {
-                            let fits = MAX_CACHE.min(CACHE_BUDGET / v.wg / arrays);
+                            let fits =
+                                (MAX_CACHE_LANES / lanes).min(CACHE_BUDGET / lanes / v.wg / arrays);
                             assert!(dim.div_ceil(lanes) > v.wg * fits, "{v:?}");
                         }
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn short_forward_rows_go_side_by_side() {
+        // D = 128 in vec4: 32 V's, 4 invocations of 8 each, 16 rows per 64-invocation group.
+        let v = Variant::for_row(Kernel::RmsNorm, 128, true, true, false, 1024);
+        assert_eq!((v.wg, v.row_wg, v.rows_side_by_side()), (64, 4, 16));
+        assert!(!v.subgroups && v.cache == V_PER_INVOCATION, "{v:?}");
+        // Every invocation of the smallest workgroup has work: one row, subgroups kept.
+        let v = Variant::for_row(Kernel::LayerNorm, 256, true, true, false, 1024);
+        assert!(v.row_wg == v.wg && v.subgroups, "{v:?}");
+        // Written over an input, or a backward pass: one row at a time.
+        let v = Variant::for_row(Kernel::RmsNorm, 128, true, true, true, 1024);
+        assert_eq!(v.row_wg, v.wg);
+        for k in [Kernel::LayerNormBackward, Kernel::RmsNormBackward] {
+            assert_eq!(Variant::for_row(k, 8, false, false, false, 1024).row_wg, 64);
+        }
+        // The scalar path takes four times the V's per invocation (one element each).
+        let v = Variant::for_row(Kernel::LayerNorm, 4097, false, true, false, 1024);
+        assert_eq!((v.wg, v.cache), (256, 32));
     }
 
     #[test]
