@@ -135,11 +135,12 @@ pub fn tuning_cached_in(
     })
 }
 
-/// What identifies a measurement: the adapter, its driver, the crate version and the options
-/// that change the kernels.
+/// What identifies a measurement: the adapter, its driver, the crate version, the kernels
+/// themselves and the options that change them.
 fn cache_key(info: &wgpu::AdapterInfo, caps: &crate::Caps) -> String {
     format!(
-        "{} | {:?} | {:?} | {:04x}:{:04x} | {} {} | wgpu-norm {} | subgroups={} max_wg={}",
+        "{} | {:?} | {:?} | {:04x}:{:04x} | {} {} | wgpu-norm {} kernels {:016x} | \
+         subgroups={} max_wg={}",
         info.name,
         info.backend,
         info.device_type,
@@ -148,10 +149,33 @@ fn cache_key(info: &wgpu::AdapterInfo, caps: &crate::Caps) -> String {
         info.driver,
         info.driver_info,
         env!("CARGO_PKG_VERSION"),
+        kernels_fingerprint(),
         caps.subgroups,
         caps.max_wg
     )
     .replace('\n', " ")
+}
+
+/// A hash of what the candidates' speed depends on within one crate version: every WGSL
+/// source and the launch shapes chosen over the grid, so that a choice measured on other
+/// kernels (a development build, say) is measured again.
+fn kernels_fingerprint() -> u64 {
+    use crate::shaders::{COMMON, HALF, REDUCE, Variant};
+    let mut text = format!("{COMMON}{REDUCE}{HALF}");
+    for kernel in crate::Kernel::ALL {
+        let def = kernel.def();
+        text.push_str(def.source);
+        for (_, include) in def.includes {
+            text.push_str(include);
+        }
+        for dim in [1, 7, 128, 1024, 4097, 8192] {
+            for vec4 in [false, true] {
+                let v = Variant::for_row(kernel, dim, vec4, true, false, 1024);
+                text.push_str(&v.label());
+            }
+        }
+    }
+    fnv1a(text.as_bytes())
 }
 
 fn parse(text: &str, key: &str) -> Option<Tuning> {
