@@ -3,7 +3,8 @@
 // pRMSNorm). Options: OPT_GEMMA_OFFSET multiplies by (1 + weight); OPT_LLAMA_ROUNDING
 // rounds x * rrms to the storage type before the multiplication by the weight (Hugging Face
 // Llama's order; the default rounds once, at the end, as Gemma does); a residual is added
-// first (residual.wgsl). One workgroup per row at a time.
+// first (residual.wgsl). One workgroup per row at a time, or several short rows side by side
+// (RW invocations each).
 // CPU mirror: `wgpu_norm::reference::rms_norm`.
 //
 // The sum of squares is accumulated in f32; a row whose squares leave f32's range (|x| beyond

@@ -15,8 +15,9 @@
 // row bracketed by storage barriers. Rows holding inf or NaN are taken unscaled (NO_SCALE):
 // scaling cannot mend them.
 
-// Rows of this workgroup marked for the retry, by their index among its rows (ROW_WORDS
-// from the host bounds them).
+// Rows this invocation works on marked for the retry, by the workgroup's step that took them
+// (ROW_WORDS from the host bounds the steps). Where short rows lie side by side, each
+// invocation marks its own row's steps.
 var<private> retry_marks: array<u32, ROW_WORDS>;
 var<private> retry_any: bool;
 

@@ -46,7 +46,7 @@ pub struct Tuning {
     /// many): the workgroup grows with D until there are this many per invocation. A power of
     /// two from 1 to 64.
     pub v_per_invocation: u32,
-    /// Bytes of f32 rows each forward workgroup handles at least, one row after another (short
+    /// Bytes of f32 rows each forward workgroup handles at least, one row (or one set side by side) after another (short
     /// rows share a workgroup so its launch is paid for by enough traffic). At least 4; at most
     /// [`crate::shaders::MAX_ROWS_PER_GROUP`] rows whatever this says.
     pub bytes_per_group: u32,

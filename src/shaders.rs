@@ -37,7 +37,8 @@ pub const LANES: u32 = 4;
 /// GLSL path took 4× as long at 32 scalar `V`s as at 16.
 pub const MAX_CACHE: u32 = 16;
 
-/// Bytes of rows each norm workgroup handles at least, one row after another: short rows
+/// Bytes of rows each norm workgroup handles at least, one row (or one set of rows side by
+/// side) after another: short rows
 /// share a workgroup so that the launch of one is paid for by enough traffic.
 pub const BYTES_PER_GROUP: u32 = 16384;
 
@@ -271,7 +272,11 @@ impl Variant {
                     && !shared
                     && per_row < MIN_WORKGROUP_SIZE;
                 let row_wg = if side_by_side {
-                    per_row.div_ceil(per_invocation).next_power_of_two().min(wg)
+                    // At most MAX_CACHE V's each, so that the row stays in registers.
+                    per_row
+                        .div_ceil(per_invocation.min(MAX_CACHE))
+                        .next_power_of_two()
+                        .min(wg)
                 } else {
                     wg
                 };
@@ -798,13 +803,26 @@ mod tests {
     #[test]
     fn cache_covers_the_row_within_the_register_budget() {
         let all = Variant::all();
-        for max_wg in [256, 1024] {
+        // Every tuning's V's per invocation (plan.rs accepts powers of two up to 64).
+        for (max_wg, per_invocation) in [256, 1024]
+            .into_iter()
+            .flat_map(|m| (0..=6).map(move |b| (m, 1 << b)))
+        {
             for dim in [
-                1, 4, 255, 256, 257, 1024, 1025, 4096, 4097, 8192, 16384, 16385, 65536,
+                1, 4, 7, 17, 63, 68, 128, 252, 255, 256, 257, 1024, 1025, 4096, 4097, 8192, 16384,
+                16385, 65536,
             ] {
                 for vec4 in [false, true] {
                     for kernel in Kernel::ALL {
-                        let v = Variant::for_row(kernel, dim, vec4, false, false, max_wg);
+                        let v = Variant::for_row_with(
+                            kernel,
+                            dim,
+                            vec4,
+                            false,
+                            false,
+                            max_wg,
+                            per_invocation,
+                        );
                         let lanes = if vec4 { LANES } else { 1 };
                         assert!(v.wg.is_power_of_two() && v.wg <= max_wg, "{v:?}");
                         assert!(v.wg >= MIN_WORKGROUP_SIZE, "{v:?}");

@@ -378,19 +378,22 @@ pub fn byte_offsets(op: Op) {
 }
 
 pub fn deterministic(op: Op) {
-    let case = Case::new(op, 300, 4096, 13);
     let bits = |o: &Out| {
         let mut b: Vec<u32> = o.y.iter().map(|v| v.to_bits()).collect();
         b.extend(o.rstd.iter().map(|v| v.to_bits()));
         b
     };
-    let first = bits(&run(gpu(), &case));
-    for _ in 0..3 {
-        assert_eq!(
-            bits(&run(gpu(), &case)),
-            first,
-            "same input, different bits"
-        );
+    // One row per workgroup, and short rows side by side.
+    for (rows, dim) in [(300, 4096), (1000, 100)] {
+        let case = Case::new(op, rows, dim, 13);
+        let first = bits(&run(gpu(), &case));
+        for _ in 0..3 {
+            assert_eq!(
+                bits(&run(gpu(), &case)),
+                first,
+                "D = {dim}: same input, different bits"
+            );
+        }
     }
 }
 
