@@ -73,10 +73,12 @@ pub const MIN_COLUMNS: u32 = 4;
 pub const PARTIAL_INVOCATIONS: u32 = 131072;
 pub const MAX_PARTIAL_ROWS: u32 = 1024;
 
-/// Register budget of the cache, in 32-bit registers: `cache * lanes * workgroup` stays within
-/// it, so that a 1024-invocation workgroup (at most 64 registers each on many GPUs) does not
-/// spill.
-const CACHE_BUDGET: u32 = 32768;
+/// Register budget of the cache: `cache * workgroup` stays within this many `V`s, so that a
+/// 1024-invocation workgroup (at most 64 registers each on many GPUs) does not spill. Counted
+/// in `V`s of either width: in 32-bit registers it would let the scalar backward at D = 4097
+/// keep its row in registers, which lavapipe ran 30-40 % slower than streaming it
+/// (2026-11-27), and no GPU has measured it yet.
+const CACHE_BUDGET: u32 = 8192;
 
 const _: () = assert!(MIN_WORKGROUP_SIZE.is_power_of_two() && MAX_WORKGROUP_SIZE.is_power_of_two());
 const _: () = assert!(MAX_CACHE.is_power_of_two() && V_PER_INVOCATION.is_power_of_two());
@@ -98,12 +100,11 @@ pub fn rows_per_group(dim: u32, bytes_per_group: u32) -> u32 {
     (bytes_per_group / dim.saturating_mul(4).max(1)).clamp(1, MAX_ROWS_PER_GROUP)
 }
 
-/// The register cache length for `per_row` `V`s of `lanes` elements over `row_wg` invocations
-/// of a `wg`-invocation workgroup; 0 when it does not fit.
-fn cache_len(per_row: u32, row_wg: u32, wg: u32, arrays: u32, lanes: u32) -> u32 {
+/// The register cache length for `per_row` `V`s over `row_wg` invocations of a `wg`-invocation
+/// workgroup; 0 when it does not fit.
+fn cache_len(per_row: u32, row_wg: u32, wg: u32, arrays: u32) -> u32 {
     let per_invocation = per_row.div_ceil(row_wg).next_power_of_two();
-    let registers = per_invocation * lanes;
-    if per_invocation <= MAX_CACHE && registers * wg * arrays <= CACHE_BUDGET.max(wg * lanes) {
+    if per_invocation <= MAX_CACHE && per_invocation * wg * arrays <= CACHE_BUDGET.max(wg) {
         per_invocation
     } else {
         0
@@ -248,12 +249,15 @@ impl Variant {
                 ..
             } => {
                 // The kernel's own share relative to the default, scaled by the tuning's, in
-                // four-element units: the scalar path's one-element V's are LANES times as
-                // many, up to the cache's length (with one element per V, a row of D = 4097
-                // would otherwise spread over four times the invocations, each with a quarter
-                // of the bytes in flight).
+                // four-element units: a forward norm's scalar path takes LANES times as many
+                // one-element V's, up to the cache's length (with one element per V, a row of
+                // D = 4097 would otherwise spread over four times the invocations, each with a
+                // quarter of the bytes in flight). Not the backward's: on lavapipe its scalar
+                // path lost 30-40 % that way, while the forward's gained 1.4-2x (BENCHMARKS.md,
+                // 2026-11-27); a GPU has not measured either yet.
                 let share = (per_invocation * v_per_invocation / V_PER_INVOCATION).max(1);
-                let per_invocation = if lanes == 1 {
+                let forward = matches!(kernel.def().shape, Shape::Rows { .. });
+                let per_invocation = if lanes == 1 && forward {
                     (share * LANES).min(MAX_CACHE.max(share))
                 } else {
                     share
@@ -283,7 +287,7 @@ impl Variant {
                 if row_wg < wg {
                     subgroups = false;
                 }
-                (wg, row_wg, cache_len(per_row, row_wg, wg, arrays, lanes), 1)
+                (wg, row_wg, cache_len(per_row, row_wg, wg, arrays), 1)
             }
         };
         Variant {
@@ -337,7 +341,7 @@ impl Variant {
         for kernel in Kernel::ALL {
             for wg in pow2(MIN_WORKGROUP_SIZE, MAX_WORKGROUP_SIZE) {
                 // Every (cache, slices) the host can pick for this kernel and workgroup size.
-                let shapes = |lanes: u32| -> Vec<(u32, u32)> {
+                let shapes = || -> Vec<(u32, u32)> {
                     match kernel.def().shape {
                         Shape::Flat if wg <= COPY_WORKGROUP_SIZE => {
                             vec![(COPY_V_PER_INVOCATION, 1)]
@@ -348,13 +352,12 @@ impl Variant {
                         Shape::Flat | Shape::Columns => vec![],
                         Shape::Rows { arrays, .. } | Shape::RowsWithPartials { arrays, .. } => (0
                             ..=MAX_CACHE.trailing_zeros())
-                            .map(|b| (cache_len((1 << b) * wg, wg, wg, arrays, lanes), 1))
+                            .map(|b| (cache_len((1 << b) * wg, wg, wg, arrays), 1))
                             .chain([(0, 1)])
                             .collect(),
                     }
                 };
                 for vec4 in [false, true] {
-                    let lanes = if vec4 { LANES } else { 1 };
                     // Short rows side by side (forward norms, the smallest workgroup only):
                     // (row_wg, cache), without subgroups or shared buffers.
                     if let Shape::Rows { arrays, .. } = kernel.def().shape
@@ -362,7 +365,7 @@ impl Variant {
                     {
                         for row_wg in pow2(1, wg / 2) {
                             for b in 0..=MAX_CACHE.trailing_zeros() {
-                                let cache = cache_len((1 << b) * row_wg, row_wg, wg, arrays, lanes);
+                                let cache = cache_len((1 << b) * row_wg, row_wg, wg, arrays);
                                 for (act, param) in storage_pairs(kernel) {
                                     out.insert(Variant {
                                         kernel,
@@ -381,7 +384,7 @@ impl Variant {
                             }
                         }
                     }
-                    for &(cache, slices) in shapes(lanes).iter() {
+                    for &(cache, slices) in shapes().iter() {
                         for subgroups in [false, kernel.reduces()] {
                             for shared in [false, true] {
                                 for saved in [false, kernel.stage2().is_some()] {
@@ -846,12 +849,9 @@ mod tests {
                         }
                         if v.cache > 0 {
                             assert!(v.cache * v.row_wg * lanes >= dim, "{v:?}");
-                            assert!(
-                                v.cache * lanes * v.wg * arrays <= CACHE_BUDGET.max(v.wg * lanes),
-                                "{v:?}"
-                            );
+                            assert!(v.cache * v.wg * arrays <= CACHE_BUDGET.max(v.wg), "{v:?}");
                         } else {
-                            let fits = MAX_CACHE.min(CACHE_BUDGET / lanes / v.wg / arrays);
+                            let fits = MAX_CACHE.min(CACHE_BUDGET / v.wg / arrays);
                             assert!(dim.div_ceil(lanes) > v.wg * fits, "{v:?}");
                         }
                     }
@@ -875,10 +875,12 @@ mod tests {
         for k in [Kernel::LayerNormBackward, Kernel::RmsNormBackward] {
             assert_eq!(Variant::for_row(k, 8, false, false, false, 1024).row_wg, 64);
         }
-        // The scalar path takes twice the V's per invocation here (one element each: four
-        // times, capped by the cache's length).
+        // The forward's scalar path takes twice the V's per invocation here (one element
+        // each: four times, capped by the cache's length); the backward's keeps its share.
         let v = Variant::for_row(Kernel::LayerNorm, 4097, false, true, false, 1024);
         assert_eq!((v.wg, v.cache), (512, 16));
+        let v = Variant::for_row(Kernel::LayerNormBackward, 4097, false, true, false, 1024);
+        assert_eq!(v.wg, 1024);
     }
 
     #[test]
