@@ -33,7 +33,11 @@ fn main(g: Group, ids: Ids) {
         }
     }
     // Rows whose sums left f32's range, again (scale.wgsl). Each invocation marked its own
-    // slot's rows, and the retry needs no barrier.
+    // slot's rows, and the retry needs no barrier. Not in `shared` variants, which retried
+    // each such row at once: there the retry holds storage barriers, which WGSL allows only in
+    // uniform control flow, and a branch on private marks is not (Chrome's compiler rejects it).
+//#if shared
+//#else
     if retry_any {
         for (var r = 0u; r < params.rows_per_group; r++) {
             if marked(r) {
@@ -41,6 +45,7 @@ fn main(g: Group, ids: Ids) {
             }
         }
     }
+//#endif
 }
 
 // Normalizes one row; true when its sums left f32's range and it must be taken again.

@@ -32,6 +32,10 @@ pub struct Caps {
     pub max_groups_per_dim: u32,
     /// The launch-shape knobs ([`NormsOptions::tuning`]), checked.
     pub tuning: Tuning,
+    /// Two storage bindings of one dispatch may overlap in one buffer when either is written.
+    /// WebGPU forbids it (a browser reports "writable storage buffer binding aliasing" and
+    /// drops the dispatch), wgpu's native backends allow it: in place and arenas work there.
+    pub writable_aliasing: bool,
 }
 
 impl Caps {
@@ -83,6 +87,7 @@ impl Caps {
             max_binding: limits.max_storage_buffer_binding_size.min(MAX_BINDING) & !15,
             align: u64::from(limits.min_storage_buffer_offset_alignment).max(16),
             max_groups_per_dim: limits.max_compute_workgroups_per_dimension,
+            writable_aliasing: !cfg!(target_arch = "wasm32"),
         })
     }
 
@@ -257,6 +262,9 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
             )));
         }
     }
+    if !caps.writable_aliasing {
+        reject_writable_aliasing(l.kernel, &c, &steps)?;
+    }
     let scratch = steps
         .iter()
         .flat_map(|s| &s.binds)
@@ -271,6 +279,40 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
         steps,
         scratch,
     })
+}
+
+/// Where the device forbids it (WebGPU), two bindings of one dispatch that overlap in one
+/// buffer, either of them written: an op in place, or operands whose binding ranges (widened
+/// to the offset alignment) meet in an arena.
+fn reject_writable_aliasing(kernel: Kernel, c: &Checked, steps: &[Step]) -> Result<()> {
+    let slots = kernel.def().slots;
+    for step in steps.iter().filter(|s| s.variant.kernel == kernel) {
+        let bound: Vec<_> = step
+            .binds
+            .iter()
+            .zip(slots)
+            .filter_map(|(b, s)| match *b {
+                Bind::Operand {
+                    operand,
+                    offset,
+                    size,
+                } => Some((s, c.operand(operand)?.buffer, offset, offset + size)),
+                _ => None,
+            })
+            .collect();
+        for (i, &(sa, ba, a0, a1)) in bound.iter().enumerate() {
+            for &(sb, bb, b0, b1) in &bound[i + 1..] {
+                if ba == bb && a0 < b1 && b0 < a1 && (sa.access.writes() || sb.access.writes()) {
+                    return Err(Error::Unsupported(
+                        "operands that share a buffer where one is written (in place, or \
+                         binding ranges meeting within the offset alignment): WebGPU forbids \
+                         writable storage bindings that alias",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `(first row, rows)` of each dispatch.

@@ -837,3 +837,44 @@ fn builders_do_not_undo_each_other() {
         })
     ));
 }
+
+#[test]
+fn webgpu_forbids_written_bindings_that_alias() {
+    // In a browser, y over x (or operands whose bindings meet in an arena) is a typed error
+    // before anything is recorded: WebGPU would report the aliasing and drop the dispatch.
+    let mut caps = caps_named("WebGPU defaults");
+    caps.writable_aliasing = false;
+    let (rows, dim) = (3usize, 64usize);
+    let bytes = (rows * dim * 4) as u64;
+    let x = buffer(bytes);
+    let y = buffer(bytes);
+    let w = buffer(dim as u64 * 4);
+    let t = |b| TensorRef::new(b, 0, bytes);
+    let wt = TensorRef::new(&w, 0, dim as u64 * 4);
+    let in_place = RmsNorm::new(rows, dim, t(&x), t(&x)).weight(wt);
+    assert!(matches!(plan(&caps, &in_place), Err(Error::Unsupported(_))));
+    let ln = LayerNorm::new(rows, dim, t(&x), t(&x)).weight(wt);
+    assert!(matches!(plan(&caps, &ln), Err(Error::Unsupported(_))));
+    // x and y in one arena, 256 bytes apart: their bindings do not meet.
+    let arena = buffer(2 * bytes + 256);
+    let op = RmsNorm::new(
+        rows,
+        dim,
+        TensorRef::new(&arena, 0, bytes),
+        TensorRef::new(&arena, bytes + 256, bytes),
+    );
+    assert!(plan(&caps, &op).is_ok(), "ranges apart");
+    // 16 bytes apart: y's binding starts at the 256-byte boundary before it, inside x's.
+    let near = RmsNorm::new(
+        rows,
+        dim,
+        TensorRef::new(&arena, 16, bytes),
+        TensorRef::new(&arena, bytes + 32, bytes),
+    );
+    assert!(matches!(plan(&caps, &near), Err(Error::Unsupported(_))));
+    // Apart, and natively, all of it plans.
+    assert!(plan(&caps, &RmsNorm::new(rows, dim, t(&x), t(&y)).weight(wt)).is_ok());
+    caps.writable_aliasing = true;
+    assert!(plan(&caps, &in_place).is_ok());
+    assert!(plan(&caps, &near).is_ok());
+}

@@ -91,6 +91,41 @@ async fn forward_matches_the_reference() {
 }
 
 #[wasm_bindgen_test]
+async fn in_place_is_an_error_in_the_browser() {
+    // y over x: WebGPU forbids writable storage bindings that alias (the browser would report
+    // it to the uncaptured-error handler and drop the dispatch), so the crate refuses it
+    // before recording anything; natively it works (tests/rms_norm.rs).
+    use wgpu_norm::{LayerNorm, RmsNorm, TensorRef};
+    let gpu = gpu().await;
+    let (rows, dim) = (3, 300);
+    let x = data(rows * dim, 500, 3.0, DType::F32);
+    let xb = gpu.upload_as("x, then y", &x, DType::F32);
+    let t = TensorRef::new(&xb, 0, (rows * dim * 4) as u64);
+    let scope = gpu
+        .device
+        .push_error_scope(wgpu_norm::wgpu::ErrorFilter::Validation);
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let ln = gpu
+        .norms
+        .layer_norm(&mut encoder, &LayerNorm::new(rows, dim, t, t));
+    assert!(matches!(ln, Err(Error::Unsupported(_))), "{ln:?}");
+    let rms = gpu
+        .norms
+        .rms_norm(&mut encoder, &RmsNorm::new(rows, dim, t, t));
+    assert!(matches!(rms, Err(Error::Unsupported(_))), "{rms:?}");
+    gpu.queue.submit([encoder.finish()]);
+    if let Some(e) = scope.pop().await {
+        panic!("the browser saw an error: {e}");
+    }
+    let y = gpu
+        .read_async(&[(&xb, rows * dim)])
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(y, x, "nothing was written");
+}
+
+#[wasm_bindgen_test]
 async fn backward_matches_the_reference() {
     let gpu = gpu().await;
     for (t, dtype) in TYPES.into_iter().enumerate() {
