@@ -178,6 +178,19 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
     let c = check(caps, l)?;
     let def = l.kernel.def();
     let shared = shares_buffers(l.kernel, &c);
+    // The row kernels' variant, for this device's tuning and the op's storage.
+    let row_variant = || {
+        Variant::for_row_with(
+            l.kernel,
+            c.dim,
+            c.vec4,
+            caps.subgroups,
+            shared,
+            caps.max_wg,
+            caps.tuning.v_per_invocation,
+        )
+        .with_storage(c.act, c.param)
+    };
     let mut steps = Vec::new();
     match def.shape {
         Shape::Flat => {
@@ -189,16 +202,7 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
             }
         }
         Shape::Rows { .. } => {
-            let v = Variant::for_row_with(
-                l.kernel,
-                c.dim,
-                c.vec4,
-                caps.subgroups,
-                shared,
-                caps.max_wg,
-                caps.tuning.v_per_invocation,
-            )
-            .with_storage(c.act, c.param);
+            let v = row_variant();
             // Rows side by side count once per step: `per_group` rows in all.
             let side_by_side = v.rows_side_by_side();
             let steps_per_group =
@@ -220,16 +224,7 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
             }
         }
         Shape::RowsWithPartials { stage2, .. } => {
-            let mut v = Variant::for_row_with(
-                l.kernel,
-                c.dim,
-                c.vec4,
-                caps.subgroups,
-                shared,
-                caps.max_wg,
-                caps.tuning.v_per_invocation,
-            )
-            .with_storage(c.act, c.param);
+            let mut v = row_variant();
             // The statistics the kernel reads, given by the forward pass.
             v.saved = def.slots.iter().any(|s| {
                 s.extent == Extent::PerRow && !s.access.writes() && c.operand(s.operand).is_some()
