@@ -38,8 +38,8 @@ pub const LANES: u32 = 4;
 pub const MAX_CACHE: u32 = 16;
 
 /// Bytes of rows each norm workgroup handles at least, one row (or one set of rows side by
-/// side) after another: short rows
-/// share a workgroup so that the launch of one is paid for by enough traffic.
+/// side) after another: short rows share a workgroup so that the launch of one is paid for by
+/// enough traffic.
 pub const BYTES_PER_GROUP: u32 = 16384;
 
 /// Most rows one workgroup handles, so that tiny D still spreads over many workgroups.
@@ -272,9 +272,7 @@ impl Variant {
                 // range is retried at once behind workgroup-wide barriers, which needs the
                 // whole workgroup on one row. Longer rows, whose invocations all have work,
                 // keep the shape measured on GPUs.
-                let side_by_side = matches!(kernel.def().shape, Shape::Rows { .. })
-                    && !shared
-                    && per_row < MIN_WORKGROUP_SIZE;
+                let side_by_side = forward && !shared && per_row < MIN_WORKGROUP_SIZE;
                 let row_wg = if side_by_side {
                     // At most MAX_CACHE V's each, so that the row stays in registers.
                     per_row
@@ -341,21 +339,17 @@ impl Variant {
         for kernel in Kernel::ALL {
             for wg in pow2(MIN_WORKGROUP_SIZE, MAX_WORKGROUP_SIZE) {
                 // Every (cache, slices) the host can pick for this kernel and workgroup size.
-                let shapes = || -> Vec<(u32, u32)> {
-                    match kernel.def().shape {
-                        Shape::Flat if wg <= COPY_WORKGROUP_SIZE => {
-                            vec![(COPY_V_PER_INVOCATION, 1)]
-                        }
-                        Shape::Columns if wg <= PARAM_GRAD_WORKGROUP_SIZE => {
-                            pow2(1, wg / MIN_COLUMNS).map(|s| (0, s)).collect()
-                        }
-                        Shape::Flat | Shape::Columns => vec![],
-                        Shape::Rows { arrays, .. } | Shape::RowsWithPartials { arrays, .. } => (0
-                            ..=MAX_CACHE.trailing_zeros())
-                            .map(|b| (cache_len((1 << b) * wg, wg, wg, arrays), 1))
-                            .chain([(0, 1)])
-                            .collect(),
+                let shapes: Vec<(u32, u32)> = match kernel.def().shape {
+                    Shape::Flat if wg <= COPY_WORKGROUP_SIZE => vec![(COPY_V_PER_INVOCATION, 1)],
+                    Shape::Columns if wg <= PARAM_GRAD_WORKGROUP_SIZE => {
+                        pow2(1, wg / MIN_COLUMNS).map(|s| (0, s)).collect()
                     }
+                    Shape::Flat | Shape::Columns => vec![],
+                    Shape::Rows { arrays, .. } | Shape::RowsWithPartials { arrays, .. } => (0
+                        ..=MAX_CACHE.trailing_zeros())
+                        .map(|b| (cache_len((1 << b) * wg, wg, wg, arrays), 1))
+                        .chain([(0, 1)])
+                        .collect(),
                 };
                 for vec4 in [false, true] {
                     // Short rows side by side (forward norms, the smallest workgroup only):
@@ -384,7 +378,7 @@ impl Variant {
                             }
                         }
                     }
-                    for &(cache, slices) in shapes().iter() {
+                    for &(cache, slices) in &shapes {
                         for subgroups in [false, kernel.reduces()] {
                             for shared in [false, true] {
                                 for saved in [false, kernel.stage2().is_some()] {
