@@ -1,6 +1,7 @@
 // Workgroup-wide reductions, the ones every row kernel uses (per row, where short rows lie
 // side by side). The order of additions is fixed by WG and RW alone (and by the subgroup size
-// in the subgroup variant), so the same input gives the same bits on the same device. Each must be called in workgroup-uniform control flow.
+// in the subgroup variant), so the same input gives the same bits on the same device. Each
+// must be called in workgroup-uniform control flow.
 //
 // wg_sum returns the sum to every invocation. It needs no trailing barrier: consecutive calls
 // use the two halves of `red` in turn, so a call never writes what the call before it may
