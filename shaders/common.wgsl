@@ -21,7 +21,9 @@ struct Params {
     part_rows: u32,
     // Elements at the start of each row that enter the statistics (pRMSNorm); dim otherwise.
     stat_len: u32,
-    pad: u32,
+    // Parts of each row, where a row is split over several workgroups (split.wgsl); 1
+    // elsewhere.
+    parts: u32,
     // Element offset of each operand inside its binding, by binding number: bindings must
     // start at min_storage_buffer_offset_alignment, the caller's data need not. Only the
     // generated accessors read it.
@@ -40,11 +42,20 @@ fn off_f(b: u32) -> u32 {
     return params.off[b / 4u][b % 4u];
 }
 
-// V's of the row a forward norm's invocation works on: 0 for a slot past the last row, where
-// short rows are normalized side by side (RW < WG), which then loads and stores nothing but
-// still takes part in every barrier.
-fn row_len(row: u32) -> u32 {
-    return select(0u, params.dim / VW, row < params.rows);
+// The V's of row `row` a forward norm's invocation works on, as (first, count): the whole
+// row, or part `part` of it where a row is split over several workgroups (split.wgsl); none
+// for a slot past the last row, where short rows are normalized side by side (RW < WG),
+// which then loads and stores nothing but still takes part in every barrier.
+fn row_part(row: u32, part: u32) -> vec2<u32> {
+    if row >= params.rows {
+        return vec2<u32>(0u);
+    }
+//#if split
+    let base = part * part_len();
+    return vec2<u32>(base, min(part_len(), params.dim / VW - base));
+//#else
+    return vec2<u32>(0u, params.dim / VW);
+//#endif
 }
 
 // Whether an operand is present (HAS_*) or an option on (OPT_*).

@@ -19,6 +19,18 @@
 @compute @workgroup_size(WG)
 fn main(g: Group, ids: Ids) {
     reduce_init(ids);
+//#if split
+    // One part of one of few long rows (split.wgsl): the part's sums (`stats`), or its
+    // normalization from every part's.
+    let row = group_index(g) / params.parts;
+    if row >= params.rows {
+        return;
+    }
+    let part = group_index(g) % params.parts;
+    if layer_norm_row(row, ids.lid, part) {
+        layer_norm_retry(row, ids.lid, part);
+    }
+//#else
     // SLOTS rows side by side (short rows, RW invocations each; 1 elsewhere), and
     // rows_per_group such steps one after another, so that each workgroup moves enough bytes
     // to pay for its launch.
@@ -28,7 +40,7 @@ fn main(g: Group, ids: Ids) {
         if first + r * SLOTS >= params.rows {
             break;
         }
-        if layer_norm_row(first + r * SLOTS + slot, ids.lid) {
+        if layer_norm_row(first + r * SLOTS + slot, ids.lid, 0u) {
             mark_retry(r);
         }
     }
@@ -41,18 +53,21 @@ fn main(g: Group, ids: Ids) {
     if retry_any {
         for (var r = 0u; r < params.rows_per_group; r++) {
             if marked(r) {
-                layer_norm_retry(first + r * SLOTS + slot, ids.lid);
+                layer_norm_retry(first + r * SLOTS + slot, ids.lid, 0u);
             }
         }
     }
 //#endif
+//#endif
 }
 
-// Normalizes one row; true when its sums left f32's range and it must be taken again.
-fn layer_norm_row(row: u32, lid: u32) -> bool {
+// Normalizes one row (or, split, part `part` of it); true when its sums left f32's range and
+// it must be taken again.
+fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
     let lane = lid % RW;
-    let n = row_len(row);
-    let inv_dim = 1.0 / f32(params.dim);
+    let span = row_part(row, part);
+    let base = span.x;
+    let n = span.y;
     var p = 0.0;
     if n > 0u {
         p = first_lane(ld_in(row, 0u));
@@ -70,13 +85,13 @@ fn layer_norm_row(row: u32, lid: u32) -> bool {
     var c: array<V, CACHE>;
 //#unroll k
     if lane + k * RW < n {
-        c[k] = ld_in(row, lane + k * RW);
+        c[k] = ld_in(row, base + lane + k * RW);
     }
 //#endunroll
-    if has(HAS_RESIDUAL_OUT) {
+    if has(HAS_RESIDUAL_OUT) && !STATS {
 //#unroll k
         if lane + k * RW < n {
-            st_residual_out(row, lane + k * RW, c[k]);
+            st_residual_out(row, base + lane + k * RW, c[k]);
         }
 //#endunroll
     }
@@ -87,8 +102,8 @@ fn layer_norm_row(row: u32, lid: u32) -> bool {
         s += c[k];
     }
 //#endunroll
-    let m = wg_sum(hsum(s), lid) * inv_dim;
-    let mv = V(m);
+    let sums = row_mean(row, hsum(s), lid, n);
+    let mv = V(sums.x);
     var q = V(0.0);
 //#unroll k
     if lane + k * RW < n {
@@ -96,58 +111,102 @@ fn layer_norm_row(row: u32, lid: u32) -> bool {
         q += c[k] * c[k];
     }
 //#endunroll
-    let v = wg_sum_decide(hsum(q), lid) * inv_dim;
+    let v = row_variance(row, hsum(q), lid, sums, part);
+//#if stats
+//#else
 //#if shared
     if out_of_range(v) {
-        layer_norm_retry(row, lid);
+        layer_norm_retry(row, lid, part);
         return false;
     }
 //#endif
     let rstd = inv_std(v, 0);
 //#unroll k
     if lane + k * RW < n {
-        st_y(row, lane + k * RW, affine(c[k] * rstd, lane + k * RW));
+        st_y(row, base + lane + k * RW, affine(c[k] * rstd, base + lane + k * RW));
     }
 //#endunroll
+//#endif
 //#else
     // Rows too long for registers: three passes over x, the later two mostly from cache.
     var s = V(0.0);
-    for (var i = lane; i < n; i += RW) {
+    for (var i = base + lane; i < base + n; i += RW) {
         let x = ld_in(row, i);
-        if has(HAS_RESIDUAL_OUT) {
+        if has(HAS_RESIDUAL_OUT) && !STATS {
             st_residual_out(row, i, x);
         }
         s += x - pv;
     }
-    let m = wg_sum(hsum(s), lid) * inv_dim;
-    let mv = V(m);
+    let sums = row_mean(row, hsum(s), lid, n);
+    let mv = V(sums.x);
     var q = V(0.0);
-    for (var i = lane; i < n; i += RW) {
+    for (var i = base + lane; i < base + n; i += RW) {
         let d = (ld_again(row, i) - pv) - mv;
         q += d * d;
     }
-    let v = wg_sum_decide(hsum(q), lid) * inv_dim;
+    let v = row_variance(row, hsum(q), lid, sums, part);
+//#if stats
+//#else
 //#if shared
     if out_of_range(v) {
-        layer_norm_retry(row, lid);
+        layer_norm_retry(row, lid, part);
         return false;
     }
 //#endif
     let rstd = inv_std(v, 0);
-    for (var i = lane; i < n; i += RW) {
+    for (var i = base + lane; i < base + n; i += RW) {
         st_y(row, i, affine(((ld_again(row, i) - pv) - mv) * rstd, i));
     }
 //#endif
+//#endif
+//#if stats
+    return false;
+//#else
     if n > 0u {
-        save_stats(row, lane, p + m, rstd);
+        save_stats(row, lane, p + sums.x, rstd);
     }
     return out_of_range(v) && n > 0u;
+//#endif
+}
+
+// The mean of x - p over the row, from this invocation's share `s` of the sum (the row's
+// `n` V's); and, for a split row's first dispatch (`stats`), the sum itself as y.
+fn row_mean(row: u32, s: f32, lid: u32, n: u32) -> vec2<f32> {
+//#if split
+//#if stats
+    let t = wg_sum(s, lid);
+    return vec2<f32>(t / f32(n * VW), t);
+//#else
+    return split_moments(row);
+//#endif
+//#else
+    return vec2<f32>(wg_sum(s, lid) * (1.0 / f32(params.dim)), 0.0);
+//#endif
+}
+
+// The variance of the row from this invocation's share `q` of the sum of squared
+// deviations; a split row's first dispatch writes its part's two sums instead (split.wgsl).
+fn row_variance(row: u32, q: f32, lid: u32, sums: vec2<f32>, part: u32) -> f32 {
+//#if split
+//#if stats
+    let m2 = wg_sum(q, lid);
+    if lid == 0u {
+        st_partials(part_index(row, part), vec2<f32>(sums.y, m2));
+    }
+    return 0.0;
+//#else
+    return sums.y;
+//#endif
+//#else
+    return wg_sum_decide(q, lid) * (1.0 / f32(params.dim));
+//#endif
 }
 
 // A row whose sums left f32's range, normalized again from the row scaled by 2^-e, its
-// statistics taken by each invocation alone (scale.wgsl). A row holding inf or NaN goes
-// through unscaled and comes out NaN, as the first time.
-fn layer_norm_retry(row: u32, lid: u32) {
+// statistics taken by each invocation alone (scale.wgsl); a split row's workgroup writes its
+// own part. A row holding inf or NaN goes through unscaled and comes out NaN, as the first
+// time.
+fn layer_norm_retry(row: u32, lid: u32, part: u32) {
     let lane = lid % RW;
     retry_barrier();
     var e = row_exponent(row);
@@ -157,14 +216,18 @@ fn layer_norm_retry(row: u32, lid: u32) {
     let mo = scaled_moments(row, e);
     retry_barrier();
     let rstd = inv_std(mo.var_, e);
-    for (var i = lane; i < params.dim / VW; i += RW) {
+    let span = row_part(row, part);
+    for (var i = span.x + lane; i < span.x + span.y; i += RW) {
         let xhat = ((scale_v(ld_all(row, i), e) - V(mo.pivot)) - V(mo.mean)) * rstd;
         st_y(row, i, affine(xhat, i));
     }
     save_stats(row, lane, times_pow2(mo.pivot + mo.mean, e), times_pow2(rstd, -e));
 }
 
+// The per-row statistics, where asked for (a split row has none).
 fn save_stats(row: u32, lane: u32, mean: f32, rstd: f32) {
+//#if split
+//#else
     if lane == 0u {
         if has(HAS_MEAN) {
             st_mean(row, mean);
@@ -173,6 +236,7 @@ fn save_stats(row: u32, lane: u32, mean: f32, rstd: f32) {
             st_rstd(row, rstd);
         }
     }
+//#endif
 }
 
 // 1 / sqrt(var + eps) (or 1 / (sqrt(var) + eps)) for the row scaled by 2^-e, as inv_root.

@@ -14,6 +14,18 @@
 @compute @workgroup_size(WG)
 fn main(g: Group, ids: Ids) {
     reduce_init(ids);
+//#if split
+    // One part of one of few long rows (split.wgsl): the part's sum of squares (`stats`), or
+    // its normalization from every part's.
+    let row = group_index(g) / params.parts;
+    if row >= params.rows {
+        return;
+    }
+    let part = group_index(g) % params.parts;
+    if rms_norm_row(row, ids.lid, part) {
+        rms_norm_retry(row, ids.lid, part);
+    }
+//#else
     // SLOTS rows side by side (short rows, RW invocations each; 1 elsewhere), and
     // rows_per_group such steps one after another, so that each workgroup moves enough bytes
     // to pay for its launch.
@@ -23,7 +35,7 @@ fn main(g: Group, ids: Ids) {
         if first + r * SLOTS >= params.rows {
             break;
         }
-        if rms_norm_row(first + r * SLOTS + slot, ids.lid) {
+        if rms_norm_row(first + r * SLOTS + slot, ids.lid, 0u) {
             mark_retry(r);
         }
     }
@@ -36,19 +48,21 @@ fn main(g: Group, ids: Ids) {
     if retry_any {
         for (var r = 0u; r < params.rows_per_group; r++) {
             if marked(r) {
-                rms_norm_retry(first + r * SLOTS + slot, ids.lid);
+                rms_norm_retry(first + r * SLOTS + slot, ids.lid, 0u);
             }
         }
     }
 //#endif
+//#endif
 }
 
-// Normalizes one row; true when its sum of squares left f32's range and it must be taken
-// again.
-fn rms_norm_row(row: u32, lid: u32) -> bool {
+// Normalizes one row (or, split, part `part` of it); true when its sum of squares left f32's
+// range and it must be taken again.
+fn rms_norm_row(row: u32, lid: u32, part: u32) -> bool {
     let lane = lid % RW;
-    let n = row_len(row);
-    let inv_len = 1.0 / f32(params.stat_len);
+    let span = row_part(row, part);
+    let base = span.x;
+    let n = span.y;
     let prefix = params.stat_len < params.dim;
 
 //#if cached
@@ -56,71 +70,100 @@ fn rms_norm_row(row: u32, lid: u32) -> bool {
     var c: array<V, CACHE>;
 //#unroll k
     if lane + k * RW < n {
-        c[k] = ld_in(row, lane + k * RW);
+        c[k] = ld_in(row, base + lane + k * RW);
     }
 //#endunroll
-    if has(HAS_RESIDUAL_OUT) {
+    if has(HAS_RESIDUAL_OUT) && !STATS {
 //#unroll k
         if lane + k * RW < n {
-            st_residual_out(row, lane + k * RW, c[k]);
+            st_residual_out(row, base + lane + k * RW, c[k]);
         }
 //#endunroll
     }
     var q = V(0.0);
     if prefix {
 //#unroll k
-        q += in_prefix(lane + k * RW, c[k] * c[k]);
+        q += in_prefix(base + lane + k * RW, c[k] * c[k]);
 //#endunroll
     } else {
 //#unroll k
         q += c[k] * c[k];
 //#endunroll
     }
-    let ms = wg_sum_decide(hsum(q), lid) * inv_len;
+    let ms = mean_square(row, hsum(q), lid, part);
+//#if stats
+//#else
 //#if shared
     if out_of_range(ms) {
-        rms_norm_retry(row, lid);
+        rms_norm_retry(row, lid, part);
         return false;
     }
 //#endif
     let rrms = inv_root(ms, 0);
 //#unroll k
     if lane + k * RW < n {
-        st_y(row, lane + k * RW, scale(c[k] * rrms, lane + k * RW));
+        st_y(row, base + lane + k * RW, scale(c[k] * rrms, base + lane + k * RW));
     }
 //#endunroll
+//#endif
 //#else
     // Rows too long for registers: two passes over x, the second mostly from cache.
     var q = V(0.0);
-    for (var i = lane; i < n; i += RW) {
+    for (var i = base + lane; i < base + n; i += RW) {
         let v = ld_in(row, i);
-        if has(HAS_RESIDUAL_OUT) {
+        if has(HAS_RESIDUAL_OUT) && !STATS {
             st_residual_out(row, i, v);
         }
         q += in_prefix(i, v * v);
     }
-    let ms = wg_sum_decide(hsum(q), lid) * inv_len;
+    let ms = mean_square(row, hsum(q), lid, part);
+//#if stats
+//#else
 //#if shared
     if out_of_range(ms) {
-        rms_norm_retry(row, lid);
+        rms_norm_retry(row, lid, part);
         return false;
     }
 //#endif
     let rrms = inv_root(ms, 0);
-    for (var i = lane; i < n; i += RW) {
+    for (var i = base + lane; i < base + n; i += RW) {
         st_y(row, i, scale(ld_again(row, i) * rrms, i));
     }
 //#endif
-    if lane == 0u && n > 0u && has(HAS_RRMS) {
-        st_rrms(row, rrms);
+//#endif
+//#if stats
+    return false;
+//#else
+    if lane == 0u && n > 0u {
+        save_rrms(row, rrms);
     }
     return out_of_range(ms) && n > 0u;
+//#endif
+}
+
+// The row's mean of squares from this invocation's share `q` of the sum; a split row's first
+// dispatch (`stats`) writes its part's sum instead (split.wgsl).
+fn mean_square(row: u32, q: f32, lid: u32, part: u32) -> f32 {
+//#if split
+//#if stats
+    let t = wg_sum(q, lid);
+    if lid == 0u {
+        st_partials(part_index(row, part), vec2<f32>(t, 0.0));
+    }
+    return 0.0;
+//#else
+    return split_mean_square(row);
+//#endif
+//#else
+    return wg_sum_decide(q, lid) * (1.0 / f32(params.stat_len));
+//#endif
 }
 
 // A row whose sum of squares left f32's range, normalized again from the row scaled by 2^-e,
-// its statistic taken by each invocation alone (scale.wgsl). A row holding inf or NaN goes
-// through unscaled and comes out as the first time.
-fn rms_norm_retry(row: u32, lid: u32) {
+// its statistic taken by each invocation alone (scale.wgsl); a split row's workgroup writes
+// its own part. A row holding inf or NaN goes through unscaled and comes out as the first
+// time.
+fn rms_norm_retry(row: u32, lid: u32, part: u32) {
     let lane = lid % RW;
     retry_barrier();
     var e = row_exponent(row);
@@ -129,12 +172,23 @@ fn rms_norm_retry(row: u32, lid: u32) {
     }
     let rrms = inv_root(scaled_mean_square(row, e), e);
     retry_barrier();
-    for (var i = lane; i < params.dim / VW; i += RW) {
+    let span = row_part(row, part);
+    for (var i = span.x + lane; i < span.x + span.y; i += RW) {
         st_y(row, i, scale(scale_v(ld_all(row, i), e) * rrms, i));
     }
-    if lane == 0u && has(HAS_RRMS) {
-        st_rrms(row, times_pow2(rrms, -e));
+    if lane == 0u {
+        save_rrms(row, times_pow2(rrms, -e));
     }
+}
+
+// The per-row statistic, where asked for (a split row has none).
+fn save_rrms(row: u32, rrms: f32) {
+//#if split
+//#else
+    if has(HAS_RRMS) {
+        st_rrms(row, rrms);
+    }
+//#endif
 }
 
 // xhat * weight (or * (1 + weight)) for the i-th V of the row, in the configured order.

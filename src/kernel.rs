@@ -40,6 +40,9 @@ pub enum Extent {
     PerRow,
     /// The backward's partial column sums: rows of `dim`, in a buffer of the crate's own.
     Partials,
+    /// Two f32 per part of a row split over several workgroups (the forward's few-row path):
+    /// each part's sums, in a buffer of the crate's own.
+    RowParts,
 }
 
 /// Which storage type an operand has.
@@ -123,6 +126,13 @@ pub const PARTIALS: Slot = Slot {
     extent: Extent::Partials,
     class: Class::F32,
     required: false,
+};
+
+/// The parts' sums of a forward row split over several workgroups, in the crate's own buffer:
+/// written by the first dispatch, read by the second.
+pub const ROW_PARTS: Slot = Slot {
+    extent: Extent::RowParts,
+    ..PARTIALS
 };
 
 /// Options of a launch beyond its operands, as bits of `Params::flags` (WGSL:
@@ -229,16 +239,23 @@ pub enum Kernel {
     RmsNormBackward,
     /// Backward stage 2: dweight/dbias from the row kernels' partial sums.
     ParamGrad,
+    /// LayerNorm over few long rows, each split over several workgroups: two dispatches, the
+    /// parts' sums and then the normalization (`layer_norm.wgsl`, compiled `split`).
+    LayerNormSplit,
+    /// RMSNorm likewise (`rms_norm.wgsl`, compiled `split`).
+    RmsNormSplit,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 6] = [
+    pub const ALL: [Kernel; 8] = [
         Kernel::LayerNorm,
         Kernel::RmsNorm,
         Kernel::Copy,
         Kernel::LayerNormBackward,
         Kernel::RmsNormBackward,
         Kernel::ParamGrad,
+        Kernel::LayerNormSplit,
+        Kernel::RmsNormSplit,
     ];
 
     pub fn def(self) -> &'static KernelDef {
@@ -249,7 +266,24 @@ impl Kernel {
             Kernel::LayerNormBackward => &crate::layer_norm_backward::KERNEL,
             Kernel::RmsNormBackward => &crate::rms_norm_backward::KERNEL,
             Kernel::ParamGrad => &crate::param_grad::KERNEL,
+            Kernel::LayerNormSplit => &crate::layer_norm::SPLIT,
+            Kernel::RmsNormSplit => &crate::rms_norm::SPLIT,
         }
+    }
+
+    /// The kernel that takes this forward norm's few long rows split over several
+    /// workgroups, if it has one.
+    pub fn split(self) -> Option<Kernel> {
+        match self {
+            Kernel::LayerNorm => Some(Kernel::LayerNormSplit),
+            Kernel::RmsNorm => Some(Kernel::RmsNormSplit),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a split kernel ([`Kernel::split`]): one part of a row per workgroup.
+    pub fn is_split(self) -> bool {
+        self.def().wgsl_flags.contains(&"split")
     }
 
     pub fn name(self) -> &'static str {

@@ -50,6 +50,12 @@ pub struct Tuning {
     /// rows share a workgroup so its launch is paid for by enough traffic). At least 4; at most
     /// [`crate::shaders::MAX_ROWS_PER_GROUP`] rows whatever this says.
     pub bytes_per_group: u32,
+    /// Workgroups a forward dispatch aims for before it splits its rows: with fewer rows than
+    /// this (a decode step), each long row is cut into parts of at least
+    /// [`crate::shaders::MIN_PART`] `V`s, one workgroup each, in two dispatches (the parts'
+    /// sums, then the normalization; deterministic). 0 never splits. Not where the op saves
+    /// its per-row statistics or writes over an input.
+    pub split_groups: u32,
 }
 
 impl Default for Tuning {
@@ -57,6 +63,7 @@ impl Default for Tuning {
         Tuning {
             v_per_invocation: crate::shaders::V_PER_INVOCATION,
             bytes_per_group: crate::shaders::BYTES_PER_GROUP,
+            split_groups: crate::shaders::SPLIT_GROUPS,
         }
     }
 }

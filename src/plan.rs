@@ -12,7 +12,7 @@ use crate::error::{Error, Operand, Result};
 use crate::kernel::{Class, Extent, Kernel, Shape, Slot};
 use crate::norms::{NormsOptions, Tuning};
 use crate::op::{Launch, Op, Operands};
-use crate::shaders::{MIN_WORKGROUP_SIZE, Params, Variant, rows_per_group};
+use crate::shaders::{LANES, MIN_WORKGROUP_SIZE, Params, Variant, rows_per_group, split_parts};
 use crate::tensor::TensorRef;
 
 /// Largest binding we make, whatever the device allows: keeps every element index in u32.
@@ -208,7 +208,40 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
             let steps_per_group =
                 rows_per_group(c.dim, caps.tuning.bytes_per_group).div_ceil(side_by_side);
             let per_group = u64::from(steps_per_group * side_by_side);
+            // Few long rows are split over several workgroups (split.wgsl), unless an output
+            // may overwrite an input (a part's retry reads the whole row) or per-row
+            // statistics are asked for (the split kernels have no room for them).
+            let split = l.kernel.split().filter(|_| {
+                !shared
+                    && !def.slots.iter().any(|s| {
+                        s.extent == Extent::PerRow && c.operand(s.operand).is_some()
+                    })
+            });
+            let lanes = if c.vec4 { LANES } else { 1 };
             for (r0, rows) in chunks(&c) {
+                let parts = split_parts(rows, c.dim / lanes, caps.tuning.split_groups);
+                if let Some(kernel) = split.filter(|_| parts > 1) {
+                    // Each part is a row of its own to the variant: its workgroup and cache.
+                    let v = Variant::for_row_with(
+                        kernel,
+                        (c.dim / lanes).div_ceil(parts) * lanes,
+                        c.vec4,
+                        caps.subgroups,
+                        false,
+                        caps.max_wg,
+                        caps.tuning.v_per_invocation,
+                    )
+                    .with_storage(c.act, c.param);
+                    // The parts' sums, then the normalization.
+                    for stats in [true, false] {
+                        let v = Variant { stats, ..v };
+                        let mut step =
+                            row_step(caps, l, &c, v, r0, rows, 1, rows * u64::from(parts), None);
+                        step.params.parts = parts;
+                        steps.push(step);
+                    }
+                    continue;
+                }
                 let groups = rows.div_ceil(per_group);
                 steps.push(row_step(
                     caps,
@@ -280,8 +313,11 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
 /// buffer, either of them written: an op in place, or operands whose binding ranges (widened
 /// to the offset alignment) meet in an arena.
 fn reject_writable_aliasing(kernel: Kernel, c: &Checked, steps: &[Step]) -> Result<()> {
-    let slots = kernel.def().slots;
-    for step in steps.iter().filter(|s| s.variant.kernel == kernel) {
+    for step in steps
+        .iter()
+        .filter(|s| s.variant.kernel == kernel || Some(s.variant.kernel) == kernel.split())
+    {
+        let slots = step.variant.kernel.def().slots;
         let bound: Vec<_> = step
             .binds
             .iter()
@@ -316,7 +352,8 @@ fn chunks(c: &Checked) -> impl Iterator<Item = (u64, u64)> + use<> {
     (0..total.div_ceil(chunk)).map(move |i| (i * chunk, chunk.min(total - i * chunk)))
 }
 
-/// One dispatch of a row kernel (or the copy) over `rows` rows from `r0`.
+/// One dispatch of a row kernel (or the copy) over `rows` rows from `r0`: of the variant's
+/// kernel, which is the launch's own or, for few long rows, its split kernel.
 #[allow(clippy::too_many_arguments)]
 fn row_step(
     caps: &Caps,
@@ -337,9 +374,10 @@ fn row_step(
         rows_per_group,
         part_rows: groups as u32,
         stat_len: l.stat_len.map_or(c.dim, |k| k as u32),
+        parts: 1,
         ..Params::default()
     };
-    let binds = l
+    let binds = variant
         .kernel
         .def()
         .slots
@@ -360,6 +398,8 @@ fn row_step(
                         _ => Bind::Absent,
                     };
                 }
+                // Two f32 for each part of each row (`groups`: one workgroup per part).
+                Extent::RowParts => return Bind::Scratch { size: groups * 8 },
             };
             match c.operand(s.operand) {
                 Some(t) => {
@@ -423,7 +463,7 @@ fn check<'a>(caps: &Caps, l: &Launch<'a>) -> Result<Checked<'a>> {
             Extent::Rows => (l.rows as u64 * u64::from(dim), "rows x dim elements"),
             Extent::Dim => (u64::from(dim), "dim elements"),
             Extent::PerRow => (l.rows as u64, "one f32 per row"),
-            Extent::Partials => {
+            Extent::Partials | Extent::RowParts => {
                 return Err(Error::Internal("partial sums are the crate's own".into()));
             }
         };

@@ -4,7 +4,9 @@
 use crate::builder::setters;
 use crate::dtype::DType;
 use crate::error::{Error, Operand, Result};
-use crate::kernel::{Access, KernelDef, Opt, Shape, optional, param, per_row, rows};
+use crate::kernel::{
+    Access, KernelDef, Opt, ROW_PARTS, Shape, optional, param, per_row, rows,
+};
 use crate::op::{Launch, Operands, private::Describe, requires};
 use crate::rms_norm_backward::RmsNormBackward;
 use crate::tensor::TensorRef;
@@ -28,6 +30,27 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
     },
     includes: &[crate::shaders::SCALE, crate::shaders::RESIDUAL],
     wgsl_flags: &[],
+};
+
+/// The same kernel for few long rows, each split over several workgroups (`split.wgsl`),
+/// without the per-row statistic.
+pub(crate) const SPLIT: KernelDef = KernelDef {
+    name: "rms_norm_split",
+    slots: &[
+        rows(Operand::Input, Access::Read),
+        rows(Operand::Output, Access::Write),
+        param(Operand::Weight),
+        optional(rows(Operand::Residual, Access::Read)),
+        optional(rows(Operand::ResidualOut, Access::ReadWrite)),
+        ROW_PARTS,
+    ],
+    includes: &[
+        crate::shaders::SCALE,
+        crate::shaders::RESIDUAL,
+        crate::shaders::SPLIT,
+    ],
+    wgsl_flags: &["split"],
+    ..KERNEL
 };
 
 /// Where RMSNorm rounds to a 16-bit storage type. Models diverge when this differs from the

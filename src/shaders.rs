@@ -45,6 +45,18 @@ pub const BYTES_PER_GROUP: u32 = 16384;
 /// Most rows one workgroup handles, so that tiny D still spreads over many workgroups.
 pub const MAX_ROWS_PER_GROUP: u32 = 64;
 
+/// Fewest `V`s in each part of a forward row split over several workgroups (few long rows,
+/// [`split_parts`]): a part moves at least a smallest workgroup's worth of `V`s four times.
+pub const MIN_PART: u32 = 4 * MIN_WORKGROUP_SIZE;
+
+/// Most parts of one split row: each workgroup of the second dispatch adds every part's sums.
+pub const MAX_PARTS: u32 = 64;
+
+/// Workgroups a forward dispatch aims to keep busy before it splits rows over several
+/// (the default of [`crate::Tuning::split_groups`]): about one per multiprocessor of a large
+/// GPU (an H100 and an H200 have 132).
+pub const SPLIT_GROUPS: u32 = 128;
+
 /// V's an invocation takes per iteration where it reads a whole row alone (scale.wgsl's
 /// retry), written out: the fewer the iterations, the further a CPU adapter that caps every
 /// invocation's loop iterations (llvmpipe: 65535 in all) gets. The WGSL constant `SERIAL`.
@@ -100,6 +112,21 @@ pub fn rows_per_group(dim: u32, bytes_per_group: u32) -> u32 {
     (bytes_per_group / dim.saturating_mul(4).max(1)).clamp(1, MAX_ROWS_PER_GROUP)
 }
 
+/// Parts of each row where `rows` rows of `per_row` `V`s leave workgroups idle: enough for
+/// about `split_groups` workgroups in all (0: never split), none shorter than [`MIN_PART`],
+/// at most [`MAX_PARTS`]; every part but the last the same length, none empty. 1: no split.
+pub fn split_parts(rows: u64, per_row: u32, split_groups: u32) -> u32 {
+    if rows == 0 || rows >= u64::from(split_groups) {
+        return 1;
+    }
+    let want = (u64::from(split_groups).div_ceil(rows)) as u32;
+    let parts = want.min(per_row / MIN_PART).min(MAX_PARTS);
+    if parts < 2 {
+        return 1;
+    }
+    per_row.div_ceil(per_row.div_ceil(parts))
+}
+
 /// The register cache length for `per_row` `V`s over `row_wg` invocations of a `wg`-invocation
 /// workgroup; 0 when it does not fit.
 fn cache_len(per_row: u32, row_wg: u32, wg: u32, arrays: u32) -> u32 {
@@ -120,6 +147,8 @@ pub(crate) const SCALE: (&str, &str) = ("scale.wgsl", include_str!("../shaders/s
 /// The forward norms' input stream: x, or x + residual, and re-reading it.
 pub(crate) const RESIDUAL: (&str, &str) =
     ("residual.wgsl", include_str!("../shaders/residual.wgsl"));
+/// A forward row split over several workgroups: its parts and their sums.
+pub(crate) const SPLIT: (&str, &str) = ("split.wgsl", include_str!("../shaders/split.wgsl"));
 
 /// Uniform parameters of one dispatch. Twin of `struct Params` in `shaders/common.wgsl`;
 /// `tests/shaders.rs` checks that naga lays the WGSL struct out at these offsets.
@@ -134,7 +163,8 @@ pub struct Params {
     /// Partial-sum rows of this dispatch (backward), where the dbias rows start.
     pub part_rows: u32,
     pub stat_len: u32,
-    pub pad: u32,
+    /// Parts of each row, where a row is split over several workgroups (1 elsewhere).
+    pub parts: u32,
     /// Element offset of each operand inside its binding, indexed by binding number.
     pub off: [u32; Params::OFFSETS],
 }
@@ -155,7 +185,7 @@ impl Params {
         ),
         ("part_rows", std::mem::offset_of!(Params, part_rows)),
         ("stat_len", std::mem::offset_of!(Params, stat_len)),
-        ("pad", std::mem::offset_of!(Params, pad)),
+        ("parts", std::mem::offset_of!(Params, parts)),
         ("off", std::mem::offset_of!(Params, off)),
     ];
 
@@ -189,6 +219,9 @@ pub struct Variant {
     /// Backward: the forward pass's statistics are given (compiled apart, so that each
     /// variant carries only its own path, and its own retry, scale.wgsl). False elsewhere.
     pub saved: bool,
+    /// Split kernels ([`Kernel::is_split`]): the first of their two dispatches, which only
+    /// sums each part of each row. False elsewhere.
+    pub stats: bool,
     /// Storage of x, y, dy, dx and the residual stream (norms and backward; f32 elsewhere).
     pub act: DType,
     /// Storage of weight and bias (norms and backward; f32 elsewhere).
@@ -272,7 +305,8 @@ impl Variant {
                 // range is retried at once behind workgroup-wide barriers, which needs the
                 // whole workgroup on one row. Longer rows, whose invocations all have work,
                 // keep the shape measured on GPUs.
-                let side_by_side = forward && !shared && per_row < MIN_WORKGROUP_SIZE;
+                let side_by_side =
+                    forward && !shared && !kernel.is_split() && per_row < MIN_WORKGROUP_SIZE;
                 let row_wg = if side_by_side {
                     // At most MAX_CACHE V's each, so that the row stays in registers.
                     per_row
@@ -298,6 +332,7 @@ impl Variant {
             subgroups,
             shared,
             saved: false,
+            stats: false,
             act: DType::F32,
             param: DType::F32,
         }
@@ -356,6 +391,7 @@ impl Variant {
                     // (row_wg, cache), without subgroups or shared buffers.
                     if let Shape::Rows { arrays, .. } = kernel.def().shape
                         && wg == MIN_WORKGROUP_SIZE
+                        && !kernel.is_split()
                     {
                         for row_wg in pow2(1, wg / 2) {
                             for b in 0..=MAX_CACHE.trailing_zeros() {
@@ -371,6 +407,7 @@ impl Variant {
                                         subgroups: false,
                                         shared: false,
                                         saved: false,
+                                        stats: false,
                                         act,
                                         param,
                                     });
@@ -378,24 +415,33 @@ impl Variant {
                             }
                         }
                     }
+                    // Split kernels: never in place, a first and a second dispatch.
+                    let (shared, stats) = if kernel.is_split() {
+                        (&[false][..], &[false, true][..])
+                    } else {
+                        (&[false, true][..], &[false][..])
+                    };
                     for &(cache, slices) in &shapes {
                         for subgroups in [false, kernel.reduces()] {
-                            for shared in [false, true] {
+                            for &shared in shared {
                                 for saved in [false, kernel.stage2().is_some()] {
-                                    for (act, param) in storage_pairs(kernel) {
-                                        out.insert(Variant {
-                                            kernel,
-                                            wg,
-                                            row_wg: wg,
-                                            vec4,
-                                            cache,
-                                            slices,
-                                            subgroups,
-                                            shared,
-                                            saved,
-                                            act,
-                                            param,
-                                        });
+                                    for &stats in stats {
+                                        for (act, param) in storage_pairs(kernel) {
+                                            out.insert(Variant {
+                                                kernel,
+                                                wg,
+                                                row_wg: wg,
+                                                vec4,
+                                                cache,
+                                                slices,
+                                                subgroups,
+                                                shared,
+                                                saved,
+                                                stats,
+                                                act,
+                                                param,
+                                            });
+                                        }
                                     }
                                 }
                             }
@@ -410,7 +456,7 @@ impl Variant {
     /// A label for wgpu objects and error messages.
     pub fn label(&self) -> String {
         format!(
-            "wgpu-norm {} {}/{} wg={}{} {} cache={}{}{}{}{}",
+            "wgpu-norm {} {}/{} wg={}{} {} cache={}{}{}{}{}{}",
             self.kernel.name(),
             self.act,
             self.param,
@@ -430,6 +476,7 @@ impl Variant {
             if self.subgroups { " subgroups" } else { "" },
             if self.shared { " shared" } else { "" },
             if self.saved { " saved" } else { "" },
+            if self.stats { " stats" } else { "" },
         )
     }
 
@@ -440,6 +487,7 @@ impl Variant {
             "subgroups" => Some(self.subgroups),
             "shared" => Some(self.shared),
             "saved" => Some(self.saved),
+            "stats" => Some(self.stats),
             "side_by_side" => Some(self.row_wg < self.wg),
             _ if Kernel::ALL
                 .iter()
@@ -478,6 +526,7 @@ impl Variant {
              const SLICES: u32 = {slices}u;\n\
              const ROW_WORDS: u32 = {row_words}u;\n\
              const SERIAL: u32 = {SERIAL_UNROLL}u;\n\
+             const STATS: bool = {stats};\n\
              alias V = {v};\n\n\
              // Bits of params.flags: an operand is present, an option is on.\n",
             label = self.label(),
@@ -487,6 +536,7 @@ impl Variant {
             cache = self.cache,
             slices = self.slices,
             row_words = self.kernel.max_rows_per_group().div_ceil(32).max(1),
+            stats = self.stats,
         );
         for o in Operand::ALL {
             let name = o.wgsl().to_uppercase();
@@ -583,6 +633,7 @@ fn bindings_code(v: &Variant) -> String {
         let writes = s.access.writes();
         let ty = match (s.extent, dtype, v.vec4, writes) {
             (Extent::PerRow, ..) => "f32",
+            (Extent::RowParts, ..) => "vec2<f32>",
             (_, DType::F32, _, _) => "V",
             (_, _, true, _) => "vec2<u32>",
             (_, _, false, false) => "u32",
@@ -609,6 +660,13 @@ fn bindings_code(v: &Variant) -> String {
                 format!("off_v({b}u) + k * (params.dim / VW) + i"),
                 String::new(),
             ),
+            Extent::RowParts => {
+                fns.push_str(&format!(
+                    "fn ld_{arr}(j: u32) -> vec2<f32> {{\n    return {arr}[j];\n}}\n\n\
+                     fn st_{arr}(j: u32, v: vec2<f32>) {{\n    {arr}[j] = v;\n}}\n\n"
+                ));
+                continue;
+            }
             Extent::PerRow => {
                 let at = format!("off_f({b}u) + row");
                 if s.access.reads() {

@@ -33,6 +33,7 @@ pub fn candidates() -> Vec<Tuning> {
             let t = Tuning {
                 v_per_invocation: v,
                 bytes_per_group: bytes,
+                ..Tuning::default()
             };
             if !all.contains(&t) {
                 all.push(t);
@@ -123,8 +124,8 @@ pub fn tuning_cached_in(
     let (tuning, scores) = autotune(device, queue, options, grid)?;
     let text = format!(
         "# wgpu-norm's launch shape for this adapter, measured by wgpu_norm::tune::autotune\n\
-         key={key}\nv_per_invocation={}\nbytes_per_group={}\n",
-        tuning.v_per_invocation, tuning.bytes_per_group
+         key={key}\nv_per_invocation={}\nbytes_per_group={}\nsplit_groups={}\n",
+        tuning.v_per_invocation, tuning.bytes_per_group, tuning.split_groups
     );
     let _ = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text));
     Ok(Tuned {
@@ -189,6 +190,7 @@ fn parse(text: &str, key: &str) -> Option<Tuning> {
     let tuning = Tuning {
         v_per_invocation: value("v_per_invocation")?.trim().parse().ok()?,
         bytes_per_group: value("bytes_per_group")?.trim().parse().ok()?,
+        split_groups: value("split_groups")?.trim().parse().ok()?,
     };
     candidates().contains(&tuning).then_some(tuning)
 }
@@ -362,9 +364,14 @@ mod tests {
     #[test]
     fn the_cache_file_names_its_key_and_rejects_another() {
         let key = "some adapter | Vulkan";
-        let text = format!("# comment\nkey={key}\nv_per_invocation=4\nbytes_per_group=65536\n");
+        let text = format!(
+            "# comment\nkey={key}\nv_per_invocation=4\nbytes_per_group=65536\nsplit_groups=128\n"
+        );
         let t = parse(&text, key).unwrap();
-        assert_eq!((t.v_per_invocation, t.bytes_per_group), (4, 65536));
+        assert_eq!(
+            (t.v_per_invocation, t.bytes_per_group, t.split_groups),
+            (4, 65536, 128)
+        );
         assert_eq!(parse(&text, "another adapter"), None);
         assert_eq!(
             parse("key=k\nv_per_invocation=3\nbytes_per_group=1\n", "k"),

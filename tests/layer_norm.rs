@@ -154,6 +154,11 @@ fn deterministic() {
 }
 
 #[test]
+fn few_long_rows_split_over_workgroups() {
+    common::few_long_rows(Op::LayerNorm);
+}
+
+#[test]
 fn random_shapes() {
     common::random_shapes(Op::LayerNorm, 2024);
 }

@@ -127,8 +127,25 @@ fn check_plan(what: &str, caps: &Caps, d: &Described, plan: &Plan) {
         );
         let groups = u64::from(gx) * u64::from(gy);
         let column_sums = v.kernel == Kernel::ParamGrad;
-        if !column_sums {
+        if v.kernel.is_split() {
+            // Few long rows, each in parts: the parts' sums, then the normalization, over the
+            // same rows; every part nonempty, none longer than its workgroup takes.
+            assert_eq!(d.kernel.split(), Some(v.kernel), "{at}");
+            assert_eq!(v.stats, n == 0 || !plan.steps[n - 1].variant.stats, "{at}: order");
+            let per_row = d.dim / if v.vec4 { 4 } else { 1 };
+            let parts = u64::from(p.parts);
+            let len = per_row.div_ceil(parts);
+            assert!(parts > 1 && parts <= u64::from(wgpu_norm::shaders::MAX_PARTS), "{at}");
+            assert!(len * (parts - 1) < per_row, "{at}: an empty part");
+            assert!(len >= u64::from(wgpu_norm::shaders::MIN_PART), "{at}: a short part");
+            if v.cache > 0 {
+                assert!(u64::from(v.cache * v.wg) >= len, "{at}: the cache holds the part");
+            }
+            let needed = u64::from(p.rows) * parts;
+            assert!(groups >= needed && groups < needed + u64::from(gx), "{at}: grid");
+        } else if !column_sums {
             assert_eq!(v.kernel, d.kernel, "{at}");
+            assert_eq!(p.parts, 1, "{at}");
             let needed = match v.kernel {
                 Kernel::Copy => (u64::from(p.rows) * d.dim / if v.vec4 { 4 } else { 1 })
                     .div_ceil(u64::from(v.wg * v.cache)),
@@ -191,7 +208,9 @@ fn check_plan(what: &str, caps: &Caps, d: &Described, plan: &Plan) {
                         Extent::Rows => (r0 * d.dim * elem, u64::from(p.rows) * d.dim * elem),
                         Extent::Dim => (0, d.dim * elem),
                         Extent::PerRow => (r0 * 4, u64::from(p.rows) * 4),
-                        Extent::Partials => unreachable!("partials are the crate's own"),
+                        Extent::Partials | Extent::RowParts => {
+                            unreachable!("partials are the crate's own")
+                        }
                     };
                     assert_eq!(data, t.offset + start, "{at}: where {operand} starts");
                     assert!(
@@ -203,7 +222,12 @@ fn check_plan(what: &str, caps: &Caps, d: &Described, plan: &Plan) {
                     }
                 }
                 Bind::Scratch { size } => {
-                    assert_eq!(slot.extent, Extent::Partials, "{at}");
+                    if slot.extent == Extent::RowParts {
+                        let parts = u64::from(p.rows) * u64::from(p.parts);
+                        assert_eq!(size, parts * 8, "{at}: two sums a part");
+                    } else {
+                        assert_eq!(slot.extent, Extent::Partials, "{at}");
+                    }
                     assert!(size <= plan.scratch && size <= caps.max_binding, "{at}");
                     assert!(size > 0, "{at}");
                 }
@@ -219,7 +243,7 @@ fn check_plan(what: &str, caps: &Caps, d: &Described, plan: &Plan) {
                 }
             }
         }
-        if !column_sums {
+        if !column_sums && !v.stats {
             r0 += u64::from(p.rows);
         }
     }

@@ -116,6 +116,11 @@ fn deterministic() {
 }
 
 #[test]
+fn few_long_rows_split_over_workgroups() {
+    common::few_long_rows(Op::RmsNorm);
+}
+
+#[test]
 fn random_shapes() {
     common::random_shapes(Op::RmsNorm, 4048);
 }

@@ -34,10 +34,24 @@ fn every_variant_validates_and_binds_its_table() {
         "expected the full variant matrix, got {}",
         all.len()
     );
-    let failures: Vec<String> = all
-        .iter()
-        .filter_map(|v| validate(v).and_then(|m| reflect(v, &m)).err())
-        .collect();
+    // Thousands of variants: spread over the machine's cores.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = all
+            .chunks(all.len().div_ceil(threads))
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .filter_map(|v| validate(v).and_then(|m| reflect(v, &m)).err())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a validation thread panicked"))
+            .collect()
+    });
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
@@ -98,6 +112,7 @@ fn reflect(v: &Variant, module: &naga::Module) -> Result<(), String> {
         let writes = s.access.writes();
         let ty = match (s.extent, dtype, v.vec4, writes) {
             (Extent::PerRow, ..) => "f32",
+            (Extent::RowParts, ..) => "vec2<f32>",
             (_, DType::F32, true, _) => "vec4<f32>",
             (_, DType::F32, false, _) => "f32",
             (_, _, true, _) => "vec2<u32>",

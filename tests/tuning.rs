@@ -5,23 +5,28 @@ mod common;
 
 use wgpu_norm::{DType, Error, NormsOptions, SliceOptions, Tuning, reference};
 
-/// The extremes and a middle of each knob.
+/// The extremes and a middle of each knob (split_groups: never, every row of the grid's few
+/// long ones as many parts as it may have, the default, a few).
 const TUNINGS: [Tuning; 4] = [
     Tuning {
         v_per_invocation: 1,
         bytes_per_group: 4,
+        split_groups: 0,
     },
     Tuning {
         v_per_invocation: 2,
         bytes_per_group: 65536,
+        split_groups: u32::MAX,
     },
     Tuning {
         v_per_invocation: 64,
         bytes_per_group: 1 << 30,
+        split_groups: wgpu_norm::shaders::SPLIT_GROUPS,
     },
     Tuning {
         v_per_invocation: 16,
         bytes_per_group: 1000,
+        split_groups: 5,
     },
 ];
 

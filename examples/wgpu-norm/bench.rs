@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Tuning: bytes of rows per forward workgroup (default 16384).
     #[arg(long)]
     bytes_per_group: Option<u32>,
+    /// Tuning: workgroups a forward dispatch aims for before it splits few long rows over
+    /// several (default 128; 0 never splits).
+    #[arg(long)]
+    split_groups: Option<u32>,
     /// Tuning: largest workgroup (default: the device's, 256 on OpenGL).
     #[arg(long)]
     max_workgroup_size: Option<u32>,
@@ -217,6 +221,7 @@ pub fn bench(adapter: Option<&str>, a: &BenchArgs) -> Result<(), Failure> {
     options.tuning = Tuning {
         v_per_invocation: a.v_per_invocation.unwrap_or(base.v_per_invocation),
         bytes_per_group: a.bytes_per_group.unwrap_or(base.bytes_per_group),
+        split_groups: a.split_groups.unwrap_or(base.split_groups),
     };
     if options.tuning != Tuning::default() {
         gpu.norms = wgpu_norm::Norms::with_options(&gpu.device, options)?;
@@ -748,6 +753,7 @@ fn write_json(
         "tuning": {
             "v_per_invocation": tuning.v_per_invocation,
             "bytes_per_group": tuning.bytes_per_group,
+            "split_groups": tuning.split_groups,
             "max_workgroup_size": gpu.norms.caps().max_wg,
         },
         "iters_per_batch": iters,

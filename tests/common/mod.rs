@@ -521,3 +521,104 @@ pub fn check_copy(gpu: &wgpu_norm::Gpu, rows: usize, dim: usize, offset: u64) {
             .all(|v| v.to_bits() == POISON)
     );
 }
+
+/// Whether the plan of `case`'s op splits its rows over several workgroups.
+pub fn splits(gpu: &Gpu, case: &Case) -> bool {
+    let (rows, dim, n) = (case.rows(), case.dim, case.x.len());
+    let (x, y) = (gpu.storage("x", n), gpu.storage("y", n));
+    let (w, b) = (gpu.storage("w", dim), gpu.storage("b", dim));
+    let stats = gpu.storage("stats", rows);
+    let plan = match case.op {
+        Op::LayerNorm => {
+            let mut op = LayerNorm::new(rows, dim, t(&x, 0, n), t(&y, 0, n)).weight(t(&w, 0, dim));
+            op = op.bias(t(&b, 0, dim));
+            if case.stats {
+                op = op.rstd(t(&stats, 0, rows));
+            }
+            gpu.norms.plan(&op)
+        }
+        Op::RmsNorm => {
+            let mut op = RmsNorm::new(rows, dim, t(&x, 0, n), t(&y, 0, n)).weight(t(&w, 0, dim));
+            if case.stats {
+                op = op.rrms(t(&stats, 0, rows));
+            }
+            gpu.norms.plan(&op)
+        }
+    };
+    let plan = plan.expect("plan");
+    plan.steps.iter().any(|s| s.variant.kernel.is_split())
+}
+
+/// Few long rows with no per-row statistics asked for (a decode step), each split over
+/// several workgroups: one part's minimum length to 100000, vec4 and scalar, byte offsets,
+/// with and without the weight, both reductions; data at 1e4 +- 1; rows whose squares leave
+/// f32's range, retried part by part; the same bits every run; and never split where the
+/// statistics are saved, or where split_groups is 0.
+pub fn few_long_rows(op: Op) {
+    let shapes = [
+        (1, 2048),
+        (1, 4097),
+        (2, 8192),
+        (3, 12288),
+        (8, 4096),
+        (64, 4100),
+        (1, 65536),
+        (5, 100_000),
+    ];
+    for (i, &(rows, dim)) in shapes.iter().enumerate() {
+        let mut case = Case::new(op, rows, dim, 90 + i as u64);
+        case.stats = false;
+        case.offset = [0, 4, 16][i % 3];
+        if i % 2 == 1 {
+            case.weight = None;
+        }
+        assert!(splits(gpu(), &case), "{op:?} {rows}x{dim} is not split");
+        check(gpu(), &case);
+        check(tree_gpu(), &case);
+        case.x = Rng::new(i as u64).data(rows * dim, 1e4, 1.0);
+        check(gpu(), &case);
+        let mut saved = case.clone();
+        saved.stats = true;
+        assert!(!splits(gpu(), &saved), "{op:?} {rows}x{dim}: split with statistics");
+    }
+    for (k, &(center, spread, eps)) in EXTREME_ROWS.iter().enumerate() {
+        for dim in [4096, 65536] {
+            let mut case = Case::new(op, 3, dim, 70 + k as u64);
+            case.stats = false;
+            let extreme = Rng::new(k as u64).data(dim, center, spread);
+            let extreme: Vec<f32> = extreme.iter().map(|v| v.clamp(-3e38, 3e38)).collect();
+            case.x[dim..2 * dim].copy_from_slice(&extreme);
+            case.eps = eps;
+            let r = case.reference();
+            for gpu in [gpu(), tree_gpu()] {
+                let out = run(gpu, &case);
+                let what = format!("{op:?} split, center {center:e} spread {spread:e} dim {dim}");
+                assert_close(&out.y, &r.y, &format!("{what}: y"));
+            }
+        }
+    }
+    let case = Case {
+        stats: false,
+        ..Case::new(op, 4, 8192, 99)
+    };
+    let first = run(gpu(), &case).y;
+    for _ in 0..3 {
+        let again = run(gpu(), &case).y;
+        assert!(
+            first.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{op:?}: a split row gave other bits"
+        );
+    }
+    let never = open(
+        None,
+        NormsOptions {
+            tuning: wgpu_norm::Tuning {
+                split_groups: 0,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    assert!(!splits(&never, &case), "split with split_groups = 0");
+    check(&never, &case);
+}
