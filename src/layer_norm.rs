@@ -4,9 +4,7 @@
 use crate::builder::setters;
 use crate::dtype::DType;
 use crate::error::{Error, Operand, Result};
-use crate::kernel::{
-    Access, KernelDef, Opt, ROW_PARTS, Shape, optional, param, per_row, rows,
-};
+use crate::kernel::{Access, KernelDef, Opt, ROW_PARTS, Shape, optional, param, per_row, rows};
 use crate::layer_norm_backward::LayerNormBackward;
 use crate::op::{Launch, Operands, private::Describe, requires};
 use crate::tensor::TensorRef;

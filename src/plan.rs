@@ -213,9 +213,10 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
             // statistics are asked for (the split kernels have no room for them).
             let split = l.kernel.split().filter(|_| {
                 !shared
-                    && !def.slots.iter().any(|s| {
-                        s.extent == Extent::PerRow && c.operand(s.operand).is_some()
-                    })
+                    && !def
+                        .slots
+                        .iter()
+                        .any(|s| s.extent == Extent::PerRow && c.operand(s.operand).is_some())
             });
             let lanes = if c.vec4 { LANES } else { 1 };
             for (r0, rows) in chunks(&c) {

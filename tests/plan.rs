@@ -131,18 +131,34 @@ fn check_plan(what: &str, caps: &Caps, d: &Described, plan: &Plan) {
             // Few long rows, each in parts: the parts' sums, then the normalization, over the
             // same rows; every part nonempty, none longer than its workgroup takes.
             assert_eq!(d.kernel.split(), Some(v.kernel), "{at}");
-            assert_eq!(v.stats, n == 0 || !plan.steps[n - 1].variant.stats, "{at}: order");
+            assert_eq!(
+                v.stats,
+                n == 0 || !plan.steps[n - 1].variant.stats,
+                "{at}: order"
+            );
             let per_row = d.dim / if v.vec4 { 4 } else { 1 };
             let parts = u64::from(p.parts);
             let len = per_row.div_ceil(parts);
-            assert!(parts > 1 && parts <= u64::from(wgpu_norm::shaders::MAX_PARTS), "{at}");
+            assert!(
+                parts > 1 && parts <= u64::from(wgpu_norm::shaders::MAX_PARTS),
+                "{at}"
+            );
             assert!(len * (parts - 1) < per_row, "{at}: an empty part");
-            assert!(len >= u64::from(wgpu_norm::shaders::MIN_PART), "{at}: a short part");
+            assert!(
+                len >= u64::from(wgpu_norm::shaders::MIN_PART),
+                "{at}: a short part"
+            );
             if v.cache > 0 {
-                assert!(u64::from(v.cache * v.wg) >= len, "{at}: the cache holds the part");
+                assert!(
+                    u64::from(v.cache * v.wg) >= len,
+                    "{at}: the cache holds the part"
+                );
             }
             let needed = u64::from(p.rows) * parts;
-            assert!(groups >= needed && groups < needed + u64::from(gx), "{at}: grid");
+            assert!(
+                groups >= needed && groups < needed + u64::from(gx),
+                "{at}: grid"
+            );
         } else if !column_sums {
             assert_eq!(v.kernel, d.kernel, "{at}");
             assert_eq!(p.parts, 1, "{at}");
@@ -395,6 +411,42 @@ fn plan_every_op(what: &str, caps: &Caps, t: &Tensors) {
         t.described(
             Kernel::RmsNorm,
             vec![(Input, x), (Output, y), (Weight, w), (Rrms, t.stat(0))],
+        ),
+    );
+    // Without statistics, few long rows are split over several workgroups.
+    let ln_split = LayerNorm::new(rows, dim, x, y)
+        .dtype(t.act)
+        .param_dtype(t.param)
+        .weight(w)
+        .bias(b)
+        .residual(r)
+        .residual_out(s);
+    run(
+        "layer_norm without statistics",
+        &|| plan(caps, &ln_split),
+        t.described(
+            Kernel::LayerNorm,
+            vec![
+                (Input, x),
+                (Output, y),
+                (Weight, w),
+                (Bias, b),
+                (Residual, r),
+                (ResidualOut, s),
+            ],
+        ),
+    );
+    let rms_split = RmsNorm::new(rows, dim, x, y)
+        .dtype(t.act)
+        .param_dtype(t.param)
+        .residual(r)
+        .partial(0.3);
+    run(
+        "rms_norm without statistics",
+        &|| plan(caps, &rms_split),
+        t.described(
+            Kernel::RmsNorm,
+            vec![(Input, x), (Output, y), (Residual, r)],
         ),
     );
     // dx in place over dy.
@@ -901,4 +953,70 @@ fn webgpu_forbids_written_bindings_that_alias() {
     caps.writable_aliasing = true;
     assert!(plan(&caps, &in_place).is_ok());
     assert!(plan(&caps, &near).is_ok());
+}
+
+#[test]
+fn few_long_rows_are_split_without_statistics() {
+    let caps = caps_named("large GPU");
+    let t = Tensors::new(1, 8192, DType::F32, DType::F32, 0);
+    let (x, y) = (t.rows_of(&t.x), t.rows_of(&t.y));
+    let kernels = |p: &Plan| -> Vec<(Kernel, bool, u32)> {
+        p.steps
+            .iter()
+            .map(|s| (s.variant.kernel, s.variant.stats, s.params.parts))
+            .collect()
+    };
+    // One row of 2048 V's: 8 parts of 256, the sums and then the normalization.
+    let p = plan(&caps, &RmsNorm::new(1, 8192, x, y)).unwrap();
+    assert_eq!(
+        kernels(&p),
+        [
+            (Kernel::RmsNormSplit, true, 8),
+            (Kernel::RmsNormSplit, false, 8)
+        ]
+    );
+    assert_eq!(p.scratch, 8 * 8);
+    // Saving rrms, or in place: whole rows.
+    let p = plan(&caps, &RmsNorm::new(1, 8192, x, y).rrms(t.stat(0))).unwrap();
+    assert_eq!(kernels(&p), [(Kernel::RmsNorm, false, 1)]);
+    let p = plan(&caps, &LayerNorm::new(1, 8192, x, x)).unwrap();
+    assert_eq!(kernels(&p), [(Kernel::LayerNorm, false, 1)]);
+    // Rows enough to fill the GPU, a row too short for two parts, or split_groups = 0.
+    let t = Tensors::new(128, 8192, DType::F32, DType::F32, 0);
+    let p = plan(
+        &caps,
+        &LayerNorm::new(128, 8192, t.rows_of(&t.x), t.rows_of(&t.y)),
+    )
+    .unwrap();
+    assert_eq!(kernels(&p), [(Kernel::LayerNorm, false, 1)]);
+    let t = Tensors::new(1, 2044, DType::F32, DType::F32, 0);
+    let p = plan(
+        &caps,
+        &LayerNorm::new(1, 2044, t.rows_of(&t.x), t.rows_of(&t.y)),
+    )
+    .unwrap();
+    assert_eq!(kernels(&p), [(Kernel::LayerNorm, false, 1)]);
+    let never = Caps {
+        tuning: wgpu_norm::Tuning {
+            split_groups: 0,
+            ..Default::default()
+        },
+        ..caps.clone()
+    };
+    let t = Tensors::new(1, 8192, DType::F32, DType::F32, 0);
+    let p = plan(
+        &never,
+        &RmsNorm::new(1, 8192, t.rows_of(&t.x), t.rows_of(&t.y)),
+    )
+    .unwrap();
+    assert_eq!(kernels(&p), [(Kernel::RmsNorm, false, 1)]);
+    // 16 rows ask for 8 parts each; the scalar path counts single elements.
+    let t = Tensors::new(16, 4097, DType::F32, DType::F32, 0);
+    let p = plan(
+        &caps,
+        &RmsNorm::new(16, 4097, t.rows_of(&t.x), t.rows_of(&t.y)),
+    )
+    .unwrap();
+    assert_eq!(p.steps[0].params.parts, 8);
+    assert!(!p.steps[0].variant.vec4);
 }

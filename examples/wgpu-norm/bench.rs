@@ -261,6 +261,7 @@ pub fn bench(adapter: Option<&str>, a: &BenchArgs) -> Result<(), Failure> {
         iters,
         warm_up: std::time::Duration::from_millis(a.warm_up_ms),
         backward: a.backward,
+        decode: !a.rows.is_empty(),
     };
     let mut table = Vec::new();
     for (i, &(dtype, dim, rows)) in shapes.iter().enumerate() {
@@ -290,7 +291,7 @@ pub fn bench(adapter: Option<&str>, a: &BenchArgs) -> Result<(), Failure> {
         .flat_map(|r| &r.figures)
         .any(|f| f.check.is_some_and(|c| !c.1));
     if let Some(p) = &a.json {
-        write_json(p, &gpu, &timer, iters, options.tuning, &table)?;
+        write_json(p, &gpu, &timer, iters, options.tuning, &table, setup.decode)?;
     }
     if let Some(p) = &a.svg {
         draw_svg(p, &info.name, &table)?;
@@ -309,6 +310,9 @@ struct Setup<'g> {
     iters: u32,
     warm_up: std::time::Duration,
     backward: bool,
+    /// Few rows (`--rows`): the forward passes save no statistics, as a decode step's do not,
+    /// and long rows are split over several workgroups.
+    decode: bool,
 }
 
 /// Checks, then times, every kernel at one shape.
@@ -360,6 +364,23 @@ fn measure(
         .dtype(dtype)
         .weight(param(&wb))
         .rrms(&rstd);
+    // What is checked and timed forward: a decode step saves no statistics (the backward
+    // below reads the ones `ln` and `rms` save).
+    let (ln_fwd, rms_fwd) = if s.decode {
+        (
+            LayerNorm {
+                mean: None,
+                rstd: None,
+                ..ln.clone()
+            },
+            RmsNorm {
+                rrms: None,
+                ..rms.clone()
+            },
+        )
+    } else {
+        (ln.clone(), rms.clone())
+    };
 
     let read = |buf: &wgpu::Buffer| -> Result<Vec<f32>, Failure> {
         let w = pollster::block_on(gpu.read_async(&[(buf, words)]))?.remove(0);
@@ -381,7 +402,7 @@ fn measure(
     // Correctness first, on the very buffers that are timed.
     step("checking layer_norm");
     poison(&yb);
-    submit(&|e| gpu.norms.layer_norm(e, &ln))?;
+    submit(&|e| gpu.norms.layer_norm(e, &ln_fwd))?;
     let got = read(&yb)?;
     let ln_check = by_rows(rows, dim, |r0, r1| {
         let (x, got) = (&x[r0 * dim..r1 * dim], &got[r0 * dim..r1 * dim]);
@@ -390,7 +411,7 @@ fn measure(
     });
     step("checking rms_norm");
     poison(&yb);
-    submit(&|e| gpu.norms.rms_norm(e, &rms))?;
+    submit(&|e| gpu.norms.rms_norm(e, &rms_fwd))?;
     let got = read(&yb)?;
     let rms_check = by_rows(rows, dim, |r0, r1| {
         let (x, got) = (&x[r0 * dim..r1 * dim], &got[r0 * dim..r1 * dim]);
@@ -434,10 +455,10 @@ fn measure(
         |e: &mut wgpu::CommandEncoder| gpu.norms.copy(e, 1, words, whole(&xb), whole(&yb));
     let copy = time("copy", 2, &copy_op)?;
     let layer_norm = checked(ln_check, &|| {
-        time("layer_norm", 2, &|e| gpu.norms.layer_norm(e, &ln))
+        time("layer_norm", 2, &|e| gpu.norms.layer_norm(e, &ln_fwd))
     })?;
     let rms_norm = checked(rms_check, &|| {
-        time("rms_norm", 2, &|e| gpu.norms.rms_norm(e, &rms))
+        time("rms_norm", 2, &|e| gpu.norms.rms_norm(e, &rms_fwd))
     })?;
     let mut figures = [
         copy,
@@ -680,6 +701,12 @@ fn print_table(table: &[Row], per_op: bool, torch: bool) {
             ""
         }
     );
+    if per_op {
+        println!(
+            "(few rows, a decode step: the forward passes save no statistics, and long rows are \
+             split over several workgroups as Tuning::split_groups says)"
+        );
+    }
 }
 
 /// GB/s with three or four significant digits.
@@ -701,6 +728,8 @@ fn write_json(
     iters: u32,
     tuning: Tuning,
     table: &[Row],
+
+    decode: bool,
 ) -> Result<(), Failure> {
     let info = gpu.adapter.get_info();
     let results: Vec<_> = table
@@ -757,6 +786,7 @@ fn write_json(
             "max_workgroup_size": gpu.norms.caps().max_wg,
         },
         "iters_per_batch": iters,
+        "forward_saves_statistics": !decode,
         "batches": BATCHES,
         "statistic": "median batch; us_per_op = batch time / iters",
         "units": "GB/s = bytes the op must move / time, decimal: forward x + y, backward x + dy + dx",

@@ -579,7 +579,10 @@ pub fn few_long_rows(op: Op) {
         check(gpu(), &case);
         let mut saved = case.clone();
         saved.stats = true;
-        assert!(!splits(gpu(), &saved), "{op:?} {rows}x{dim}: split with statistics");
+        assert!(
+            !splits(gpu(), &saved),
+            "{op:?} {rows}x{dim}: split with statistics"
+        );
     }
     for (k, &(center, spread, eps)) in EXTREME_ROWS.iter().enumerate() {
         for dim in [4096, 65536] {
@@ -605,7 +608,10 @@ pub fn few_long_rows(op: Op) {
     for _ in 0..3 {
         let again = run(gpu(), &case).y;
         assert!(
-            first.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()),
+            first
+                .iter()
+                .zip(&again)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{op:?}: a split row gave other bits"
         );
     }
