@@ -6,7 +6,9 @@
 //! [`autotune`] times a small grid of candidates on the device (RMSNorm and LayerNorm, forward
 //! and backward, at short, mid, odd and long rows), scores each by the geometric mean of its
 //! time over the default's, and keeps the default unless a candidate beats it by
-//! [`MARGIN`]. [`tuning_for`] caches that choice per adapter, driver and crate version, so
+//! [`MARGIN`]; then, with that shape, it times a decode step (1 to 64 rows) with few long rows
+//! split over several workgroups and without, and keeps the split unless whole rows beat it
+//! by the margin. [`tuning_for`] caches that choice per adapter, driver and crate version, so
 //! it is measured once. Native only: it blocks while it measures.
 //!
 //! Turn it off with `WGPU_NORM_AUTOTUNE=0` (then [`tuning_for`] returns the default without
@@ -192,7 +194,7 @@ fn parse(text: &str, key: &str) -> Option<Tuning> {
         bytes_per_group: value("bytes_per_group")?.trim().parse().ok()?,
         split_groups: value("split_groups")?.trim().parse().ok()?,
     };
-    candidates().contains(&tuning).then_some(tuning)
+    is_candidate(&tuning).then_some(tuning)
 }
 
 /// 64-bit FNV-1a: a stable file name for a key (std's hasher may change between releases).
@@ -354,7 +356,78 @@ pub fn autotune(
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .filter(|&(_, s)| s < 1.0 - MARGIN)
         .map_or(Tuning::default(), |(t, _)| t);
+
+    // Few rows (a decode step), with the shape chosen: rows split over several workgroups
+    // (the default) against whole rows (split_groups = 0), forward without statistics at the
+    // grid's longest D; whole rows must win by the margin.
+    let whole = Tuning {
+        split_groups: 0,
+        ..best
+    };
+    let pair = [best, whole].map(|tuning| {
+        Norms::with_options(
+            device,
+            NormsOptions {
+                tuning,
+                device_lost_callback: false,
+                ..options
+            },
+        )
+    });
+    let [split_norms, whole_norms] = pair;
+    let (split_norms, whole_norms) = (split_norms?, whole_norms?);
+    let mut decode = [0.0f64; 2];
+    let fit = (bytes / 4 / max_dim) as usize;
+    let mut rows_list: Vec<usize> = [1, 8, 64].iter().map(|&r| r.min(fit)).collect();
+    rows_list.dedup();
+    for round in 0..2 {
+        for k in 0..2 {
+            let which = if round == 0 { k } else { 1 - k };
+            let norms = if which == 0 {
+                &split_norms
+            } else {
+                &whole_norms
+            };
+            for &rows in &rows_list {
+                let n = (rows as u64) * max_dim * 4;
+                let t = |b| TensorRef::new(b, 0, n);
+                let wt = TensorRef::new(&w, 0, max_dim * 4);
+                let dim = max_dim as usize;
+                let rms = RmsNorm::new(rows, dim, t(&x), t(&y)).weight(wt);
+                let ln = LayerNorm::new(rows, dim, t(&x), t(&y)).weight(wt);
+                let ops: [&Record; 2] =
+                    [&|e| norms.rms_norm(e, &rms), &|e| norms.layer_norm(e, &ln)];
+                for op in ops {
+                    timer.time(1, op)?;
+                    let best = (0..2)
+                        .map(|_| timer.time(iters, op).map(|d| d.as_secs_f64()))
+                        .collect::<Result<Vec<f64>>>()?
+                        .into_iter()
+                        .fold(f64::INFINITY, f64::min);
+                    decode[which] += best.max(f64::MIN_POSITIVE).ln();
+                }
+            }
+        }
+    }
+    let whole_score = ((decode[1] - decode[0]) / (4 * rows_list.len()) as f64).exp();
+    let mut scores = scores;
+    scores.push((whole, whole_score));
+    let best = if whole_score.is_finite() && whole_score < 1.0 - MARGIN {
+        whole
+    } else {
+        best
+    };
     Ok((best, scores))
+}
+
+/// Whether the autotune may choose `t`: one of [`candidates`], rows split or not.
+pub fn is_candidate(t: &Tuning) -> bool {
+    let split = Tuning {
+        split_groups: crate::shaders::SPLIT_GROUPS,
+        ..*t
+    };
+    (t.split_groups == 0 || t.split_groups == crate::shaders::SPLIT_GROUPS)
+        && candidates().contains(&split)
 }
 
 #[cfg(test)]

@@ -153,8 +153,10 @@ fn autotune_measures_once_then_reads_the_cache() {
     let first = tune();
     assert!(first.measured);
     let candidates = wgpu_norm::tune::candidates();
-    assert!(candidates.contains(&first.tuning), "{first:?}");
-    assert_eq!(first.scores.len(), candidates.len());
+    assert!(wgpu_norm::tune::is_candidate(&first.tuning), "{first:?}");
+    // Every candidate, then whole rows against split ones for a decode step.
+    assert_eq!(first.scores.len(), candidates.len() + 1);
+    assert_eq!(first.scores.last().unwrap().0.split_groups, 0);
     // The default is the yardstick: its own score is exactly 1, every score is finite.
     assert_eq!(first.scores[0], (Tuning::default(), 1.0));
     assert!(
