@@ -108,6 +108,10 @@ ours --dims "$dims" "${mib[@]}" --dtypes f32,f16,bf16 --backward "${iters[@]}" \
 log "ours: few rows"
 ours --dims "$few_dims" --rows 1,8,64 --dtypes f32,f16,bf16 --backward "${iters[@]}" \
     "${torch_few[@]}" --json "$out/grid-few.json" >"$out/grid-few.txt" 2>"$out/grid-few.err" || failed+=("few rows")
+log "ours: few rows, whole (rows not split over workgroups)"
+ours --dims "$few_dims" --rows 1,8,64 --dtypes f32,bf16 --split-groups 0 "${iters[@]}" \
+    "${torch_few[@]}" --json "$out/grid-few-whole.json" >"$out/grid-few-whole.txt" \
+    2>"$out/grid-few-whole.err" || failed+=("few rows, whole")
 
 # 2. The tuning knobs, f32, against the defaults of the grid above (same call).
 sweep() {
@@ -157,7 +161,7 @@ for name in ["info.txt", "torch_grid.csv", "torch_few.csv", "variants.txt", "bur
 (out / "grid.json").write_text(json.dumps(doc, indent=1) + "\n")
 EOF
 {
-    for f in info grid-main grid-few tune-v4 tune-v16 tune-b4k tune-b64k tune-wg256 tune-autotune; do
+    for f in info grid-main grid-few grid-few-whole tune-v4 tune-v16 tune-b4k tune-b64k tune-wg256 tune-autotune; do
         [[ -f $out/$f.txt ]] && { echo "### $f"; cat "$out/$f.txt"; echo; }
     done
     [[ -f $out/variants.txt ]] && { echo "### forward variants (criterion)"; grep -E 'time:|thrpt:|^[a-z]' "$out/variants.txt"; }
