@@ -140,7 +140,8 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
     let sums = row_mean(row, hsum(s), lid, n);
     let mv = V(sums.x);
     var q = V(0.0);
-    for (var i = base + lane; i < base + n; i += RW) {
+    // (A split row's second dispatch has its variance already: no pass for it.)
+    for (var i = base + lane; i < base + n && (STATS || !SPLIT); i += RW) {
         let d = (ld_again(row, i) - pv) - mv;
         q += d * d;
     }

@@ -12,9 +12,10 @@ fn ld_in(row: u32, i: u32) -> V {
 
 // ld_in again, in a later streamed pass. Once s is written back it is read from there:
 // residual_out may replace x or the residual in place (as vLLM's fused add does), and
-// x + residual would then no longer be there to add. The same invocation wrote it.
+// x + residual would then no longer be there to add. The same invocation wrote it. (A split
+// row's first dispatch, STATS, writes nothing: it adds again.)
 fn ld_again(row: u32, i: u32) -> V {
-    if has(HAS_RESIDUAL_OUT) {
+    if has(HAS_RESIDUAL_OUT) && !STATS {
         return ld_residual_out(row, i);
     }
     return ld_in(row, i);

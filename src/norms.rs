@@ -121,9 +121,10 @@ pub struct Norms {
     /// Uniform buffers keyed by their contents, so that recording the same op again creates
     /// none.
     params: Mutex<HashMap<[u32; size_of::<Params>() / 4], wgpu::Buffer>>,
-    /// The backward's partial sums, shared by every op recorded here: each op writes and
-    /// reads them within its own consecutive dispatches, and wgpu orders those across
-    /// encoders and submissions, so one buffer (grown to the largest need) serves all.
+    /// Partial sums (the backward's column sums, the parts of split rows), shared by every op
+    /// recorded here: each op writes and reads them within its own consecutive dispatches,
+    /// and wgpu orders those across encoders and submissions, so one buffer (grown to the
+    /// largest need) serves all.
     scratch: Mutex<Option<wgpu::Buffer>>,
     /// Bound in place of absent optional operands, each binding at its own range, so that no
     /// two writable bindings of a dispatch alias. Two buffers, so that a read-only and a
@@ -604,7 +605,7 @@ impl Norms {
             .max(bytes);
         let buffer = capture(&self.device, || {
             self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("wgpu-norm backward partial sums"),
+                label: Some("wgpu-norm partial sums"),
                 size,
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,

@@ -85,6 +85,7 @@ pub(crate) fn step(caps: &Caps, c: &Checked, p: &Partials, part_rows: u32, chunk
         dim: c.dim,
         flags: c.flags,
         part_rows,
+        parts: 1,
         ..Params::default()
     };
     if chunk > 0 {

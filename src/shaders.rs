@@ -526,6 +526,7 @@ impl Variant {
              const SLICES: u32 = {slices}u;\n\
              const ROW_WORDS: u32 = {row_words}u;\n\
              const SERIAL: u32 = {SERIAL_UNROLL}u;\n\
+             const SPLIT: bool = {split};\n\
              const STATS: bool = {stats};\n\
              alias V = {v};\n\n\
              // Bits of params.flags: an operand is present, an option is on.\n",
@@ -536,6 +537,7 @@ impl Variant {
             cache = self.cache,
             slices = self.slices,
             row_words = self.kernel.max_rows_per_group().div_ceil(32).max(1),
+            split = self.kernel.is_split(),
             stats = self.stats,
         );
         for o in Operand::ALL {

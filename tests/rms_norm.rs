@@ -121,6 +121,11 @@ fn few_long_rows_split_over_workgroups() {
 }
 
 #[test]
+fn few_long_rows_split_with_every_storage_and_option() {
+    common::storage::split_rows_any(Op::RmsNorm);
+}
+
+#[test]
 fn random_shapes() {
     common::random_shapes(Op::RmsNorm, 4048);
 }

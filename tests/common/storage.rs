@@ -26,6 +26,11 @@ pub struct AnyCase {
     pub gemma_offset: bool,
     pub llama_rounding: bool,
     pub partial: Option<f32>,
+    /// Save the per-row statistic (rstd or rrms); without it, few long rows are split over
+    /// several workgroups.
+    pub stats: bool,
+    /// What residual_out holds before the run (None: poison, which every element must lose).
+    pub s_fill: Option<f32>,
 }
 
 /// `values` rounded to `dtype`.
@@ -58,6 +63,8 @@ impl AnyCase {
             gemma_offset: false,
             llama_rounding: false,
             partial: None,
+            stats: true,
+            s_fill: None,
         }
     }
 
@@ -176,6 +183,8 @@ pub struct AnyOut {
     pub y: Vec<f32>,
     pub s: Vec<f32>,
     pub rstd: Vec<f32>,
+    /// The plan split the rows over several workgroups.
+    pub split: bool,
 }
 
 pub fn at(b: &wgpu::Buffer, off: usize, d: DType, len: usize) -> TensorRef<'_> {
@@ -197,16 +206,25 @@ pub fn run_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
         .residual
         .as_ref()
         .map(|r| stage(gpu, act, Some(r), n, off));
-    let sb = stage(gpu, act, None, n, off);
+    let fill = c.s_fill.map(|v| vec![v; n]);
+    let sb = stage(gpu, act, fill.as_deref(), n, off);
     let statb = stage(gpu, DType::F32, None, rows, off);
+    let stat = || at(&statb, off, DType::F32, rows);
+    let split = |plan: wgpu_norm::Result<wgpu_norm::Plan>| {
+        let plan = plan.expect("plan");
+        plan.steps.iter().any(|s| s.variant.kernel.is_split())
+    };
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let was_split;
     match c.op {
         Op::LayerNorm => {
             let mut op = LayerNorm::new(rows, dim, at(&xb, off, act, n), at(&yb, off, act, n))
                 .dtype(act)
                 .param_dtype(par)
-                .eps(c.eps)
-                .rstd(at(&statb, off, DType::F32, rows));
+                .eps(c.eps);
+            if c.stats {
+                op = op.rstd(stat());
+            }
             op.weight = wb.as_ref().map(|b| at(b, off, par, dim));
             op.bias = bb.as_ref().map(|b| at(b, off, par, dim));
             op.residual = rb.as_ref().map(|b| at(b, off, act, n));
@@ -216,6 +234,7 @@ pub fn run_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
             if c.eps_added_to_std {
                 op = op.eps_placement(EpsPlacement::AddedToStd);
             }
+            was_split = split(gpu.norms.plan(&op));
             gpu.norms.layer_norm(&mut encoder, &op).expect("layer_norm");
         }
         Op::RmsNorm => {
@@ -223,8 +242,10 @@ pub fn run_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
                 .dtype(act)
                 .param_dtype(par)
                 .eps(c.eps)
-                .rrms(at(&statb, off, DType::F32, rows))
                 .gemma_offset(c.gemma_offset);
+            if c.stats {
+                op = op.rrms(stat());
+            }
             op.weight = wb.as_ref().map(|b| at(b, off, par, dim));
             op.residual = rb.as_ref().map(|b| at(b, off, act, n));
             if c.residual_out {
@@ -236,6 +257,7 @@ pub fn run_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
             if let Some(p) = c.partial {
                 op = op.partial(p);
             }
+            was_split = split(gpu.norms.plan(&op));
             gpu.norms.rms_norm(&mut encoder, &op).expect("rms_norm");
         }
     }
@@ -252,11 +274,22 @@ pub fn run_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
         0,
         "a wgpu error reached the handler"
     );
-    let s_len = if c.residual_out { n } else { 0 };
+    let s_len = if c.residual_out || c.s_fill.is_some() {
+        n
+    } else {
+        0
+    };
     AnyOut {
         y: unstage(&read[0], act, n, off, "y"),
         s: unstage(&read[1], act, s_len, off, "residual_out"),
-        rstd: unstage(&read[2], DType::F32, rows, off, "rstd"),
+        rstd: unstage(
+            &read[2],
+            DType::F32,
+            if c.stats { rows } else { 0 },
+            off,
+            "rstd",
+        ),
+        split: was_split,
     }
 }
 
@@ -294,4 +327,43 @@ pub fn check_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
         .fold(0.0, f64::max);
     assert!(worst <= 1e-5, "{what}: rstd off by {worst:e} relative");
     out
+}
+
+/// Few long rows split over several workgroups, with every storage type and option, no
+/// statistics saved (a decode step): a fused residual whose sum is written back into a
+/// buffer holding zeros (a pass that read it before writing would take them), D not a
+/// multiple of 4 with 64 rows (parts too long for registers: streamed), pRMSNorm, Gemma, ε
+/// added to σ, odd offsets; on the default device and on one with wgpu's default limits
+/// (256 invocations a workgroup).
+pub fn split_rows_any(op: Op) {
+    for (k, (dtype, mixed)) in [
+        (DType::F32, false),
+        (DType::Bf16, false),
+        (DType::F16, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (rows, dim, offset) in [(64, 16390, 0), (3, 20000, 1), (1, 8192, 0)] {
+            let mut c =
+                AnyCase::new(op, dtype, rows, dim, 7 * k as u64 + dim as u64).with_residual(true);
+            if mixed {
+                c = c.mixed();
+            }
+            c.offset = offset;
+            c.stats = false;
+            c.s_fill = Some(0.0);
+            match op {
+                Op::RmsNorm => {
+                    c.partial = (dim == 20000).then_some(0.3);
+                    c.gemma_offset = rows == 1;
+                }
+                Op::LayerNorm => c.eps_added_to_std = rows == 1,
+            }
+            for gpu in [super::gpu(), super::default_limits_gpu()] {
+                let out = check_any(gpu, &c);
+                assert!(out.split, "{op:?} {dtype} {rows}x{dim}: not split");
+            }
+        }
+    }
 }
