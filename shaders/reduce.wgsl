@@ -47,11 +47,7 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
         red[red_half + lid / sg_size] = s;
     }
     workgroupBarrier();
-    // Few partials (one per subgroup): every invocation sums them in the same order.
-    var t = 0.0;
-    for (var i = 0u; i < subgroups(); i++) {
-        t += red[red_half + i];
-    }
+    let t = partials_total(red_half);
     red_half = PARTS - red_half;
     return t;
 }
@@ -62,16 +58,25 @@ fn wg_sum_uniform(v: f32, lid: u32) -> f32 {
         red[red_half + lid / sg_size] = s;
     }
     workgroupBarrier();
-    // The same order of additions as wg_sum.
+    // The same additions in the same order as wg_sum.
+    let t = partials_total(red_half);
     if lid == 0u {
-        var t = 0.0;
-        for (var i = 0u; i < subgroups(); i++) {
-            t += red[red_half + i];
-        }
         total.x = t;
     }
     red_half = PARTS - red_half;
     return workgroupUniformLoad(&total).x;
+}
+
+// The subgroups' partials at red[h..], summed: each subgroup adds them all itself, every lane
+// a strided share, then across its lanes, so that every invocation gets the same total. (A
+// loop over all of them in every invocation costs a CPU adapter's 8-lane subgroups 128 loads
+// an invocation in a workgroup of 1024.)
+fn partials_total(h: u32) -> f32 {
+    var t = 0.0;
+    for (var i = sg_lane; i < subgroups(); i += sg_size) {
+        t += red[h + i];
+    }
+    return subgroupAdd(t);
 }
 
 //#if triples
