@@ -9,6 +9,9 @@
 //! of x (default 8 MiB on a CPU adapter, 256 MiB on a GPU).
 //!
 //!     cargo bench --features burn --bench burn
+//!
+//! `WGPU_NORM_BENCH_AUTOTUNE=1` runs this crate's kernels with the launch shape the autotune
+//! chooses for the adapter (the default shape otherwise).
 
 use std::time::{Duration, Instant};
 
@@ -46,8 +49,26 @@ fn new_group(
     group
 }
 
+/// burn's default wgpu device with this crate's kernels registered on it: with the launch
+/// shape the autotune chooses for the adapter when `WGPU_NORM_BENCH_AUTOTUNE=1` (cached as
+/// `wgpu_norm::tune::tuning_for` caches it), else the default.
+fn device() -> Device {
+    let (device, setup) = Device::wgpu_options()
+        .init_with_setup()
+        .unwrap_or_else(|e| panic!("starting burn's wgpu runtime: {e}"));
+    let mut options = wgpu_norm::NormsOptions::default();
+    if std::env::var("WGPU_NORM_BENCH_AUTOTUNE").is_ok_and(|v| v == "1") {
+        let tuned = wgpu_norm::tune::tuning_for(&setup.device, &setup.queue, options)
+            .unwrap_or_else(|e| panic!("autotune: {e}"));
+        eprintln!("autotune: {:?}", tuned.tuning);
+        options.tuning = tuned.tuning;
+    }
+    wgpu_norm::burn::register_with(&device, &setup, options).unwrap_or_else(|e| panic!("{e}"));
+    device
+}
+
 fn burn_norms(c: &mut Criterion) {
-    let device = wgpu_norm::burn::init().unwrap_or_else(|e| panic!("{e}"));
+    let device = device();
     let info = wgpu_norm::burn::adapter_info(&device).expect("registered");
     let cpu = info.device_type == wgpu::DeviceType::Cpu;
     let mib: usize = std::env::var("WGPU_NORM_BENCH_MIB")

@@ -93,6 +93,13 @@ pub fn init_with(options: burn::tensor::wgpu::WgpuOptions) -> Result<Device> {
 /// (an application's own device given to burn with `WgpuOptions::setup(..).init()`, or the
 /// setup returned by `init_with_setup`). Registering the same device again is a no-op.
 pub fn register(device: &Device, setup: &WgpuSetup) -> Result<()> {
+    register_with(device, setup, NormsOptions::default())
+}
+
+/// [`register`] with this crate's options: a launch shape chosen for the adapter
+/// ([`crate::tune::tuning_for`] on `setup.device`), say, or a workgroup cap. burn keeps the
+/// device's lost callback, whatever `options` say.
+pub fn register_with(device: &Device, setup: &WgpuSetup, options: NormsOptions) -> Result<()> {
     let key = wgpu_device_of(device)
         .ok_or_else(|| Error::Burn("register: the device is not a burn wgpu device".into()))?;
     let mut all = contexts().lock().unwrap_or_else(|e| e.into_inner());
@@ -102,7 +109,7 @@ pub fn register(device: &Device, setup: &WgpuSetup) -> Result<()> {
     // burn (cubecl) keeps the device's one lost callback for itself.
     let options = NormsOptions {
         device_lost_callback: false,
-        ..Default::default()
+        ..options
     };
     let norms = Norms::with_options(&setup.device, options)?;
     all.insert(
