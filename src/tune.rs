@@ -283,18 +283,28 @@ pub fn autotune(
     // drift in the device's clocks does not favour the candidates measured first.
     let all = candidates();
     // One Norms per candidate for both rounds: each compiles its own pipelines once.
+    let norms_for = |tuning| {
+        Norms::with_options(
+            device,
+            NormsOptions {
+                tuning,
+                device_lost_callback: false,
+                ..options
+            },
+        )
+    };
+    // Once to compile and warm, then the better of two batches.
+    let best_time = |op: &Record| -> Result<f64> {
+        timer.time(1, op)?;
+        Ok((0..2)
+            .map(|_| timer.time(iters, op).map(|d| d.as_secs_f64()))
+            .collect::<Result<Vec<f64>>>()?
+            .into_iter()
+            .fold(f64::INFINITY, f64::min))
+    };
     let norms_of = all
         .iter()
-        .map(|&tuning| {
-            Norms::with_options(
-                device,
-                NormsOptions {
-                    tuning,
-                    device_lost_callback: false,
-                    ..options
-                },
-            )
-        })
+        .map(|&tuning| norms_for(tuning))
         .collect::<Result<Vec<_>>>()?;
     let mut times = vec![vec![0.0f64; dims.len() * 4]; all.len()];
     for round in 0..2 {
@@ -328,14 +338,7 @@ pub fn autotune(
                     &|e| norms.layer_norm_backward(e, &ln_bwd),
                 ];
                 for (o, op) in ops.iter().enumerate() {
-                    // Once to compile and warm, then the better of two batches.
-                    timer.time(1, op)?;
-                    let best = (0..2)
-                        .map(|_| timer.time(iters, op).map(|d| d.as_secs_f64()))
-                        .collect::<Result<Vec<f64>>>()?
-                        .into_iter()
-                        .fold(f64::INFINITY, f64::min);
-                    times[c][k * 4 + o] += best;
+                    times[c][k * 4 + o] += best_time(op)?;
                 }
             }
         }
@@ -366,18 +369,7 @@ pub fn autotune(
         split_groups: 0,
         ..best
     };
-    let pair = [best, whole].map(|tuning| {
-        Norms::with_options(
-            device,
-            NormsOptions {
-                tuning,
-                device_lost_callback: false,
-                ..options
-            },
-        )
-    });
-    let [split_norms, whole_norms] = pair;
-    let (split_norms, whole_norms) = (split_norms?, whole_norms?);
+    let (split_norms, whole_norms) = (norms_for(best)?, norms_for(whole)?);
     let mut decode = [0.0f64; 2];
     let fit = (bytes / 4 / max_dim) as usize;
     let mut rows_list: Vec<usize> = [1, 8, 64].iter().map(|&r| r.min(fit)).collect();
@@ -400,13 +392,7 @@ pub fn autotune(
                 let ops: [&Record; 2] =
                     [&|e| norms.rms_norm(e, &rms), &|e| norms.layer_norm(e, &ln)];
                 for op in ops {
-                    timer.time(1, op)?;
-                    let best = (0..2)
-                        .map(|_| timer.time(iters, op).map(|d| d.as_secs_f64()))
-                        .collect::<Result<Vec<f64>>>()?
-                        .into_iter()
-                        .fold(f64::INFINITY, f64::min);
-                    decode[which] += best.max(f64::MIN_POSITIVE).ln();
+                    decode[which] += best_time(op)?.max(f64::MIN_POSITIVE).ln();
                 }
             }
         }

@@ -981,21 +981,28 @@ fn few_long_rows_are_split_without_statistics() {
     assert_eq!(kernels(&p), [(Kernel::RmsNorm, false, 1)]);
     let p = plan(&caps, &LayerNorm::new(1, 8192, x, x)).unwrap();
     assert_eq!(kernels(&p), [(Kernel::LayerNorm, false, 1)]);
-    // Rows enough to fill the GPU, a row too short for two parts, or split_groups = 0.
-    let t = Tensors::new(128, 8192, DType::F32, DType::F32, 0);
-    let p = plan(
-        &caps,
-        &LayerNorm::new(128, 8192, t.rows_of(&t.x), t.rows_of(&t.y)),
-    )
-    .unwrap();
-    assert_eq!(kernels(&p), [(Kernel::LayerNorm, false, 1)]);
-    let t = Tensors::new(1, 2044, DType::F32, DType::F32, 0);
-    let p = plan(
-        &caps,
-        &LayerNorm::new(1, 2044, t.rows_of(&t.x), t.rows_of(&t.y)),
-    )
-    .unwrap();
-    assert_eq!(kernels(&p), [(Kernel::LayerNorm, false, 1)]);
+    // Rows enough to fill the GPU, a row too short for two parts, or split_groups = 0: both
+    // norms take whole rows.
+    let plans = |caps: &Caps, rows: u64, dim: u64| {
+        let t = Tensors::new(rows, dim, DType::F32, DType::F32, 0);
+        let (x, y) = (t.rows_of(&t.x), t.rows_of(&t.y));
+        let (r, d) = (rows as usize, dim as usize);
+        [
+            plan(caps, &LayerNorm::new(r, d, x, y)).unwrap(),
+            plan(caps, &RmsNorm::new(r, d, x, y)).unwrap(),
+        ]
+    };
+    let whole = |caps: &Caps, rows: u64, dim: u64| {
+        let [ln, rms] = plans(caps, rows, dim);
+        assert_eq!(
+            kernels(&ln),
+            [(Kernel::LayerNorm, false, 1)],
+            "{rows}x{dim}"
+        );
+        assert_eq!(kernels(&rms), [(Kernel::RmsNorm, false, 1)], "{rows}x{dim}");
+    };
+    whole(&caps, 128, 8192);
+    whole(&caps, 1, 2044);
     let never = Caps {
         tuning: wgpu_norm::Tuning {
             split_groups: 0,
@@ -1003,20 +1010,9 @@ fn few_long_rows_are_split_without_statistics() {
         },
         ..caps.clone()
     };
-    let t = Tensors::new(1, 8192, DType::F32, DType::F32, 0);
-    let p = plan(
-        &never,
-        &RmsNorm::new(1, 8192, t.rows_of(&t.x), t.rows_of(&t.y)),
-    )
-    .unwrap();
-    assert_eq!(kernels(&p), [(Kernel::RmsNorm, false, 1)]);
+    whole(&never, 1, 8192);
     // 16 rows ask for 8 parts each; the scalar path counts single elements.
-    let t = Tensors::new(16, 4097, DType::F32, DType::F32, 0);
-    let p = plan(
-        &caps,
-        &RmsNorm::new(16, 4097, t.rows_of(&t.x), t.rows_of(&t.y)),
-    )
-    .unwrap();
+    let [_, p] = plans(&caps, 16, 4097);
     assert_eq!(p.steps[0].params.parts, 8);
     assert!(!p.steps[0].variant.vec4);
 }

@@ -171,6 +171,17 @@ impl Case {
         self.x.len() / self.dim
     }
 
+    /// Row 1 (of 3) replaced by the k-th of [`EXTREME_ROWS`], with its eps.
+    pub fn extreme_middle_row(&mut self, k: usize) {
+        let (center, spread, eps) = EXTREME_ROWS[k];
+        let dim = self.dim;
+        let extreme = Rng::new(k as u64).data(dim, center, spread);
+        // Saturate what Box-Muller would push past f32 at 3e37 +- 1e37.
+        let extreme: Vec<f32> = extreme.iter().map(|v| v.clamp(-3e38, 3e38)).collect();
+        self.x[dim..2 * dim].copy_from_slice(&extreme);
+        self.eps = eps;
+    }
+
     pub fn reference(&self) -> reference::Reference {
         match self.op {
             Op::LayerNorm => reference::layer_norm(
@@ -446,14 +457,10 @@ pub const EXTREME_ROWS: [(f64, f64, f32); 6] = [
 /// (the row in registers) and 65536 (streamed), both reductions. y is held to the f32
 /// tolerance, rstd to 1e-5 relative, and the mean to 1e-5 of the row's own spread.
 pub fn extreme_magnitudes(op: Op) {
-    for (k, &(center, spread, eps)) in EXTREME_ROWS.iter().enumerate() {
+    for (k, &(center, spread, _)) in EXTREME_ROWS.iter().enumerate() {
         for dim in [7, 4096, 65536] {
             let mut case = Case::new(op, 3, dim, 60 + k as u64);
-            let extreme = Rng::new(k as u64).data(dim, center, spread);
-            // Saturate what Box-Muller would push past f32 at 3e37 +- 1e37.
-            let extreme: Vec<f32> = extreme.iter().map(|v| v.clamp(-3e38, 3e38)).collect();
-            case.x[dim..2 * dim].copy_from_slice(&extreme);
-            case.eps = eps;
+            case.extreme_middle_row(k);
             let r = case.reference();
             for gpu in [gpu(), tree_gpu()] {
                 let out = run(gpu, &case);
@@ -584,14 +591,11 @@ pub fn few_long_rows(op: Op) {
             "{op:?} {rows}x{dim}: split with statistics"
         );
     }
-    for (k, &(center, spread, eps)) in EXTREME_ROWS.iter().enumerate() {
+    for (k, &(center, spread, _)) in EXTREME_ROWS.iter().enumerate() {
         for dim in [4096, 65536] {
             let mut case = Case::new(op, 3, dim, 70 + k as u64);
             case.stats = false;
-            let extreme = Rng::new(k as u64).data(dim, center, spread);
-            let extreme: Vec<f32> = extreme.iter().map(|v| v.clamp(-3e38, 3e38)).collect();
-            case.x[dim..2 * dim].copy_from_slice(&extreme);
-            case.eps = eps;
+            case.extreme_middle_row(k);
             let r = case.reference();
             for gpu in [gpu(), tree_gpu()] {
                 let out = run(gpu, &case);
