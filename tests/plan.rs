@@ -382,22 +382,20 @@ fn plan_every_op(what: &str, caps: &Caps, t: &Tensors) {
         .residual(r)
         .residual_out(s);
     use Operand::*;
+    let ln_operands = vec![
+        (Input, x),
+        (Output, y),
+        (Weight, w),
+        (Bias, b),
+        (Mean, t.stat(0)),
+        (Rstd, t.stat(1)),
+        (Residual, r),
+        (ResidualOut, s),
+    ];
     run(
         "layer_norm",
         &|| plan(caps, &ln),
-        t.described(
-            Kernel::LayerNorm,
-            vec![
-                (Input, x),
-                (Output, y),
-                (Weight, w),
-                (Bias, b),
-                (Mean, t.stat(0)),
-                (Rstd, t.stat(1)),
-                (Residual, r),
-                (ResidualOut, s),
-            ],
-        ),
+        t.described(Kernel::LayerNorm, ln_operands.clone()),
     );
     let rms = RmsNorm::new(rows, dim, x, y)
         .dtype(t.act)
@@ -414,26 +412,20 @@ fn plan_every_op(what: &str, caps: &Caps, t: &Tensors) {
         ),
     );
     // Without statistics, few long rows are split over several workgroups.
-    let ln_split = LayerNorm::new(rows, dim, x, y)
-        .dtype(t.act)
-        .param_dtype(t.param)
-        .weight(w)
-        .bias(b)
-        .residual(r)
-        .residual_out(s);
+    let ln_split = LayerNorm {
+        mean: None,
+        rstd: None,
+        ..ln.clone()
+    };
     run(
         "layer_norm without statistics",
         &|| plan(caps, &ln_split),
         t.described(
             Kernel::LayerNorm,
-            vec![
-                (Input, x),
-                (Output, y),
-                (Weight, w),
-                (Bias, b),
-                (Residual, r),
-                (ResidualOut, s),
-            ],
+            ln_operands
+                .into_iter()
+                .filter(|(o, _)| !matches!(o, Mean | Rstd))
+                .collect(),
         ),
     );
     let rms_split = RmsNorm::new(rows, dim, x, y)
