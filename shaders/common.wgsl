@@ -1,6 +1,6 @@
 // Declarations shared by every kernel. The host prepends generated code: a prelude with WG
 // (workgroup size), CACHE (row elements each invocation keeps in registers, 0 = stream), VW
-// (lanes per element of V), SLICES (param_grad), the alias V (f32 or vec4<f32>) and the flag
+// (consecutive elements per V), SLICES (param_grad), the alias V (f32 or vec4<f32>) and the flag
 // bits HAS_<operand> and OPT_<option>; then, after this file, the bindings of the kernel with
 // a typed accessor for each (ld_x(row, i), st_y(row, i, v), ...). The `//#if` blocks are
 // resolved by src/shaders.rs. No literal here repeats a host constant.
@@ -52,9 +52,42 @@ fn row_part(row: u32, part: u32) -> vec2<u32> {
     }
 //#if split
     let base = part * part_len();
-    return vec2<u32>(base, min(part_len(), params.dim / VW - base));
+    return vec2<u32>(base, min(part_len(), row_vs() - base));
 //#else
-    return vec2<u32>(0u, params.dim / VW);
+    return vec2<u32>(0u, row_vs());
+//#endif
+}
+
+// V's of a row. Strided V's (the forward norms where D % 4 != 0, see row_elems) come in
+// groups of RW, one per invocation of the row, each group 4 * RW elements; the last group's
+// lanes past the row are masked.
+fn row_vs() -> u32 {
+//#if strided
+    return (params.dim + 4u * RW - 1u) / (4u * RW) * RW;
+//#else
+    return params.dim / VW;
+//#endif
+}
+
+// The row elements of the lanes of the row's i-th V: consecutive, or strided over the row's
+// RW invocations, so that each of an invocation's four loads is consecutive across them
+// (`wgpu_norm::shaders::Variant::strided`).
+fn row_elems(i: u32) -> vec4<u32> {
+//#if strided
+    let g = (i / RW) * 4u * RW + i % RW;
+    return vec4<u32>(g) + vec4<u32>(0u, RW, 2u * RW, 3u * RW);
+//#else
+    return vec4<u32>(i * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+//#endif
+}
+
+// v with the lanes of the row's i-th V past the row zeroed: loads give 0 there, but a
+// difference (x - mean) does not. Only strided V's have such lanes.
+fn in_row(i: u32, v: V) -> V {
+//#if strided
+    return select(V(0.0), v, row_elems(i) < vec4<u32>(params.dim));
+//#else
+    return v;
 //#endif
 }
 
@@ -65,7 +98,7 @@ fn has(f: u32) -> bool {
 
 // Sum of the lanes of one V, in a fixed order (no dot(): it may fuse differently per driver).
 fn hsum(v: V) -> f32 {
-//#if vec4
+//#if wide
     return (v.x + v.y) + (v.z + v.w);
 //#else
     return v;
@@ -74,9 +107,8 @@ fn hsum(v: V) -> f32 {
 
 // v with the lanes (of the row's i-th V) of elements at or past stat_len zeroed.
 fn in_prefix(i: u32, v: V) -> V {
-//#if vec4
-    let e = vec4<u32>(i * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
-    return select(V(0.0), v, e < vec4<u32>(params.stat_len));
+//#if wide
+    return select(V(0.0), v, row_elems(i) < vec4<u32>(params.stat_len));
 //#else
     return select(0.0, v, i < params.stat_len);
 //#endif
@@ -84,7 +116,7 @@ fn in_prefix(i: u32, v: V) -> V {
 
 // The first scalar element of one V.
 fn first_lane(v: V) -> f32 {
-//#if vec4
+//#if wide
     return v.x;
 //#else
     return v;

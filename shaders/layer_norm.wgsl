@@ -98,7 +98,7 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
     var s = V(0.0);
 //#unroll k
     if lane + k * RW < n {
-        c[k] -= pv;
+        c[k] = in_row(base + lane + k * RW, c[k] - pv);
         s += c[k];
     }
 //#endunroll
@@ -107,7 +107,7 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
     var q = V(0.0);
 //#unroll k
     if lane + k * RW < n {
-        c[k] -= mv;
+        c[k] = in_row(base + lane + k * RW, c[k] - mv);
         q += c[k] * c[k];
     }
 //#endunroll
@@ -135,14 +135,14 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
         if has(HAS_RESIDUAL_OUT) && !STATS {
             st_residual_out(row, i, x);
         }
-        s += x - pv;
+        s += in_row(i, x - pv);
     }
     let sums = row_mean(row, hsum(s), lid, n);
     let mv = V(sums.x);
     var q = V(0.0);
     // (A split row's second dispatch has its variance already: no pass for it.)
     for (var i = base + lane; i < base + n && (STATS || !SPLIT); i += RW) {
-        let d = (ld_again(row, i) - pv) - mv;
+        let d = in_row(i, (ld_again(row, i) - pv) - mv);
         q += d * d;
     }
     let v = row_variance(row, hsum(q), lid, sums, part);

@@ -48,7 +48,7 @@ fn out_of_range(m2: f32) -> bool {
 
 // The largest biased exponent of the lanes of v (255 for inf or NaN).
 fn max_exponent(v: V) -> u32 {
-//#if vec4
+//#if wide
     let b = (bitcast<vec4<u32>>(v) >> vec4<u32>(23u)) & vec4<u32>(0xffu);
     return max(max(b.x, b.y), max(b.z, b.w));
 //#else
@@ -60,7 +60,7 @@ fn max_exponent(v: V) -> u32 {
 // its statistics) into [1, 2); NO_SCALE for inf or NaN. A subnormal or zero largest |x| is
 // scaled as 2^-126.
 fn row_exponent(row: u32) -> i32 {
-    let n = params.dim / VW;
+    let n = row_vs();
     var b = 0u;
     for (var i0 = 0u; i0 < n; i0 += SERIAL) {
 //#unroll ui SERIAL
@@ -144,7 +144,7 @@ fn no_sum() -> Sum {
 
 // The mean of squares of the first stat_len elements of the row scaled by 2^-e.
 fn scaled_mean_square(row: u32, e: i32) -> f32 {
-    let n = params.dim / VW;
+    let n = row_vs();
     var q = no_sum();
     for (var i0 = 0u; i0 < n; i0 += SERIAL) {
 //#unroll ui SERIAL
@@ -166,14 +166,14 @@ struct Moments {
 }
 
 fn scaled_moments(row: u32, e: i32) -> Moments {
-    let n = params.dim / VW;
+    let n = row_vs();
     let inv_dim = 1.0 / f32(params.dim);
     let p = first_lane(scale_v(ld_all(row, 0u), e));
     var s = no_sum();
     for (var i0 = 0u; i0 < n; i0 += SERIAL) {
 //#unroll ui SERIAL
         if i0 + ui < n {
-            s = add(s, scale_v(ld_all(row, i0 + ui), e) - V(p));
+            s = add(s, in_row(i0 + ui, scale_v(ld_all(row, i0 + ui), e) - V(p)));
         }
 //#endunroll
     }
@@ -182,7 +182,7 @@ fn scaled_moments(row: u32, e: i32) -> Moments {
     for (var i0 = 0u; i0 < n; i0 += SERIAL) {
 //#unroll ui SERIAL
         if i0 + ui < n {
-            let d = (scale_v(ld_all(row, i0 + ui), e) - V(p)) - V(m);
+            let d = in_row(i0 + ui, (scale_v(ld_all(row, i0 + ui), e) - V(p)) - V(m));
             q = add(q, d * d);
         }
 //#endunroll

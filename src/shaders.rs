@@ -23,9 +23,10 @@ pub const MAX_WORKGROUP_SIZE: u32 = 1024;
 
 /// Row elements (`V`s of four elements) each invocation aims to handle: the workgroup grows
 /// with D until it reaches the largest size, so short rows are not spread thinly over idle
-/// invocations and every invocation has several loads in flight. The scalar path (D % 4 != 0)
-/// takes [`LANES`] times as many one-element `V`s, up to [`MAX_CACHE`]: more bytes in flight
-/// per invocation, as far as the register cache's length allows.
+/// invocations and every invocation has several loads in flight. Where D % 4 != 0 a forward
+/// norm's `V` is four elements still, strided over the row's invocations
+/// ([`Variant::strided`]); the scalar path of the backward and of split rows takes one
+/// element per `V` (the split forward [`LANES`] times as many, up to [`MAX_CACHE`]).
 pub const V_PER_INVOCATION: u32 = 8;
 
 /// Elements in the `V` of the vec4 path.
@@ -127,6 +128,11 @@ pub fn split_parts(rows: u64, per_row: u32, split_groups: u32) -> u32 {
     per_row.div_ceil(per_row.div_ceil(parts))
 }
 
+/// [`Variant::strided`] for `kernel` with or without vec4 access.
+fn is_strided(kernel: Kernel, vec4: bool) -> bool {
+    !vec4 && matches!(kernel.def().shape, Shape::Rows { .. }) && !kernel.is_split()
+}
+
 /// The register cache length for `per_row` `V`s over `row_wg` invocations of a `wg`-invocation
 /// workgroup; 0 when it does not fit.
 fn cache_len(per_row: u32, row_wg: u32, wg: u32, arrays: u32) -> u32 {
@@ -205,7 +211,9 @@ pub struct Variant {
     /// is too short to keep [`MIN_WORKGROUP_SIZE`] invocations busy, and `wg / row_wg` rows
     /// are normalized side by side ([`Variant::rows_side_by_side`]).
     pub row_wg: u32,
-    /// `V = vec4<f32>`: D % 4 == 0 and every operand 16-byte aligned.
+    /// `V = vec4<f32>` of four consecutive elements: D % 4 == 0 and every operand 16-byte
+    /// aligned. Otherwise one element per `V`, or, for the forward norms, four strided ones
+    /// ([`Variant::strided`]).
     pub vec4: bool,
     /// Register cache length in `V`s per invocation; 0 streams the row from memory.
     pub cache: u32,
@@ -261,7 +269,8 @@ impl Variant {
         max_wg: u32,
         v_per_invocation: u32,
     ) -> Self {
-        let lanes = if vec4 { LANES } else { 1 };
+        let strided = is_strided(kernel, vec4);
+        let lanes = if vec4 || strided { LANES } else { 1 };
         let mut subgroups = subgroups && kernel.reduces();
         let (wg, row_wg, cache, slices) = match kernel.def().shape {
             Shape::Flat => {
@@ -282,12 +291,13 @@ impl Variant {
                 ..
             } => {
                 // The kernel's own share relative to the default, scaled by the tuning's, in
-                // four-element units: a forward norm's scalar path takes LANES times as many
+                // four-element units: a split row's scalar path takes LANES times as many
                 // one-element V's, up to the cache's length (with one element per V, a row of
                 // D = 4097 would otherwise spread over four times the invocations, each with a
-                // quarter of the bytes in flight). Not the backward's: on lavapipe its scalar
-                // path lost 30-40 % that way, while the forward's gained 1.4-2x (BENCHMARKS.md,
-                // 2026-11-27); a GPU has not measured either yet.
+                // quarter of the bytes in flight; the whole-row forward has strided V's of four
+                // for that). Not the backward's: on lavapipe its scalar path lost 30-40 % that
+                // way, while the forward's gained 1.4-2x (BENCHMARKS.md, 2026-11-27); a GPU has
+                // not measured either yet.
                 let share = (per_invocation * v_per_invocation / V_PER_INVOCATION).max(1);
                 let forward = matches!(kernel.def().shape, Shape::Rows { .. });
                 let per_invocation = if lanes == 1 && forward {
@@ -350,6 +360,17 @@ impl Variant {
     /// Rows one workgroup of this variant normalizes at once (`WG / RW` in WGSL).
     pub fn rows_side_by_side(&self) -> u32 {
         self.wg / self.row_wg
+    }
+
+    /// Whether a `V` is four elements strided over the row's invocations rather than
+    /// consecutive: a forward norm's whole rows where vec4 access is not possible (D % 4 != 0,
+    /// or an operand not 16-byte aligned). Lane l of the i-th `V` is element
+    /// `(i / RW) * 4 * RW + l * RW + i % RW` of the row, so each of its four loads is
+    /// consecutive across the invocations (coalesced) and an invocation has four elements in
+    /// flight per `V`, as the vec4 path has, at any alignment. Lanes past the row read as 0
+    /// and are not written.
+    pub fn strided(&self) -> bool {
+        is_strided(self.kernel, self.vec4)
     }
 
     /// Columns of partial sums one workgroup of this (column-sum) variant owns.
@@ -466,7 +487,13 @@ impl Variant {
             } else {
                 String::new()
             },
-            if self.vec4 { "vec4" } else { "scalar" },
+            if self.vec4 {
+                "vec4"
+            } else if self.strided() {
+                "strided"
+            } else {
+                "scalar"
+            },
             self.cache,
             if self.slices > 1 {
                 format!(" slices={}", self.slices)
@@ -483,6 +510,9 @@ impl Variant {
     fn flag(&self, name: &str) -> Option<bool> {
         match name {
             "vec4" => Some(self.vec4),
+            "strided" => Some(self.strided()),
+            // V is a vec4<f32>, of consecutive or strided elements.
+            "wide" => Some(self.vec4 || self.strided()),
             "cached" => Some(self.cache > 0),
             "subgroups" => Some(self.subgroups),
             "shared" => Some(self.shared),
@@ -511,8 +541,11 @@ impl Variant {
             self.wg.is_power_of_two() && self.row_wg.is_power_of_two() && self.row_wg <= self.wg,
             "{self:?}"
         );
+        // VW: elements per V where they are consecutive (vec4 binding offsets and indices).
         let (v, vw) = if self.vec4 {
             ("vec4<f32>", 4)
+        } else if self.strided() {
+            ("vec4<f32>", 1)
         } else {
             ("f32", 1)
         };
@@ -636,7 +669,8 @@ fn bindings_code(v: &Variant) -> String {
         let ty = match (s.extent, dtype, v.vec4, writes) {
             (Extent::PerRow, ..) => "f32",
             (Extent::RowParts, ..) => "vec2<f32>",
-            (_, DType::F32, _, _) => "V",
+            (_, DType::F32, true, _) => "vec4<f32>",
+            (_, DType::F32, false, _) => "f32",
             (_, _, true, _) => "vec2<u32>",
             (_, _, false, false) => "u32",
             (_, _, false, true) => "atomic<u32>",
@@ -660,7 +694,7 @@ fn bindings_code(v: &Variant) -> String {
             Extent::Partials => (
                 "k: u32, i: u32",
                 format!("off_v({b}u) + k * (params.dim / VW) + i"),
-                String::new(),
+                format!("off_f({b}u) + k * params.dim + i"),
             ),
             Extent::RowParts => {
                 fns.push_str(&format!(
@@ -688,43 +722,84 @@ fn bindings_code(v: &Variant) -> String {
             DType::Bf16 => ("bf16_pack", "bf16_bits", "bf16_unpack"),
             _ => ("pack2x16float", "f16_bits", "unpack2x16float"),
         };
-        let word = if writes {
-            format!("atomicLoad(&{arr}[e >> 1u])")
-        } else {
-            format!("{arr}[e >> 1u]")
+        if !v.vec4 {
+            // One element at a time: `el_o(e)` reads and `put_o(e, v)` writes element e of the
+            // binding, which the scalar path's accessors take one at a time and the strided
+            // path's four at a time.
+            let word = if writes {
+                format!("atomicLoad(&{arr}[e >> 1u])")
+            } else {
+                format!("{arr}[e >> 1u]")
+            };
+            if s.access.reads() {
+                let body = match dtype {
+                    DType::F32 => format!("return {arr}[e];"),
+                    DType::F16 => format!("return unpack2x16float({word})[e & 1u];"),
+                    DType::Bf16 => format!(
+                        "let w = {word};\n    return select(bf16_lo(w), bf16_hi(w), (e & 1u) == 1u);"
+                    ),
+                };
+                fns.push_str(&format!(
+                    "fn el_{arr}(e: u32) -> f32 {{\n    {body}\n}}\n\n"
+                ));
+            }
+            if writes {
+                let body = match dtype {
+                    DType::F32 => format!("{arr}[e] = v;"),
+                    _ => format!(
+                        "let sh = (e & 1u) * 16u;\n    \
+                         atomicAnd(&{arr}[e >> 1u], ~(0xffffu << sh));\n    \
+                         atomicOr(&{arr}[e >> 1u], {bits}(v) << sh);"
+                    ),
+                };
+                fns.push_str(&format!(
+                    "fn put_{arr}(e: u32, v: f32) {{\n    {body}\n}}\n\n"
+                ));
+            }
+        }
+        // The first element of the operand's row (or of the parameter), in the strided path.
+        let start = match s.extent {
+            Extent::Rows => format!("off_f({b}u) + row * params.dim"),
+            _ => format!("off_f({b}u)"),
         };
         if s.access.reads() {
-            let body = match (dtype, v.vec4) {
-                (DType::F32, _) => format!("return {arr}[{at_v}];"),
-                (_, true) => format!(
+            let body = match (dtype, v.vec4, v.strided()) {
+                (DType::F32, true, _) => format!("return {arr}[{at_v}];"),
+                (_, true, _) => format!(
                     "let w = {arr}[{at_v}];\n    return vec4<f32>({unpack}(w.x), {unpack}(w.y));"
                 ),
-                (DType::F16, false) => {
-                    format!("let e = {at_e};\n    return unpack2x16float({word})[e & 1u];")
-                }
-                (_, false) => format!(
-                    "let e = {at_e};\n    let w = {word};\n    \
-                     return select(bf16_lo(w), bf16_hi(w), (e & 1u) == 1u);"
+                // Lanes past the row read its last element (in bounds) and return 0.
+                (_, false, true) => format!(
+                    "let e = row_elems(i);\n    \
+                     let a = min(e, vec4<u32>(params.dim - 1u)) + vec4<u32>({start});\n    \
+                     let v = vec4<f32>(el_{arr}(a.x), el_{arr}(a.y), el_{arr}(a.z), el_{arr}(a.w));\n    \
+                     return select(V(0.0), v, e < vec4<u32>(params.dim));"
                 ),
+                (_, false, false) => format!("return el_{arr}({at_e});"),
             };
             fns.push_str(&format!("fn ld_{arr}({args}) -> V {{\n    {body}\n}}\n\n"));
         }
         if writes {
-            let body = match (dtype, v.vec4) {
-                (DType::F32, _) => format!("{arr}[{at_v}] = v;"),
-                (_, true) => {
+            let body = match (dtype, v.vec4, v.strided()) {
+                (DType::F32, true, _) => format!("{arr}[{at_v}] = v;"),
+                (_, true, _) => {
                     format!("{arr}[{at_v}] = vec2<u32>({pack}(v.xy), {pack}(v.zw));")
                 }
-                (_, false) => format!(
-                    "let e = {at_e};\n    let sh = (e & 1u) * 16u;\n    \
-                     atomicAnd(&{arr}[e >> 1u], ~(0xffffu << sh));\n    \
-                     atomicOr(&{arr}[e >> 1u], {bits}(v) << sh);"
-                ),
+                (_, false, true) => {
+                    let mut body = format!("let e = row_elems(i);\n    let a = {start};");
+                    for l in ["x", "y", "z", "w"] {
+                        body.push_str(&format!(
+                            "\n    if e.{l} < params.dim {{\n        put_{arr}(a + e.{l}, v.{l});\n    }}"
+                        ));
+                    }
+                    body
+                }
+                (_, false, false) => format!("put_{arr}({at_e}, v);"),
             };
             fns.push_str(&format!("fn st_{arr}({args}, v: V) {{\n    {body}\n}}\n\n"));
         }
     }
-    let round = match (v.act, v.vec4) {
+    let round = match (v.act, v.vec4 || v.strided()) {
         (DType::F32, _) => "v",
         (DType::F16, true) => {
             "vec4<f32>(unpack2x16float(pack2x16float(v.xy)), unpack2x16float(pack2x16float(v.zw)))"
@@ -880,7 +955,7 @@ mod tests {
                             max_wg,
                             per_invocation,
                         );
-                        let lanes = if vec4 { LANES } else { 1 };
+                        let lanes = if vec4 || v.strided() { LANES } else { 1 };
                         assert!(v.wg.is_power_of_two() && v.wg <= max_wg, "{v:?}");
                         assert!(v.wg >= MIN_WORKGROUP_SIZE, "{v:?}");
                         assert!(all.contains(&v), "{v:?} is not validated");
@@ -929,12 +1004,16 @@ mod tests {
         for k in [Kernel::LayerNormBackward, Kernel::RmsNormBackward] {
             assert_eq!(Variant::for_row(k, 8, false, false, false, 1024).row_wg, 64);
         }
-        // The forward's scalar path takes twice the V's per invocation here (one element
-        // each: four times, capped by the cache's length); the backward's keeps its share.
+        // D % 4 != 0: the forward's V's are four strided elements, as many per invocation
+        // as the vec4 path's (1025 over 256 invocations); the backward's are one element.
         let v = Variant::for_row(Kernel::LayerNorm, 4097, false, true, false, 1024);
-        assert_eq!((v.wg, v.cache), (512, 16));
+        assert!(v.strided(), "{v:?}");
+        assert_eq!((v.wg, v.cache), (256, 8));
         let v = Variant::for_row(Kernel::LayerNormBackward, 4097, false, true, false, 1024);
-        assert_eq!(v.wg, 1024);
+        assert!(!v.strided() && v.wg == 1024, "{v:?}");
+        // A split row's scalar path takes four times the one-element V's, up to the cache.
+        let v = Variant::for_row(Kernel::LayerNormSplit, 4097, false, true, false, 1024);
+        assert!(!v.strided() && (v.wg, v.cache) == (512, 16), "{v:?}");
     }
 
     #[test]
