@@ -1,5 +1,7 @@
 // LayerNorm backward, stage 1: dx for every row, and per-workgroup column partial sums of
 // dy * xhat and dy, which param_grad.wgsl reduces to dweight and dbias in a fixed order.
+// Strided V's (D % 4 != 0) have lanes past the row, which load 0: dy there is 0, so every
+// product with it is, and only sums of x - p need in_row.
 // CPU mirror: `wgpu_norm::reference::layer_norm_backward`.
 //
 // With xhat = (x - mean) * rstd and g = dy * weight:
@@ -29,7 +31,7 @@ fn main(g: Group, ids: Ids) {
             break;
         }
         let row = first + r;
-        let n = params.dim / VW;
+        let n = row_vs();
         let inv_dim = 1.0 / f32(params.dim);
         let p = first_lane(ld_x(row, 0u));
         // rstd, (mean(g), mean(g * xhat)), and whether the row's sums left f32's range.
@@ -51,7 +53,7 @@ fn main(g: Group, ids: Ids) {
             var s = vec3<f32>(0.0);
 //#unroll k
             if lid + k * WG < n {
-                c[k] -= V(p);
+                c[k] = in_row(lid + k * WG, c[k] - V(p));
                 let g = grad_g(d[k], lid + k * WG);
                 s += vec3<f32>(hsum(c[k]), hsum(g), hsum(g * c[k]));
             }
@@ -69,7 +71,7 @@ fn main(g: Group, ids: Ids) {
             var s = V(0.0);
 //#unroll k
             if lid + k * WG < n {
-                c[k] -= V(p);
+                c[k] = in_row(lid + k * WG, c[k] - V(p));
                 s += c[k];
             }
 //#endunroll
@@ -77,7 +79,7 @@ fn main(g: Group, ids: Ids) {
             var q = V(0.0);
 //#unroll k
             if lid + k * WG < n {
-                c[k] -= V(mu);
+                c[k] = in_row(lid + k * WG, c[k] - V(mu));
                 q += c[k] * c[k];
             }
 //#endunroll
@@ -124,7 +126,7 @@ fn main(g: Group, ids: Ids) {
             rstd = ld_rstd(row);
             var s = vec3<f32>(0.0);
             for (var i = lid; i < n; i += WG) {
-                let u = ld_x(row, i) - V(p);
+                let u = in_row(i, ld_x(row, i) - V(p));
                 let g = grad_g(ld_dy(row, i), i);
                 s += vec3<f32>(hsum(u), hsum(g), hsum(g * u));
             }
@@ -137,12 +139,12 @@ fn main(g: Group, ids: Ids) {
         {
             var s = V(0.0);
             for (var i = lid; i < n; i += WG) {
-                s += ld_x(row, i) - V(p);
+                s += in_row(i, ld_x(row, i) - V(p));
             }
             mu = wg_sum(hsum(s), lid) * inv_dim;
             var q = V(0.0);
             for (var i = lid; i < n; i += WG) {
-                let u = (ld_x(row, i) - V(p)) - V(mu);
+                let u = in_row(i, (ld_x(row, i) - V(p)) - V(mu));
                 q += u * u;
             }
             let v = wg_sum_decide(hsum(q), lid) * inv_dim;
@@ -213,7 +215,7 @@ fn main(g: Group, ids: Ids) {
     if first >= params.rows {
         return;
     }
-    let n = params.dim / VW;
+    let n = row_vs();
     let kb = select(0u, params.part_rows, has(HAS_DWEIGHT)) + group;
 //#unroll k
     if lid + k * WG < n {
@@ -272,7 +274,7 @@ fn layer_norm_backward_retry(row: u32, lid: u32, group: u32) {
     }
 //#endif
     retry_barrier();
-    let n = params.dim / VW;
+    let n = row_vs();
 //#if cached
 //#unroll k
     if lid + k * WG < n {
@@ -320,11 +322,11 @@ fn scaled_sums(row: u32, e: i32, ps: f32) -> vec3<f32> {
     var su = no_sum();
     var sg = no_sum();
     var sgu = no_sum();
-    let n = params.dim / VW;
+    let n = row_vs();
     for (var i0 = 0u; i0 < n; i0 += SERIAL) {
 //#unroll ui SERIAL
         if i0 + ui < n {
-            let u = scale_v(ld_x(row, i0 + ui), e) - V(ps);
+            let u = in_row(i0 + ui, scale_v(ld_x(row, i0 + ui), e) - V(ps));
             let g = grad_g(ld_dy(row, i0 + ui), i0 + ui);
             su = add(su, u);
             sg = add(sg, g);
@@ -339,7 +341,7 @@ fn scaled_sums(row: u32, e: i32, ps: f32) -> vec3<f32> {
 fn scaled_grad_sums(row: u32, e: i32, ps: f32, mu: f32, rs: f32) -> vec2<f32> {
     var sg = no_sum();
     var sgx = no_sum();
-    let n = params.dim / VW;
+    let n = row_vs();
     for (var i0 = 0u; i0 < n; i0 += SERIAL) {
 //#unroll ui SERIAL
         if i0 + ui < n {

@@ -22,7 +22,7 @@ fn main(g: Group, ids: Ids) {
             break;
         }
         let row = first + r;
-        let n = params.dim / VW;
+        let n = row_vs();
         let inv_len = 1.0 / f32(params.stat_len);
         // A recomputed rrms whose sum of squares left f32's range is taken again (scale.wgsl;
         // a saved one needs no squares).
@@ -148,7 +148,7 @@ fn main(g: Group, ids: Ids) {
     if first >= params.rows {
         return;
     }
-    let n = params.dim / VW;
+    let n = row_vs();
 //#unroll k
     if lid + k * WG < n && has(HAS_DWEIGHT) {
         st_partials(group, lid + k * WG, pw[k]);
@@ -173,7 +173,7 @@ fn rms_norm_backward_retry(row: u32, lid: u32, group: u32) {
     // The rrms of the scaled row (xhat = (x * 2^-e) * rs) and the true one.
     let rs = inv_root(scaled_mean_square(row, e), e);
     let rrms = times_pow2(rs, -e);
-    let n = params.dim / VW;
+    let n = row_vs();
     var st = no_sum();
     for (var i0 = 0u; i0 < n; i0 += SERIAL) {
 //#unroll ui SERIAL

@@ -23,10 +23,9 @@ pub const MAX_WORKGROUP_SIZE: u32 = 1024;
 
 /// Row elements (`V`s of four elements) each invocation aims to handle: the workgroup grows
 /// with D until it reaches the largest size, so short rows are not spread thinly over idle
-/// invocations and every invocation has several loads in flight. Where D % 4 != 0 a forward
-/// norm's `V` is four elements still, strided over the row's invocations
-/// ([`Variant::strided`]); the scalar path of the backward and of split rows takes one
-/// element per `V` (the split forward [`LANES`] times as many, up to [`MAX_CACHE`]).
+/// invocations and every invocation has several loads in flight. Where D % 4 != 0 a `V` is
+/// four elements still, strided over the row's invocations ([`Variant::strided`]); only a
+/// split row's parts take one element per `V` ([`LANES`] times as many, up to [`MAX_CACHE`]).
 pub const V_PER_INVOCATION: u32 = 8;
 
 /// Elements in the `V` of the vec4 path.
@@ -130,7 +129,12 @@ pub fn split_parts(rows: u64, per_row: u32, split_groups: u32) -> u32 {
 
 /// [`Variant::strided`] for `kernel` with or without vec4 access.
 fn is_strided(kernel: Kernel, vec4: bool) -> bool {
-    !vec4 && matches!(kernel.def().shape, Shape::Rows { .. }) && !kernel.is_split()
+    !vec4
+        && matches!(
+            kernel.def().shape,
+            Shape::Rows { .. } | Shape::RowsWithPartials { .. }
+        )
+        && !kernel.is_split()
 }
 
 /// The register cache length for `per_row` `V`s over `row_wg` invocations of a `wg`-invocation
@@ -212,8 +216,8 @@ pub struct Variant {
     /// are normalized side by side ([`Variant::rows_side_by_side`]).
     pub row_wg: u32,
     /// `V = vec4<f32>` of four consecutive elements: D % 4 == 0 and every operand 16-byte
-    /// aligned. Otherwise one element per `V`, or, for the forward norms, four strided ones
-    /// ([`Variant::strided`]).
+    /// aligned. Otherwise four strided elements ([`Variant::strided`]), or one (a split row's
+    /// parts, the copy, the column sums).
     pub vec4: bool,
     /// Register cache length in `V`s per invocation; 0 streams the row from memory.
     pub cache: u32,
@@ -294,10 +298,8 @@ impl Variant {
                 // four-element units: a split row's scalar path takes LANES times as many
                 // one-element V's, up to the cache's length (with one element per V, a row of
                 // D = 4097 would otherwise spread over four times the invocations, each with a
-                // quarter of the bytes in flight; the whole-row forward has strided V's of four
-                // for that). Not the backward's: on lavapipe its scalar path lost 30-40 % that
-                // way, while the forward's gained 1.4-2x (BENCHMARKS.md, 2026-11-27); a GPU has
-                // not measured either yet.
+                // quarter of the bytes in flight; whole rows have strided V's of four for
+                // that).
                 let share = (per_invocation * v_per_invocation / V_PER_INVOCATION).max(1);
                 let forward = matches!(kernel.def().shape, Shape::Rows { .. });
                 let per_invocation = if lanes == 1 && forward {
@@ -363,8 +365,8 @@ impl Variant {
     }
 
     /// Whether a `V` is four elements strided over the row's invocations rather than
-    /// consecutive: a forward norm's whole rows where vec4 access is not possible (D % 4 != 0,
-    /// or an operand not 16-byte aligned). Lane l of the i-th `V` is element
+    /// consecutive: the norms' whole rows, forward and backward, where vec4 access is not
+    /// possible (D % 4 != 0, or an operand not 16-byte aligned). Lane l of the i-th `V` is element
     /// `(i / RW) * 4 * RW + l * RW + i % RW` of the row, so each of its four loads is
     /// consecutive across the invocations (coalesced) and an invocation has four elements in
     /// flight per `V`, as the vec4 path has, at any alignment. Lanes past the row read as 0
@@ -760,6 +762,7 @@ fn bindings_code(v: &Variant) -> String {
         // The first element of the operand's row (or of the parameter), in the strided path.
         let start = match s.extent {
             Extent::Rows => format!("off_f({b}u) + row * params.dim"),
+            Extent::Partials => format!("off_f({b}u) + k * params.dim"),
             _ => format!("off_f({b}u)"),
         };
         if s.access.reads() {
@@ -1004,13 +1007,17 @@ mod tests {
         for k in [Kernel::LayerNormBackward, Kernel::RmsNormBackward] {
             assert_eq!(Variant::for_row(k, 8, false, false, false, 1024).row_wg, 64);
         }
-        // D % 4 != 0: the forward's V's are four strided elements, as many per invocation
-        // as the vec4 path's (1025 over 256 invocations); the backward's are one element.
+        // D % 4 != 0: V's are four strided elements, as many per invocation as the vec4
+        // path's (1025 over 256 invocations forward, 512 backward).
         let v = Variant::for_row(Kernel::LayerNorm, 4097, false, true, false, 1024);
         assert!(v.strided(), "{v:?}");
         assert_eq!((v.wg, v.cache), (256, 8));
         let v = Variant::for_row(Kernel::LayerNormBackward, 4097, false, true, false, 1024);
-        assert!(!v.strided() && v.wg == 1024, "{v:?}");
+        let w = Variant::for_row(Kernel::LayerNormBackward, 4100, true, true, false, 1024);
+        assert!(
+            v.strided() && (v.wg, v.cache) == (w.wg, w.cache),
+            "{v:?} {w:?}"
+        );
         // A split row's scalar path takes four times the one-element V's, up to the cache.
         let v = Variant::for_row(Kernel::LayerNormSplit, 4097, false, true, false, 1024);
         assert!(!v.strided() && (v.wg, v.cache) == (512, 16), "{v:?}");
