@@ -87,9 +87,9 @@ pub const MAX_PARTIAL_ROWS: u32 = 1024;
 
 /// Register budget of the cache: `cache * workgroup` stays within this many `V`s, so that a
 /// 1024-invocation workgroup (at most 64 registers each on many GPUs) does not spill. Counted
-/// in `V`s of either width: in 32-bit registers it would let the scalar backward at D = 4097
-/// keep its row in registers, which lavapipe ran 30-40 % slower than streaming it
-/// (2026-11-27), and no GPU has measured it yet.
+/// in `V`s of either width: counted in 32-bit registers it would let one-element `V`s fill
+/// four times as many, and a scalar backward at D = 4097 that kept its row in registers that
+/// way ran 30-40 % slower on lavapipe than streaming it (2026-11-27).
 const CACHE_BUDGET: u32 = 8192;
 
 const _: () = assert!(MIN_WORKGROUP_SIZE.is_power_of_two() && MAX_WORKGROUP_SIZE.is_power_of_two());

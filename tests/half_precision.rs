@@ -1,4 +1,4 @@
-//! f16 and bf16 storage (f32 arithmetic) for both norms: vec4 and packed-scalar paths, odd D
+//! f16 and bf16 storage (f32 arithmetic) for both norms: vec4 and strided paths, odd D
 //! and odd element offsets, the mixed mode (f32 weights), against the f64 reference computed
 //! from the same 16-bit inputs.
 
@@ -10,8 +10,8 @@ use wgpu_norm::DType;
 
 const HALVES: [DType; 2] = [DType::F16, DType::Bf16];
 
-/// Many rows with small D, few with large: vec4 (D % 4 == 0, even offsets) and packed scalar
-/// (odd D) paths, the cache and the streamed path.
+/// Many rows with small D, few with large: vec4 (D % 4 == 0, even offsets) and strided
+/// (odd D: per-element stores) paths, the cache and the streamed path.
 const SHAPES: &[(usize, usize)] = &[
     (70000, 1),
     (257, 2),

@@ -13,7 +13,7 @@ fn rows_beyond_one_binding_are_split() {
         for (i, &(rows, dim, offset)) in [
             (300, 1000, 0),    // 1.2 MB in 5 bindings
             (5000, 28, 4),     // small D, 2-D grid and many chunks
-            (200, 1025, 12),   // scalar path
+            (200, 1025, 12),   // strided V's
             (13, 16384, 1040), // 4 rows per binding
             (3, 65000, 16),    // one row per binding, streamed
         ]

@@ -377,7 +377,7 @@ pub fn shape_grid(gpu: &Gpu, op: Op, seed: u64) {
 }
 
 pub fn byte_offsets(op: Op) {
-    // 4, 12: scalar path; 16, 48: vec4 but not binding-aligned; 260, 1024: past one binding
+    // 4, 12: strided V's (not on 4 elements); 16, 48: vec4 but not binding-aligned; 260, 1024: past one binding
     // alignment.
     for offset in [4, 12, 16, 48, 260, 1024] {
         for dim in [7, 64, 1024] {
