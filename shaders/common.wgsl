@@ -58,7 +58,7 @@ fn row_part(row: u32, part: u32) -> vec2<u32> {
 //#endif
 }
 
-// V's of a row. Strided V's (the forward norms where D % 4 != 0, see row_elems) come in
+// V's of a row. Strided V's (whole rows where D % 4 != 0, see row_elems) come in
 // groups of RW, one per invocation of the row, each group 4 * RW elements; the last group's
 // lanes past the row are masked.
 fn row_vs() -> u32 {

@@ -772,10 +772,8 @@ fn bindings_code(v: &Variant) -> String {
                 ),
                 // Lanes past the row read its last element (in bounds) and return 0.
                 (_, false, true) => format!(
-                    "let e = row_elems(i);\n    \
-                     let a = min(e, vec4<u32>(params.dim - 1u)) + vec4<u32>({start});\n    \
-                     let v = vec4<f32>(el_{arr}(a.x), el_{arr}(a.y), el_{arr}(a.z), el_{arr}(a.w));\n    \
-                     return select(V(0.0), v, e < vec4<u32>(params.dim));"
+                    "let a = min(row_elems(i), vec4<u32>(params.dim - 1u)) + vec4<u32>({start});\n    \
+                     return in_row(i, vec4<f32>(el_{arr}(a.x), el_{arr}(a.y), el_{arr}(a.z), el_{arr}(a.w)));"
                 ),
                 (_, false, false) => format!("return el_{arr}({at_e});"),
             };
