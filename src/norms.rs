@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::copy::CopyOp;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernel::Kernel;
 use crate::layer_norm::LayerNorm;
@@ -42,12 +43,18 @@ pub struct NormsOptions {
 /// order of additions, hence the bits, follows the workgroup size).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tuning {
-    /// Row elements (`V`s) each forward invocation aims to handle (the backward half as
-    /// many): the workgroup grows with D until there are this many per invocation. A power of
-    /// two from 1 to 64.
+    /// Row elements (`V`s) each forward invocation aims to handle where rows are stored in f32
+    /// (the backward half as many): the workgroup grows with D until there are this many per
+    /// invocation. A power of two from 1 to 64.
     pub v_per_invocation: u32,
-    /// Bytes of f32 rows each forward workgroup handles at least, one row (or one set side by side) after another (short
-    /// rows share a workgroup so its launch is paid for by enough traffic). At least 4; at most
+    /// The same where x and y are stored in 16 bits (f16, bf16). A 16-bit `V` moves half the
+    /// bytes of an f32 one, so the default, twice `v_per_invocation`'s, keeps the bytes each
+    /// invocation has in flight; the registers a cached `V` takes are the same (f32) either
+    /// way, which is why it is a knob of its own. A power of two from 1 to 64.
+    pub v_per_invocation_16bit: u32,
+    /// Bytes of rows (at their storage size) each forward workgroup handles at least, one row
+    /// (or one set side by side) after another: short rows share a workgroup so that its launch
+    /// is paid for by enough traffic. At least 4; at most
     /// [`crate::shaders::MAX_ROWS_PER_GROUP`] rows whatever this says.
     pub bytes_per_group: u32,
     /// Workgroups a forward dispatch aims for before it splits its rows: with fewer rows than
@@ -58,10 +65,32 @@ pub struct Tuning {
     pub split_groups: u32,
 }
 
+impl Tuning {
+    /// This tuning with `v` `V`s per forward invocation for f32 rows and, for 16-bit rows,
+    /// as many as move the same bytes (twice `v`, at most 64).
+    pub fn with_v_per_invocation(self, v: u32) -> Self {
+        Tuning {
+            v_per_invocation: v,
+            v_per_invocation_16bit: v.saturating_mul(2).min(64),
+            ..self
+        }
+    }
+
+    /// The `V`s per forward invocation aimed for with x stored as `act`.
+    pub fn v_per_invocation_for(&self, act: DType) -> u32 {
+        if act.size() == 2 {
+            self.v_per_invocation_16bit
+        } else {
+            self.v_per_invocation
+        }
+    }
+}
+
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             v_per_invocation: crate::shaders::V_PER_INVOCATION,
+            v_per_invocation_16bit: crate::shaders::V_PER_INVOCATION_16BIT,
             bytes_per_group: crate::shaders::BYTES_PER_GROUP,
             split_groups: crate::shaders::SPLIT_GROUPS,
         }

@@ -72,12 +72,11 @@ impl Caps {
             )));
         }
         let t = options.tuning;
-        if !(t.v_per_invocation.is_power_of_two() && t.v_per_invocation <= 64)
-            || t.bytes_per_group < 4
-        {
+        let v_ok = |v: u32| v.is_power_of_two() && v <= 64;
+        if !(v_ok(t.v_per_invocation) && v_ok(t.v_per_invocation_16bit)) || t.bytes_per_group < 4 {
             return Err(Error::BadTuning(format!(
-                "{t:?}: v_per_invocation must be a power of two from 1 to 64 and \
-                 bytes_per_group at least 4"
+                "{t:?}: v_per_invocation and v_per_invocation_16bit must be powers of two \
+                 from 1 to 64 and bytes_per_group at least 4"
             )));
         }
         Ok(Caps {
@@ -179,6 +178,7 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
     let def = l.kernel.def();
     let shared = shares_buffers(l.kernel, &c);
     // The row kernels' variant, for this device's tuning and the op's storage.
+    let v_per_invocation = caps.tuning.v_per_invocation_for(c.act);
     let row_variant = || {
         Variant::for_row_with(
             l.kernel,
@@ -187,7 +187,7 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
             caps.subgroups,
             shared,
             caps.max_wg,
-            caps.tuning.v_per_invocation,
+            v_per_invocation,
         )
         .with_storage(c.act, c.param)
     };
@@ -206,7 +206,8 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
             // Rows side by side count once per step: `per_group` rows in all.
             let side_by_side = v.rows_side_by_side();
             let steps_per_group =
-                rows_per_group(c.dim, caps.tuning.bytes_per_group).div_ceil(side_by_side);
+                rows_per_group(c.dim, c.act.size() as u32, caps.tuning.bytes_per_group)
+                    .div_ceil(side_by_side);
             let per_group = u64::from(steps_per_group * side_by_side);
             // Few long rows are split over several workgroups (split.wgsl), unless an output
             // may overwrite an input (a part's retry reads the whole row) or per-row
@@ -230,7 +231,7 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
                         caps.subgroups,
                         false,
                         caps.max_wg,
-                        caps.tuning.v_per_invocation,
+                        v_per_invocation,
                     )
                     .with_storage(c.act, c.param);
                     // The parts' sums, then the normalization.

@@ -8,8 +8,10 @@
 //! time over the default's, and keeps the default unless a candidate beats it by
 //! [`MARGIN`]; then, with that shape, it times a decode step (1 to 64 rows) with few long rows
 //! split over several workgroups and without, and keeps the split unless whole rows beat it
-//! by the margin. [`tuning_for`] caches that choice per adapter, driver and crate version, so
-//! it is measured once. Native only: it blocks while it measures.
+//! by the margin; last, it times rows stored in bf16 with twice as many `V`s per invocation
+//! as f32 rows (the same bytes in flight, the default) against as many (half the registers).
+//! [`tuning_for`] caches that choice per adapter, driver and crate version, so it is measured
+//! once. Native only: it blocks while it measures.
 //!
 //! Turn it off with `WGPU_NORM_AUTOTUNE=0` (then [`tuning_for`] returns the default without
 //! measuring or reading the cache); `WGPU_NORM_CACHE_DIR` moves the cache (default:
@@ -17,6 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::dtype::DType;
 use crate::error::Result;
 use crate::norms::{Norms, NormsOptions, Tuning};
 use crate::timing::Timer;
@@ -35,10 +38,10 @@ pub fn candidates() -> Vec<Tuning> {
     for v in [4, 8, 16, 32] {
         for bytes in [4096, 16384, 65536] {
             let t = Tuning {
-                v_per_invocation: v,
                 bytes_per_group: bytes,
                 ..Tuning::default()
-            };
+            }
+            .with_v_per_invocation(v);
             if !all.contains(&t) {
                 all.push(t);
             }
@@ -128,8 +131,12 @@ pub fn tuning_cached_in(
     let (tuning, scores) = autotune(device, queue, options, grid)?;
     let text = format!(
         "# wgpu-norm's launch shape for this adapter, measured by wgpu_norm::tune::autotune\n\
-         key={key}\nv_per_invocation={}\nbytes_per_group={}\nsplit_groups={}\n",
-        tuning.v_per_invocation, tuning.bytes_per_group, tuning.split_groups
+         key={key}\nv_per_invocation={}\nv_per_invocation_16bit={}\nbytes_per_group={}\n\
+         split_groups={}\n",
+        tuning.v_per_invocation,
+        tuning.v_per_invocation_16bit,
+        tuning.bytes_per_group,
+        tuning.split_groups
     );
     let _ = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text));
     Ok(Tuned {
@@ -193,6 +200,7 @@ fn parse(text: &str, key: &str) -> Option<Tuning> {
     }
     let tuning = Tuning {
         v_per_invocation: value("v_per_invocation")?.trim().parse().ok()?,
+        v_per_invocation_16bit: value("v_per_invocation_16bit")?.trim().parse().ok()?,
         bytes_per_group: value("bytes_per_group")?.trim().parse().ok()?,
         split_groups: value("split_groups")?.trim().parse().ok()?,
     };
@@ -270,6 +278,18 @@ pub fn autotune(
     let max_dim = dims.iter().max().copied().unwrap_or(1) as u64;
     let w = storage("wgpu-norm autotune weight", max_dim * 4);
     queue.write_buffer(&w, 0, bytemuck::cast_slice(&vec![1.0f32; max_dim as usize]));
+    // The same values in bf16 (the top half of each f32), for the 16-bit stage; y and dx are
+    // written into the f32 buffers, which are large enough.
+    let bf16 = |f: f32| (f.to_bits() >> 16) as u16;
+    let mut halves: Vec<u16> = words.iter().map(|&f| bf16(f)).collect();
+    halves.resize(halves.len().next_multiple_of(2), 0);
+    let x16 = storage("wgpu-norm autotune x (bf16)", halves.len() as u64 * 2);
+    queue.write_buffer(&x16, 0, bytemuck::cast_slice(&halves));
+    let dy16 = storage("wgpu-norm autotune dy (bf16)", halves.len() as u64 * 2);
+    queue.write_buffer(&dy16, 0, bytemuck::cast_slice(&halves));
+    let ones = vec![bf16(1.0); (max_dim as usize).next_multiple_of(2)];
+    let w16 = storage("wgpu-norm autotune weight (bf16)", ones.len() as u64 * 2);
+    queue.write_buffer(&w16, 0, bytemuck::cast_slice(&ones));
     // The statistics buffers are shared by all ops: the RMSNorm backward reads what the
     // LayerNorm forward last wrote, which changes nothing for timing.
     let stats_len = bytes / 4 / dims.iter().min().copied().unwrap_or(1) as u64 * 4;
@@ -302,6 +322,49 @@ pub fn autotune(
             .into_iter()
             .fold(f64::INFINITY, f64::min))
     };
+    // Adds the time of each (D, op) of the grid with `norms` to `out`: RMSNorm and
+    // LayerNorm, forward and backward, rows stored as `dtype` (f32, or bf16 with a bf16
+    // weight).
+    let time_grid = |norms: &Norms, dtype: DType, out: &mut [f64]| -> Result<()> {
+        let (x, dy, w) = match dtype {
+            DType::F32 => (&x, &dy, &w),
+            _ => (&x16, &dy16, &w16),
+        };
+        for (k, &dim) in dims.iter().enumerate() {
+            let rows = (bytes / 4) as usize / dim;
+            let n = (rows * dim) as u64 * dtype.size();
+            let t = |b| TensorRef::new(b, 0, n);
+            let wt = TensorRef::new(w, 0, dim as u64 * dtype.size());
+            let stat = |b| TensorRef::new(b, 0, rows as u64 * 4);
+            let rms = RmsNorm::new(rows, dim, t(x), t(&y))
+                .dtype(dtype)
+                .weight(wt)
+                .rrms(stat(&rstd));
+            let ln = LayerNorm::new(rows, dim, t(x), t(&y))
+                .dtype(dtype)
+                .weight(wt)
+                .mean(stat(&mean))
+                .rstd(stat(&rstd));
+            let dwt = TensorRef::new(&dw, 0, dim as u64 * 4);
+            let rms_bwd = rms.backward(t(dy), t(&dx))?.grad_weight(dwt);
+            let ln_bwd = ln.backward(t(dy), t(&dx))?.grad_weight(dwt);
+            let ops: [&Record; 4] = [
+                &|e| norms.rms_norm(e, &rms),
+                &|e| norms.layer_norm(e, &ln),
+                &|e| norms.rms_norm_backward(e, &rms_bwd),
+                &|e| norms.layer_norm_backward(e, &ln_bwd),
+            ];
+            for (o, op) in ops.iter().enumerate() {
+                out[k * 4 + o] += best_time(op)?;
+            }
+        }
+        Ok(())
+    };
+    // The geometric mean of `times` over `base` (below 1: faster).
+    let ratio = |times: &[f64], base: &[f64]| {
+        let logs: f64 = times.iter().zip(base).map(|(a, b)| (a / b).ln()).sum();
+        (logs / times.len() as f64).exp()
+    };
     let norms_of = all
         .iter()
         .map(|&tuning| norms_for(tuning))
@@ -314,43 +377,14 @@ pub fn autotune(
             (0..all.len()).rev().collect()
         };
         for c in order {
-            let norms = &norms_of[c];
-            for (k, &dim) in dims.iter().enumerate() {
-                let rows = (bytes / 4) as usize / dim;
-                let n = (rows * dim * 4) as u64;
-                let t = |b| TensorRef::new(b, 0, n);
-                let wt = TensorRef::new(&w, 0, dim as u64 * 4);
-                let stat = |b| TensorRef::new(b, 0, rows as u64 * 4);
-                let rms = RmsNorm::new(rows, dim, t(&x), t(&y))
-                    .weight(wt)
-                    .rrms(stat(&rstd));
-                let ln = LayerNorm::new(rows, dim, t(&x), t(&y))
-                    .weight(wt)
-                    .mean(stat(&mean))
-                    .rstd(stat(&rstd));
-                let dwt = TensorRef::new(&dw, 0, dim as u64 * 4);
-                let rms_bwd = rms.backward(t(&dy), t(&dx))?.grad_weight(dwt);
-                let ln_bwd = ln.backward(t(&dy), t(&dx))?.grad_weight(dwt);
-                let ops: [&Record; 4] = [
-                    &|e| norms.rms_norm(e, &rms),
-                    &|e| norms.layer_norm(e, &ln),
-                    &|e| norms.rms_norm_backward(e, &rms_bwd),
-                    &|e| norms.layer_norm_backward(e, &ln_bwd),
-                ];
-                for (o, op) in ops.iter().enumerate() {
-                    times[c][k * 4 + o] += best_time(op)?;
-                }
-            }
+            time_grid(&norms_of[c], DType::F32, &mut times[c])?;
         }
     }
     // Geometric mean of each candidate's time over the default's (candidate 0).
     let scores: Vec<(Tuning, f64)> = all
         .iter()
         .zip(&times)
-        .map(|(&t, ts)| {
-            let logs: f64 = ts.iter().zip(&times[0]).map(|(a, b)| (a / b).ln()).sum();
-            (t, (logs / ts.len() as f64).exp())
-        })
+        .map(|(&t, ts)| (t, ratio(ts, &times[0])))
         .collect();
     let best = scores
         .iter()
@@ -405,17 +439,46 @@ pub fn autotune(
     } else {
         best
     };
+
+    // Rows stored in 16 bits, with the shape chosen: as many `V`s per invocation as f32 rows
+    // (half the bytes in flight, half the registers of the default) must beat twice as many
+    // by the margin.
+    let as_many = Tuning {
+        v_per_invocation_16bit: best.v_per_invocation,
+        ..best
+    };
+    if as_many == best {
+        return Ok((best, scores));
+    }
+    let pair = [norms_for(best)?, norms_for(as_many)?];
+    let mut half_times = [vec![0.0f64; dims.len() * 4], vec![0.0f64; dims.len() * 4]];
+    for round in 0..2 {
+        for k in 0..2 {
+            let which = if round == 0 { k } else { 1 - k };
+            time_grid(&pair[which], DType::Bf16, &mut half_times[which])?;
+        }
+    }
+    let as_many_score = ratio(&half_times[1], &half_times[0]);
+    scores.push((as_many, as_many_score));
+    let best = if as_many_score.is_finite() && as_many_score < 1.0 - MARGIN {
+        as_many
+    } else {
+        best
+    };
     Ok((best, scores))
 }
 
-/// Whether the autotune may choose `t`: one of [`candidates`], rows split or not.
+/// Whether the autotune may choose `t`: one of [`candidates`], rows split or not, with 16-bit
+/// rows taking the bytes or the number of f32 rows' `V`s.
 pub fn is_candidate(t: &Tuning) -> bool {
-    let split = Tuning {
+    let base = Tuning {
         split_groups: crate::shaders::SPLIT_GROUPS,
         ..*t
-    };
+    }
+    .with_v_per_invocation(t.v_per_invocation);
     (t.split_groups == 0 || t.split_groups == crate::shaders::SPLIT_GROUPS)
-        && candidates().contains(&split)
+        && [base.v_per_invocation_16bit, t.v_per_invocation].contains(&t.v_per_invocation_16bit)
+        && candidates().contains(&base)
 }
 
 #[cfg(test)]
@@ -426,13 +489,25 @@ mod tests {
     fn the_cache_file_names_its_key_and_rejects_another() {
         let key = "some adapter | Vulkan";
         let text = format!(
-            "# comment\nkey={key}\nv_per_invocation=4\nbytes_per_group=65536\nsplit_groups=128\n"
+            "# comment\nkey={key}\nv_per_invocation=4\nv_per_invocation_16bit=4\n\
+             bytes_per_group=65536\nsplit_groups=128\n"
         );
         let t = parse(&text, key).unwrap();
         assert_eq!(
-            (t.v_per_invocation, t.bytes_per_group, t.split_groups),
-            (4, 65536, 128)
+            (
+                t.v_per_invocation,
+                t.v_per_invocation_16bit,
+                t.bytes_per_group,
+                t.split_groups
+            ),
+            (4, 4, 65536, 128)
         );
+        // A file from before the 16-bit knob is measured again.
+        let old = "key=k\nv_per_invocation=4\nbytes_per_group=65536\nsplit_groups=128\n";
+        assert_eq!(parse(old, "k"), None);
+        // 16-bit rows take the bytes or the count of f32 rows' V's, nothing else.
+        let odd = text.replace("v_per_invocation_16bit=4", "v_per_invocation_16bit=16");
+        assert_eq!(parse(&odd, key), None);
         assert_eq!(parse(&text, "another adapter"), None);
         assert_eq!(
             parse("key=k\nv_per_invocation=3\nbytes_per_group=1\n", "k"),

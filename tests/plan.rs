@@ -1008,3 +1008,40 @@ fn few_long_rows_are_split_without_statistics() {
     assert_eq!(p.steps[0].params.parts, 8);
     assert!(!p.steps[0].variant.vec4);
 }
+
+#[test]
+fn sixteen_bit_rows_take_the_bytes_of_f32_rows() {
+    let caps = caps_named("large GPU");
+    let (rows, dim) = (1024, 4096);
+    // (workgroup, cached V's, rows per workgroup) of the forward and the backward.
+    let shape = |caps: &Caps, dtype: DType| {
+        let t = Tensors::new(rows, dim, dtype, dtype, 0);
+        let (x, y) = (t.rows_of(&t.x), t.rows_of(&t.y));
+        let (r, d) = (rows as usize, dim as usize);
+        let op = RmsNorm::new(r, d, x, y).dtype(dtype);
+        let bwd = op.backward(y, t.rows_of(&t.s)).unwrap();
+        [plan(caps, &op).unwrap(), plan(caps, &bwd).unwrap()].map(|p| {
+            let s = &p.steps[0];
+            (s.variant.wg, s.variant.cache, s.params.rows_per_group)
+        })
+    };
+    // f32: 1024 V's of 16 bytes, 8 an invocation; a 16 KiB row a workgroup. The backward:
+    // half as many V's an invocation.
+    let [fwd, bwd] = shape(&caps, DType::F32);
+    assert_eq!((fwd, bwd.0, bwd.1), ((128, 8, 1), 256, 4));
+    // 16 bits: V's of 8 bytes, twice as many an invocation, and two 8 KiB rows a workgroup.
+    for dtype in [DType::F16, DType::Bf16] {
+        let [fwd, bwd] = shape(&caps, dtype);
+        assert_eq!((fwd, bwd.0, bwd.1), ((64, 16, 2), 128, 8), "{dtype}");
+    }
+    // Tuned to as many V's as f32 rows: the f32 shape, rows counted in bytes still.
+    let same_count = Caps {
+        tuning: wgpu_norm::Tuning {
+            v_per_invocation_16bit: 8,
+            ..Default::default()
+        },
+        ..caps.clone()
+    };
+    let [fwd, _] = shape(&same_count, DType::Bf16);
+    assert_eq!(fwd, (128, 8, 2));
+}

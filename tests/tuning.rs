@@ -5,26 +5,31 @@ mod common;
 
 use wgpu_norm::{DType, Error, NormsOptions, SliceOptions, Tuning, reference};
 
-/// The extremes and a middle of each knob (split_groups: never, every row of the grid's few
-/// long ones as many parts as it may have, the default, a few).
+/// The extremes and a middle of each knob, the 16-bit rows' `V`s apart from the f32 rows'
+/// (split_groups: never, every row of the grid's few long ones as many parts as it may have,
+/// the default, a few).
 const TUNINGS: [Tuning; 4] = [
     Tuning {
         v_per_invocation: 1,
+        v_per_invocation_16bit: 64,
         bytes_per_group: 4,
         split_groups: 0,
     },
     Tuning {
         v_per_invocation: 2,
+        v_per_invocation_16bit: 1,
         bytes_per_group: 65536,
         split_groups: u32::MAX,
     },
     Tuning {
         v_per_invocation: 64,
+        v_per_invocation_16bit: 2,
         bytes_per_group: 1 << 30,
         split_groups: wgpu_norm::shaders::SPLIT_GROUPS,
     },
     Tuning {
         v_per_invocation: 16,
+        v_per_invocation_16bit: 16,
         bytes_per_group: 1000,
         split_groups: 5,
     },
@@ -138,6 +143,14 @@ fn a_bad_tuning_is_an_error() {
             bytes_per_group: 0,
             ..Default::default()
         },
+        Tuning {
+            v_per_invocation_16bit: 0,
+            ..Default::default()
+        },
+        Tuning {
+            v_per_invocation_16bit: 96,
+            ..Default::default()
+        },
     ] {
         let options = NormsOptions {
             tuning,
@@ -166,9 +179,14 @@ fn autotune_measures_once_then_reads_the_cache() {
     assert!(first.measured);
     let candidates = wgpu_norm::tune::candidates();
     assert!(wgpu_norm::tune::is_candidate(&first.tuning), "{first:?}");
-    // Every candidate, then whole rows against split ones for a decode step.
-    assert_eq!(first.scores.len(), candidates.len() + 1);
-    assert_eq!(first.scores.last().unwrap().0.split_groups, 0);
+    // Every candidate, then whole rows against split ones for a decode step, then 16-bit
+    // rows with as many V's as f32 ones against twice as many.
+    assert_eq!(first.scores.len(), candidates.len() + 2, "{first:?}");
+    let [.., whole, as_many] = &first.scores[..] else {
+        unreachable!()
+    };
+    assert_eq!(whole.0.split_groups, 0);
+    assert_eq!(as_many.0.v_per_invocation_16bit, as_many.0.v_per_invocation);
     // The default is the yardstick: its own score is exactly 1, every score is finite.
     assert_eq!(first.scores[0], (Tuning::default(), 1.0));
     assert!(

@@ -48,9 +48,13 @@ pub struct BenchArgs {
     /// override what it chose.
     #[arg(long)]
     autotune: bool,
-    /// Tuning: V's (4 elements at D % 4 == 0) per invocation, a power of two (default 8).
+    /// Tuning: V's (4 elements) per forward invocation for f32 rows, a power of two (default
+    /// 8); 16-bit rows take twice as many unless --v-per-invocation-16bit says otherwise.
     #[arg(long)]
     v_per_invocation: Option<u32>,
+    /// Tuning: V's per forward invocation for f16/bf16 rows, a power of two (default 16).
+    #[arg(long)]
+    v_per_invocation_16bit: Option<u32>,
     /// Tuning: bytes of rows per forward workgroup (default 16384).
     #[arg(long)]
     bytes_per_group: Option<u32>,
@@ -218,10 +222,16 @@ pub fn bench(adapter: Option<&str>, a: &BenchArgs) -> Result<(), Failure> {
     } else {
         Tuning::default()
     };
+    let base = a
+        .v_per_invocation
+        .map_or(base, |v| base.with_v_per_invocation(v));
     options.tuning = Tuning {
-        v_per_invocation: a.v_per_invocation.unwrap_or(base.v_per_invocation),
+        v_per_invocation_16bit: a
+            .v_per_invocation_16bit
+            .unwrap_or(base.v_per_invocation_16bit),
         bytes_per_group: a.bytes_per_group.unwrap_or(base.bytes_per_group),
         split_groups: a.split_groups.unwrap_or(base.split_groups),
+        ..base
     };
     if options.tuning != Tuning::default() {
         gpu.norms = wgpu_norm::Norms::with_options(&gpu.device, options)?;
@@ -781,6 +791,7 @@ fn write_json(
         "subgroups": gpu.norms.uses_subgroups(),
         "tuning": {
             "v_per_invocation": tuning.v_per_invocation,
+            "v_per_invocation_16bit": tuning.v_per_invocation_16bit,
             "bytes_per_group": tuning.bytes_per_group,
             "split_groups": tuning.split_groups,
             "max_workgroup_size": gpu.norms.caps().max_wg,
