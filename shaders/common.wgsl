@@ -69,15 +69,36 @@ fn row_vs() -> u32 {
 //#endif
 }
 
+//#if paired
+// The parity of the current row's first element (the same in every row tensor): paired V's
+// start on a word boundary (`wgpu_norm::shaders::Variant::pairs`). Set by every
+// accessor of a row tensor (set_row), so it is the row's from the row's first load on; an
+// invocation works on one row at a time.
+var<private> row_phase: u32;
+//#endif
+
+// The word (from the row's first) of lanes 0 and 1 of the row's i-th paired V; lanes 2 and 3
+// are the word RW further.
+fn pair_word(i: u32) -> u32 {
+    return (i / RW) * 2u * RW + i % RW;
+}
+
 // The row elements of the lanes of the row's i-th V: consecutive, or strided over the row's
 // RW invocations, so that each of an invocation's four loads is consecutive across them
-// (`wgpu_norm::shaders::Variant::strided`).
+// (`wgpu_norm::shaders::Variant::strided`), or strided in pairs that share a 16-bit word
+// (`Variant::pairs`). A lane before the row (paired, odd phase) wraps past it, and is masked with
+// the lanes past the row.
 fn row_elems(i: u32) -> vec4<u32> {
+//#if paired
+    let w = pair_word(i);
+    return vec4<u32>(2u * w, 2u * w + 1u, 2u * (w + RW), 2u * (w + RW) + 1u) - vec4<u32>(row_phase);
+//#else
 //#if strided
     let g = (i / RW) * 4u * RW + i % RW;
     return vec4<u32>(g) + vec4<u32>(0u, RW, 2u * RW, 3u * RW);
 //#else
     return vec4<u32>(i * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+//#endif
 //#endif
 }
 
@@ -114,12 +135,17 @@ fn in_prefix(i: u32, v: V) -> V {
 //#endif
 }
 
-// The first scalar element of one V.
+// Element 0 of the row, from the row's first V: its first lane, or with paired V's on an odd
+// phase the second (the first is the previous row's, masked).
 fn first_lane(v: V) -> f32 {
+//#if paired
+    return select(v.x, v.y, row_phase == 1u);
+//#else
 //#if wide
     return v.x;
 //#else
     return v;
+//#endif
 //#endif
 }
 

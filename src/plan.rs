@@ -146,6 +146,10 @@ pub(crate) struct Checked<'a> {
     pub rows: u64,
     pub dim: u32,
     pub vec4: bool,
+    /// Every row tensor's rows start on the same half of a 16-bit word, and at D % 4 == 0 on
+    /// a word boundary: 16-bit strided forward rows may take paired `V`s
+    /// ([`Variant::pairs`]).
+    pub pairs: bool,
     /// Presence bits of the operands and the launch's options.
     pub flags: u32,
     /// Rows per dispatch: each binding of a row tensor holds at most this many.
@@ -180,7 +184,7 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
     // The row kernels' variant, for this device's tuning and the op's storage.
     let v_per_invocation = caps.tuning.v_per_invocation_for(c.act);
     let row_variant = || {
-        Variant::for_row_with(
+        let v = Variant::for_row_with(
             l.kernel,
             c.dim,
             c.vec4,
@@ -189,7 +193,11 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
             caps.max_wg,
             v_per_invocation,
         )
-        .with_storage(c.act, c.param)
+        .with_storage(c.act, c.param);
+        Variant {
+            paired: c.pairs && v.pairs(),
+            ..v
+        }
     };
     let mut steps = Vec::new();
     match def.shape {
@@ -507,6 +515,17 @@ fn check<'a>(caps: &Caps, l: &Launch<'a>) -> Result<Checked<'a>> {
                 let size = elem_size(s.class, l.act, l.param);
                 t.offset.is_multiple_of(4 * size)
             });
+    // Bindings start on `align` (at least 16 bytes), so an operand's element offset has the
+    // parity of its offset in the binding, and each of its rows' starts that of the same row's
+    // in every other row tensor where those offsets agree.
+    let parities: Vec<u64> = all
+        .iter()
+        .filter(|(s, _)| s.extent == Extent::Rows)
+        .map(|(s, t)| t.offset / elem_size(s.class, l.act, l.param) % 2)
+        .collect();
+    let pairs = l.act.size() == 2
+        && parities.windows(2).all(|p| p[0] == p[1])
+        && (!dim.is_multiple_of(4) || parities.iter().all(|&p| p == 0));
     // Rows per dispatch: each binding may start up to `align` bytes before its data, and the
     // per-row statistics (4 bytes a row) must fit too: a 16-bit row of D = 1 is 2 bytes.
     let max_groups = u64::from(caps.max_groups_per_dim).pow(2);
@@ -515,6 +534,7 @@ fn check<'a>(caps: &Caps, l: &Launch<'a>) -> Result<Checked<'a>> {
         rows: l.rows as u64,
         dim,
         vec4,
+        pairs,
         flags,
         chunk_rows,
         act: l.act,

@@ -227,6 +227,9 @@ pub struct Variant {
     pub vec4: bool,
     /// Register cache length in `V`s per invocation; 0 streams the row from memory.
     pub cache: u32,
+    /// Strided `V`s in pairs that share a 16-bit word ([`Variant::pairs`]): chosen by the
+    /// plan where every row tensor's rows start on the same half of their words.
+    pub paired: bool,
     /// ParamGrad: slices of the partial rows per column (the WGSL constant `SLICES`); 1
     /// elsewhere.
     pub slices: u32,
@@ -346,6 +349,7 @@ impl Variant {
             row_wg,
             vec4,
             cache,
+            paired: false,
             slices,
             subgroups,
             shared,
@@ -379,6 +383,24 @@ impl Variant {
     /// and are not written.
     pub fn strided(&self) -> bool {
         is_strided(self.kernel, self.vec4)
+    }
+
+    /// Whether this variant may take strided `V`s in pairs of elements that share a 16-bit
+    /// word (the field `paired`, the WGSL flag of that name): a forward norm's whole rows,
+    /// strided, stored in 16 bits. Lanes (0, 1) of the i-th `V` are one word of the row and
+    /// lanes (2, 3) the word `RW` further, so the invocation loads whole words and stores them
+    /// with one plain store, where strided `V`s of single elements put the two halves of a
+    /// word in neighbouring invocations and store each half with two atomics. The words follow
+    /// the row start of the output, whose parity alternates from row to row at odd D (the
+    /// row's first lane is then the previous row's last element, masked). The plan pairs only
+    /// where every row tensor's rows start on the same half of a word (equal offset parities),
+    /// and, at D % 4 == 0, on a word boundary: an odd start there would need one `V` more than
+    /// the row has. Not the backward: its partial sums keep each lane on one column from row
+    /// to row.
+    pub fn pairs(&self) -> bool {
+        self.strided()
+            && self.act != DType::F32
+            && matches!(self.kernel.def().shape, Shape::Rows { .. })
     }
 
     /// Whether `V` is a `vec4<f32>`, of consecutive or strided elements (the WGSL flag `wide`).
@@ -437,6 +459,7 @@ impl Variant {
                                         row_wg,
                                         vec4,
                                         cache,
+                                        paired: false,
                                         slices: 1,
                                         subgroups: false,
                                         shared: false,
@@ -467,6 +490,7 @@ impl Variant {
                                                 row_wg: wg,
                                                 vec4,
                                                 cache,
+                                                paired: false,
                                                 slices,
                                                 subgroups,
                                                 shared,
@@ -484,6 +508,12 @@ impl Variant {
                 }
             }
         }
+        let pairs: Vec<Variant> = out
+            .iter()
+            .filter(|v| v.pairs())
+            .map(|&v| Variant { paired: true, ..v })
+            .collect();
+        out.extend(pairs);
         out.into_iter().collect()
     }
 
@@ -502,6 +532,8 @@ impl Variant {
             },
             if self.vec4 {
                 "vec4"
+            } else if self.paired {
+                "paired"
             } else if self.strided() {
                 "strided"
             } else {
@@ -524,6 +556,7 @@ impl Variant {
         match name {
             "vec4" => Some(self.vec4),
             "strided" => Some(self.strided()),
+            "paired" => Some(self.paired),
             "wide" => Some(self.wide()),
             "cached" => Some(self.cache > 0),
             "subgroups" => Some(self.subgroups),
@@ -664,6 +697,18 @@ fn bindings_code(v: &Variant) -> String {
     let def = v.kernel.def();
     let mut decls = String::new();
     let mut fns = String::new();
+    if v.paired {
+        let y = 1 + def
+            .slots
+            .iter()
+            .position(|s| s.operand == Operand::Output)
+            .expect("a forward norm writes y");
+        fns.push_str(&format!(
+            "// Every accessor of a row's tensors sets the row's phase first (see row_elems).\n\
+             fn set_row(row: u32) {{\n    \
+             row_phase = (off_f({y}u) + row * params.dim) & 1u;\n}}\n\n"
+        ));
+    }
     for (i, s) in def.slots.iter().enumerate() {
         let b = i + 1;
         let dtype = match s.class {
@@ -764,6 +809,16 @@ fn bindings_code(v: &Variant) -> String {
                 ));
             }
         }
+        // Paired V's of this row tensor (16-bit, see Variant::pairs): whole words, its rows
+        // starting where the output's do within a word.
+        let paired = v.paired && s.extent == Extent::Rows;
+        let word_at = |at: &str| {
+            if writes {
+                format!("atomicLoad(&{arr}[{at}])")
+            } else {
+                format!("{arr}[{at}]")
+            }
+        };
         // The first element of the operand's row (or of the parameter), in the strided path.
         let start = match s.extent {
             Extent::Rows => format!("off_f({b}u) + row * params.dim"),
@@ -775,6 +830,16 @@ fn bindings_code(v: &Variant) -> String {
                 (DType::F32, true, _) => format!("return {arr}[{at_v}];"),
                 (_, true, _) => format!(
                     "let w = {arr}[{at_v}];\n    return vec4<f32>({unpack}(w.x), {unpack}(w.y));"
+                ),
+                // Two whole words, clamped to the row's last (lanes past the row are masked);
+                // else as below.
+                (_, false, true) if paired => format!(
+                    "set_row(row);\n    let s = {start};\n    \
+                     let last = (s + params.dim - 1u) >> 1u;\n    \
+                     let w = (s >> 1u) + pair_word(i);\n    \
+                     return in_row(i, vec4<f32>({unpack}({}), {unpack}({})));",
+                    word_at("min(w, last)"),
+                    word_at("min(w + RW, last)"),
                 ),
                 // Lanes past the row read its last element (in bounds) and return 0.
                 (_, false, true) => format!(
@@ -790,6 +855,23 @@ fn bindings_code(v: &Variant) -> String {
                 (DType::F32, true, _) => format!("{arr}[{at_v}] = v;"),
                 (_, true, _) => {
                     format!("{arr}[{at_v}] = vec2<u32>({pack}(v.xy), {pack}(v.zw));")
+                }
+                (_, false, true) if paired => {
+                    fns.push_str(&format!(
+                        "// One word of the row: a plain store where both halves are the row's \
+                         (this invocation's alone), else the half that is.\n\
+                         fn put_pair_{arr}(w: u32, s: u32, e: vec2<u32>, v: vec2<f32>) {{\n    \
+                         let inside = e < vec2<u32>(params.dim);\n    \
+                         if all(inside) {{\n        atomicStore(&{arr}[w], {pack}(v));\n    \
+                         }} else if inside.x {{\n        put_{arr}(s + e.x, v.x);\n    \
+                         }} else if inside.y {{\n        put_{arr}(s + e.y, v.y);\n    }}\n}}\n\n"
+                    ));
+                    format!(
+                        "set_row(row);\n    let s = {start};\n    let e = row_elems(i);\n    \
+                         let w = (s >> 1u) + pair_word(i);\n    \
+                         put_pair_{arr}(w, s, e.xy, v.xy);\n    \
+                         put_pair_{arr}(w + RW, s, e.zw, v.zw);"
+                    )
                 }
                 (_, false, true) => {
                     let mut body = format!("let e = row_elems(i);\n    let a = {start};");

@@ -63,6 +63,41 @@ fn odd_offsets_straddle_words() {
 }
 
 #[test]
+fn outputs_off_the_inputs_words() {
+    // Forward rows stored in 16 bits, off vec4 alignment, with x (and the residual) and y (and
+    // residual_out) at other offsets: paired V's (whole words) where every tensor's rows start
+    // on the same half of a word, at odd D or on word boundaries; strided single elements where
+    // they do not, or at D % 4 == 0 on odd offsets. Side by side (D = 5, 7), one row a
+    // workgroup, the cache and the streamed path (D = 20001), with a fused residual written
+    // back (rows = 40, 9).
+    for op in [Op::LayerNorm, Op::RmsNorm] {
+        for dtype in HALVES {
+            for (offset, out_offset, rows, dim) in [
+                (0, 1, 99, 5),
+                (1, 0, 40, 7),
+                (1, 2, 17, 1026),
+                (2, 3, 9, 4097),
+                (0, 3, 9, 64),
+                (1, 0, 2, 20001),
+                (3, 1, 9, 4097),
+                (2, 0, 40, 7),
+                (2, 4, 10, 1026),
+                (1, 1, 2, 20001),
+            ] {
+                let mut c = AnyCase::new(op, dtype, rows, dim, (offset + 7 * out_offset) as u64);
+                if rows == 40 || rows == 9 {
+                    c = c.with_residual(true);
+                }
+                c.offset = offset;
+                c.out_offset = Some(out_offset);
+                check_any(gpu(), &c);
+                check_any(tree_gpu(), &c);
+            }
+        }
+    }
+}
+
+#[test]
 fn mixed_mode_f32_weights() {
     for op in [Op::LayerNorm, Op::RmsNorm] {
         for dtype in HALVES {

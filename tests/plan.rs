@@ -1045,3 +1045,40 @@ fn sixteen_bit_rows_take_the_bytes_of_f32_rows() {
     let [fwd, _] = shape(&same_count, DType::Bf16);
     assert_eq!(fwd, (128, 8, 2));
 }
+
+#[test]
+fn sixteen_bit_strided_rows_pair_where_their_words_agree() {
+    let caps = caps_named("large GPU");
+    // Whether the forward (first step) and the backward take paired V's, with x and the
+    // residual at element offset `off`, y at `out_off`.
+    let paired = |dtype: DType, dim: u64, off: u64, out_off: u64| {
+        // Enough rows not to split them over several workgroups.
+        let rows = 200;
+        let t = Tensors::new(rows, dim, dtype, dtype, off.max(out_off));
+        let at = |b, o: u64| TensorRef::new(b, o * dtype.size(), rows * dim * dtype.size());
+        let (r, d) = (rows as usize, dim as usize);
+        let op = RmsNorm::new(r, d, at(&t.x, off), at(&t.y, out_off))
+            .dtype(dtype)
+            .residual(at(&t.r, off));
+        let fwd = plan(&caps, &op).unwrap().steps[0].variant;
+        let bwd = RmsNorm::new(r, d, at(&t.x, off), at(&t.y, out_off))
+            .dtype(dtype)
+            .backward(at(&t.s, off), at(&t.r, off))
+            .unwrap();
+        assert!(!plan(&caps, &bwd).unwrap().steps[0].variant.paired);
+        fwd.paired
+    };
+    for dtype in [DType::Bf16, DType::F16] {
+        // Odd D: rows alternate halves, in step in every tensor.
+        assert!(paired(dtype, 4097, 0, 0));
+        assert!(paired(dtype, 4097, 3, 1));
+        assert!(!paired(dtype, 4097, 1, 0), "x and y on other halves");
+        assert!(paired(dtype, 7, 2, 0), "short rows side by side");
+        // D % 4 == 0 off vec4 alignment: on word boundaries only.
+        assert!(paired(dtype, 64, 2, 2));
+        assert!(!paired(dtype, 64, 1, 1));
+        // vec4: nothing to pair.
+        assert!(!paired(dtype, 64, 0, 4));
+    }
+    assert!(!paired(DType::F32, 4097, 0, 0), "f32 has no words to share");
+}

@@ -22,6 +22,9 @@ pub struct AnyCase {
     pub eps: f32,
     /// Element offset of every tensor in its buffer (odd offsets straddle 32-bit words).
     pub offset: usize,
+    /// The outputs' (y, residual_out) element offset where it differs from `offset`: rows
+    /// of x and y then start on different halves of their words.
+    pub out_offset: Option<usize>,
     pub eps_added_to_std: bool,
     pub gemma_offset: bool,
     pub llama_rounding: bool,
@@ -59,6 +62,7 @@ impl AnyCase {
             residual_out: false,
             eps: 1e-5,
             offset: 0,
+            out_offset: None,
             eps_added_to_std: false,
             gemma_offset: false,
             llama_rounding: false,
@@ -193,10 +197,11 @@ pub fn at(b: &wgpu::Buffer, off: usize, d: DType, len: usize) -> TensorRef<'_> {
 
 pub fn run_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
     let (rows, dim, off) = (c.rows(), c.dim, c.offset);
+    let out_off = c.out_offset.unwrap_or(off);
     let n = c.x.len();
     let (act, par) = (c.dtype, c.param_dtype);
     let xb = stage(gpu, act, Some(&c.x), n, off);
-    let yb = stage(gpu, act, None, n, off);
+    let yb = stage(gpu, act, None, n, out_off);
     let wb = c
         .weight
         .as_ref()
@@ -207,7 +212,7 @@ pub fn run_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
         .as_ref()
         .map(|r| stage(gpu, act, Some(r), n, off));
     let fill = c.s_fill.map(|v| vec![v; n]);
-    let sb = stage(gpu, act, fill.as_deref(), n, off);
+    let sb = stage(gpu, act, fill.as_deref(), n, out_off);
     let statb = stage(gpu, DType::F32, None, rows, off);
     let stat = || at(&statb, off, DType::F32, rows);
     let split = |plan: wgpu_norm::Result<wgpu_norm::Plan>| {
@@ -218,7 +223,7 @@ pub fn run_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
     let was_split;
     match c.op {
         Op::LayerNorm => {
-            let mut op = LayerNorm::new(rows, dim, at(&xb, off, act, n), at(&yb, off, act, n))
+            let mut op = LayerNorm::new(rows, dim, at(&xb, off, act, n), at(&yb, out_off, act, n))
                 .dtype(act)
                 .param_dtype(par)
                 .eps(c.eps);
@@ -229,7 +234,7 @@ pub fn run_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
             op.bias = bb.as_ref().map(|b| at(b, off, par, dim));
             op.residual = rb.as_ref().map(|b| at(b, off, act, n));
             if c.residual_out {
-                op = op.residual_out(at(&sb, off, act, n));
+                op = op.residual_out(at(&sb, out_off, act, n));
             }
             if c.eps_added_to_std {
                 op = op.eps_placement(EpsPlacement::AddedToStd);
@@ -238,7 +243,7 @@ pub fn run_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
             gpu.norms.layer_norm(&mut encoder, &op).expect("layer_norm");
         }
         Op::RmsNorm => {
-            let mut op = RmsNorm::new(rows, dim, at(&xb, off, act, n), at(&yb, off, act, n))
+            let mut op = RmsNorm::new(rows, dim, at(&xb, off, act, n), at(&yb, out_off, act, n))
                 .dtype(act)
                 .param_dtype(par)
                 .eps(c.eps)
@@ -249,7 +254,7 @@ pub fn run_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
             op.weight = wb.as_ref().map(|b| at(b, off, par, dim));
             op.residual = rb.as_ref().map(|b| at(b, off, act, n));
             if c.residual_out {
-                op = op.residual_out(at(&sb, off, act, n));
+                op = op.residual_out(at(&sb, out_off, act, n));
             }
             if c.llama_rounding {
                 op = op.rounding(RoundingOrder::Llama);
@@ -280,8 +285,8 @@ pub fn run_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
         0
     };
     AnyOut {
-        y: unstage(&read[0], act, n, off, "y"),
-        s: unstage(&read[1], act, s_len, off, "residual_out"),
+        y: unstage(&read[0], act, n, out_off, "y"),
+        s: unstage(&read[1], act, s_len, out_off, "residual_out"),
         rstd: unstage(
             &read[2],
             DType::F32,
@@ -298,13 +303,14 @@ pub fn check_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
     let out = run_any(gpu, c);
     let r = c.reference();
     let what = format!(
-        "{:?} {}/{} rows={} dim={} offset={}",
+        "{:?} {}/{} rows={} dim={} offset={} out_offset={:?}",
         c.op,
         c.dtype,
         c.param_dtype,
         c.rows(),
         c.dim,
-        c.offset
+        c.offset,
+        c.out_offset
     );
     let (ratio, i) = reference::worst_error_in(c.dtype, &out.y, &r.y);
     assert!(
