@@ -692,7 +692,10 @@ fn storage_pairs(kernel: Kernel) -> Vec<(DType, DType)> {
 /// 16-bit tensors are arrays of u32 holding two elements each. With vec4 access one V is a
 /// vec2<u32> (four elements, 8-byte aligned). Scalar access reads the word holding element
 /// e, and writes its half with atomicAnd/atomicOr: the other half may belong to another
-/// workgroup's row (odd D or odd offsets), and two plain stores would race.
+/// workgroup's row (odd D or odd offsets), and two plain stores would race. Paired access
+/// ([`Variant::pairs`]) reads two whole words per V and stores a word with one atomicStore
+/// where both its halves are the row's (only this invocation touches it), a half as above
+/// at the row's ends.
 fn bindings_code(v: &Variant) -> String {
     let def = v.kernel.def();
     let mut decls = String::new();
