@@ -164,7 +164,9 @@ for name in ["info.txt", "torch_grid.csv", "torch_few.csv", "variants.txt", "bur
 (out / "grid.json").write_text(json.dumps(doc, indent=1) + "\n")
 EOF
 {
-    for f in info grid-main grid-few grid-few-whole tune-v4 tune-v16 tune-b4k tune-b64k tune-wg256 tune-autotune; do
+    # Every sweep's table, whatever sweeps there are.
+    for f in info grid-main grid-few grid-few-whole $(cd "$out" && ls tune-*.txt 2>/dev/null); do
+        f=${f%.txt}
         [[ -f $out/$f.txt ]] && { echo "### $f"; cat "$out/$f.txt"; echo; }
     done
     [[ -f $out/variants.txt ]] && { echo "### forward variants (criterion)"; grep -E 'time:|thrpt:|^[a-z]' "$out/variants.txt"; }
