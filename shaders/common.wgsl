@@ -85,8 +85,8 @@ fn pair_word(i: u32) -> u32 {
 
 // The row elements of the lanes of the row's i-th V: consecutive, or strided over the row's
 // RW invocations, so that each of an invocation's four loads is consecutive across them
-// (`wgpu_norm::shaders::Variant::strided`), or strided in pairs that share a 16-bit word
-// (`Variant::pairs`). A lane before the row (paired, odd phase) wraps past it, and is masked with
+// (`wgpu_norm::shaders::Variant::strided`), or strided in pairs of 16-bit elements that share
+// a 32-bit word (`Variant::pairs`). A lane before the row (paired, odd phase) wraps past it, and is masked with
 // the lanes past the row.
 fn row_elems(i: u32) -> vec4<u32> {
 //#if paired

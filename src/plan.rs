@@ -146,7 +146,7 @@ pub(crate) struct Checked<'a> {
     pub rows: u64,
     pub dim: u32,
     pub vec4: bool,
-    /// Every row tensor's rows start on the same half of a 16-bit word, and at D % 4 == 0 on
+    /// Every row tensor's rows start on the same half of a 32-bit word, and at D % 4 == 0 on
     /// a word boundary: 16-bit strided forward rows may take paired `V`s
     /// ([`Variant::pairs`]).
     pub pairs: bool,

@@ -227,7 +227,7 @@ pub struct Variant {
     pub vec4: bool,
     /// Register cache length in `V`s per invocation; 0 streams the row from memory.
     pub cache: u32,
-    /// Strided `V`s in pairs that share a 16-bit word ([`Variant::pairs`]): chosen by the
+    /// Strided `V`s in pairs of 16-bit elements that share a 32-bit word ([`Variant::pairs`]): chosen by the
     /// plan where every row tensor's rows start on the same half of their words.
     pub paired: bool,
     /// ParamGrad: slices of the partial rows per column (the WGSL constant `SLICES`); 1
@@ -385,8 +385,8 @@ impl Variant {
         is_strided(self.kernel, self.vec4)
     }
 
-    /// Whether this variant may take strided `V`s in pairs of elements that share a 16-bit
-    /// word (the field `paired`, the WGSL flag of that name): a forward norm's whole rows,
+    /// Whether this variant may take strided `V`s in pairs of 16-bit elements that share a
+    /// 32-bit word (the field `paired`, the WGSL flag of that name): a forward norm's whole rows,
     /// strided, stored in 16 bits. Lanes (0, 1) of the i-th `V` are one word of the row and
     /// lanes (2, 3) the word `RW` further, so the invocation loads whole words and stores them
     /// with one plain store, where strided `V`s of single elements put the two halves of a
@@ -394,8 +394,8 @@ impl Variant {
     /// the row start of the output, whose parity alternates from row to row at odd D (the
     /// row's first lane is then the previous row's last element, masked). The plan pairs only
     /// where every row tensor's rows start on the same half of a word (equal offset parities),
-    /// and, at D % 4 == 0, on a word boundary: an odd start there would need one `V` more than
-    /// the row has. Not the backward: its partial sums keep each lane on one column from row
+    /// and, at D % 4 == 0, on a word boundary: an odd start there needs one `V` more than the
+    /// row has where D is a multiple of 4·RW (the plan does not know RW when it decides). Not the backward: its partial sums keep each lane on one column from row
     /// to row.
     pub fn pairs(&self) -> bool {
         self.strided()

@@ -11,7 +11,8 @@ use wgpu_norm::DType;
 const HALVES: [DType; 2] = [DType::F16, DType::Bf16];
 
 /// Many rows with small D, few with large: vec4 (D % 4 == 0, even offsets) and strided
-/// (odd D: per-element stores) paths, the cache and the streamed path.
+/// paths (odd D: paired V's, whole words inside a row and per-element stores at its ends),
+/// the cache and the streamed path.
 const SHAPES: &[(usize, usize)] = &[
     (70000, 1),
     (257, 2),
@@ -66,8 +67,9 @@ fn odd_offsets_straddle_words() {
 fn outputs_off_the_inputs_words() {
     // Forward rows stored in 16 bits, off vec4 alignment, with x (and the residual) and y (and
     // residual_out) at other offsets: paired V's (whole words) where every tensor's rows start
-    // on the same half of a word, at odd D or on word boundaries; strided single elements where
-    // they do not, or at D % 4 == 0 on odd offsets. Side by side (D = 5, 7), one row a
+    // on the same half of a word, at odd D, at D % 4 == 2 (a constant phase, odd here for
+    // D = 1026 and 6), or on word boundaries; strided single elements where they do not, or at
+    // D % 4 == 0 on odd offsets. Side by side (D = 5, 7), one row a
     // workgroup, the cache and the streamed path (D = 20001), with a fused residual written
     // back (rows = 40, 9).
     for op in [Op::LayerNorm, Op::RmsNorm] {
@@ -83,6 +85,8 @@ fn outputs_off_the_inputs_words() {
                 (2, 0, 40, 7),
                 (2, 4, 10, 1026),
                 (1, 1, 2, 20001),
+                (1, 1, 9, 1026),
+                (3, 3, 40, 6),
             ] {
                 let mut c = AnyCase::new(op, dtype, rows, dim, (offset + 7 * out_offset) as u64);
                 if rows == 40 || rows == 9 {

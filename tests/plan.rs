@@ -1074,6 +1074,8 @@ fn sixteen_bit_strided_rows_pair_where_their_words_agree() {
         assert!(paired(dtype, 4097, 3, 1));
         assert!(!paired(dtype, 4097, 1, 0), "x and y on other halves");
         assert!(paired(dtype, 7, 2, 0), "short rows side by side");
+        // D % 4 == 2: every row on the same half, odd here.
+        assert!(paired(dtype, 1026, 1, 1));
         // D % 4 == 0 off vec4 alignment: on word boundaries only.
         assert!(paired(dtype, 64, 2, 2));
         assert!(!paired(dtype, 64, 1, 1));

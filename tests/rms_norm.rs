@@ -208,11 +208,12 @@ fn partial_rms_norm() {
 #[test]
 fn residual_updated_in_place() {
     // vLLM's fused_add_rms_norm writes the new residual stream over the old one; the written
-    // sum may also replace x. Both in the register-cached and the streamed paths.
+    // sum may also replace x. Both in the register-cached and the streamed paths, and at odd D
+    // (strided V's; in bf16 paired, whole words written over the words just read).
     use wgpu_norm::{DType, LayerNorm, RmsNorm, TensorRef, reference};
     let gpu = gpu();
     for dtype in [DType::F32, DType::Bf16] {
-        for (rows, dim) in [(5, 1000), (2, 65536)] {
+        for (rows, dim) in [(5, 1000), (2, 65536), (9, 4097)] {
             let n = rows * dim;
             let mut rng = Rng::new(dim as u64);
             let q = |v: Vec<f32>| -> Vec<f32> {
