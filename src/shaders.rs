@@ -777,15 +777,19 @@ fn bindings_code(v: &Variant) -> String {
             DType::Bf16 => ("bf16_pack", "bf16_bits", "bf16_unpack"),
             _ => ("pack2x16float", "f16_bits", "unpack2x16float"),
         };
+        // The 16-bit word at `at`: a written binding is an array of atomics.
+        let word_at = |at: &str| {
+            if writes {
+                format!("atomicLoad(&{arr}[{at}])")
+            } else {
+                format!("{arr}[{at}]")
+            }
+        };
         if !v.vec4 {
             // One element at a time: `el_o(e)` reads and `put_o(e, v)` writes element e of the
             // binding, which the scalar path's accessors take one at a time and the strided
             // path's four at a time.
-            let word = if writes {
-                format!("atomicLoad(&{arr}[e >> 1u])")
-            } else {
-                format!("{arr}[e >> 1u]")
-            };
+            let word = word_at("e >> 1u");
             if s.access.reads() {
                 let body = match dtype {
                     DType::F32 => format!("return {arr}[e];"),
@@ -815,13 +819,6 @@ fn bindings_code(v: &Variant) -> String {
         // Paired V's of this row tensor (16-bit, see Variant::pairs): whole words, its rows
         // starting where the output's do within a word.
         let paired = v.paired && s.extent == Extent::Rows;
-        let word_at = |at: &str| {
-            if writes {
-                format!("atomicLoad(&{arr}[{at}])")
-            } else {
-                format!("{arr}[{at}]")
-            }
-        };
         // The first element of the operand's row (or of the parameter), in the strided path.
         let start = match s.extent {
             Extent::Rows => format!("off_f({b}u) + row * params.dim"),

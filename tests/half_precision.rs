@@ -65,22 +65,23 @@ fn odd_offsets_straddle_words() {
 
 #[test]
 fn outputs_off_the_inputs_words() {
-    // Forward rows stored in 16 bits, off vec4 alignment, with x (and the residual) and y (and
-    // residual_out) at other offsets: paired V's (whole words) where every tensor's rows start
-    // on the same half of a word, at odd D, at D % 4 == 2 (a constant phase, odd here for
-    // D = 1026 and 6), or on word boundaries; strided single elements where they do not, or at
-    // D % 4 == 0 on odd offsets. Side by side (D = 5, 7), one row a
-    // workgroup, the cache and the streamed path (D = 20001), with a fused residual written
-    // back (rows = 40, 9).
+    // Forward rows stored in 16 bits, off vec4 alignment, with x (and the residual) at one
+    // element offset and y (and residual_out) at another. Side by side (D = 5, 6, 7), one row
+    // a workgroup, the cache and the streamed path (D = 20001), a fused residual written back
+    // (rows = 40, 9).
     for op in [Op::LayerNorm, Op::RmsNorm] {
         for dtype in HALVES {
             for (offset, out_offset, rows, dim) in [
+                // Strided single elements: rows starting on other halves of their words, or
+                // at D % 4 == 0 off word boundaries.
                 (0, 1, 99, 5),
                 (1, 0, 40, 7),
                 (1, 2, 17, 1026),
                 (2, 3, 9, 4097),
                 (0, 3, 9, 64),
                 (1, 0, 2, 20001),
+                // Paired V's (whole words): every row on the same half, alternating at odd D,
+                // constant at D % 4 == 2 (odd for D = 1026 and 6).
                 (3, 1, 9, 4097),
                 (2, 0, 40, 7),
                 (2, 4, 10, 1026),
