@@ -436,10 +436,11 @@ pub fn autotune(
     let whole_score = ((decode[1] - decode[0]) / (4 * rows_list.len()) as f64).exp();
     let mut scores = scores;
     scores.push((whole, whole_score));
-    let best = if whole_score.is_finite() && whole_score < 1.0 - MARGIN {
-        whole
+    // The shape chosen, and its Norms (already made for the decode step).
+    let (best, best_norms) = if whole_score.is_finite() && whole_score < 1.0 - MARGIN {
+        (whole, &whole_norms)
     } else {
-        best
+        (best, &split_norms)
     };
 
     // Rows stored in 16 bits, with the shape chosen: as many `V`s per invocation as f32 rows
@@ -452,12 +453,13 @@ pub fn autotune(
     if as_many == best {
         return Ok((best, scores));
     }
-    let pair = [norms_for(best)?, norms_for(as_many)?];
+    let as_many_norms = norms_for(as_many)?;
+    let pair = [best_norms, &as_many_norms];
     let mut half_times = [vec![0.0f64; dims.len() * 4], vec![0.0f64; dims.len() * 4]];
     for round in 0..2 {
         for k in 0..2 {
             let which = if round == 0 { k } else { 1 - k };
-            time_grid(&pair[which], DType::Bf16, &mut half_times[which])?;
+            time_grid(pair[which], DType::Bf16, &mut half_times[which])?;
         }
     }
     let as_many_score = ratio(&half_times[1], &half_times[0]);
