@@ -15,7 +15,7 @@ struct Params {
     // HAS_* and OPT_* bits.
     flags: u32,
     // Steps of consecutive rows each workgroup takes, one after another: SLOTS rows side by
-    // side each (forward norms; 1 elsewhere).
+    // side each (short rows; 1 elsewhere).
     rows_per_group: u32,
     // Backward: partial-sum rows of this dispatch (where the dbias rows start).
     part_rows: u32,

@@ -19,21 +19,36 @@
 fn main(g: Group, ids: Ids) {
     reduce_init(ids);
     let lid = ids.lid;
+    // SLOTS rows side by side (short rows, RW invocations each; 1 elsewhere), and
+    // rows_per_group such steps one after another. The workgroup writes one partial row.
+    // One row at a time, the slot is a constant: uniformity analysis then sees each row's
+    // tests as the workgroup's, which the `shared` retry's barriers need.
+//#if side_by_side
+    let slot = lid / RW;
+    let lane = lid % RW;
+//#else
+    let slot = 0u;
+    let lane = lid;
+//#endif
     let group = group_index(g);
-    let first = group * params.rows_per_group;
+    let first = group * params.rows_per_group * SLOTS;
 //#if cached
     // Column partials stay in registers across this workgroup's rows.
     var pw: array<V, CACHE>;
     var pb: array<V, CACHE>;
 //#endif
     for (var r = 0u; r < params.rows_per_group; r++) {
-        if first + r >= params.rows {
+        if first + r * SLOTS >= params.rows {
             break;
         }
-        let row = first + r;
-        let n = row_vs();
+        let row = first + r * SLOTS + slot;
+        // None for a slot past the last row, which still takes part in every barrier.
+        let n = select(0u, row_vs(), row < params.rows);
         let inv_dim = 1.0 / f32(params.dim);
-        let p = first_lane(ld_x(row, 0u));
+        var p = 0.0;
+        if n > 0u {
+            p = first_lane(ld_x(row, 0u));
+        }
         // rstd, (mean(g), mean(g * xhat)), and whether the row's sums left f32's range.
         var rstd = 0.0;
         var t = vec2<f32>(0.0);
@@ -42,24 +57,26 @@ fn main(g: Group, ids: Ids) {
         var c: array<V, CACHE>;
         var d: array<V, CACHE>;
 //#unroll k
-        if lid + k * WG < n {
-            c[k] = ld_x(row, lid + k * WG);
-            d[k] = ld_dy(row, lid + k * WG);
+        if lane + k * RW < n {
+            c[k] = ld_x(row, lane + k * RW);
+            d[k] = ld_dy(row, lane + k * RW);
         }
 //#endunroll
 //#if saved
         {
-            rstd = ld_rstd(row);
+            if n > 0u {
+                rstd = ld_rstd(row);
+            }
             var s = vec3<f32>(0.0);
 //#unroll k
-            if lid + k * WG < n {
-                c[k] = in_row(lid + k * WG, c[k] - V(p));
-                let g = grad_g(d[k], lid + k * WG);
+            if lane + k * RW < n {
+                c[k] = in_row(lane + k * RW, c[k] - V(p));
+                let g = grad_g(d[k], lane + k * RW);
                 s += vec3<f32>(hsum(c[k]), hsum(g), hsum(g * c[k]));
             }
 //#endunroll
-            let sums = wg_sum3_uniform(s, lid) * inv_dim;
-            retry = !(finite(sums.x) && finite(sums.z));
+            let sums = row_sum3(s, lid) * inv_dim;
+            retry = !(finite(sums.x) && finite(sums.z)) && n > 0u;
             t = vec2<f32>(sums.y, rstd * (sums.z - sums.x * sums.y));
 //#unroll k
             c[k] = (c[k] - V(sums.x)) * rstd;
@@ -70,43 +87,43 @@ fn main(g: Group, ids: Ids) {
             // As the forward: sums over x - p, then a second pass for the variance.
             var s = V(0.0);
 //#unroll k
-            if lid + k * WG < n {
-                c[k] = in_row(lid + k * WG, c[k] - V(p));
+            if lane + k * RW < n {
+                c[k] = in_row(lane + k * RW, c[k] - V(p));
                 s += c[k];
             }
 //#endunroll
             let mu = wg_sum(hsum(s), lid) * inv_dim;
             var q = V(0.0);
 //#unroll k
-            if lid + k * WG < n {
-                c[k] = in_row(lid + k * WG, c[k] - V(mu));
+            if lane + k * RW < n {
+                c[k] = in_row(lane + k * RW, c[k] - V(mu));
                 q += c[k] * c[k];
             }
 //#endunroll
             let v = wg_sum_decide(hsum(q), lid) * inv_dim;
-            retry = out_of_range(v);
+            retry = out_of_range(v) && n > 0u;
             rstd = inv_root(v, 0);
             var s2 = vec3<f32>(0.0);
 //#unroll k
-            if lid + k * WG < n {
+            if lane + k * RW < n {
                 c[k] *= rstd;
-                let g = grad_g(d[k], lid + k * WG);
+                let g = grad_g(d[k], lane + k * RW);
                 s2 += vec3<f32>(hsum(g), hsum(g * c[k]), 0.0);
             }
 //#endunroll
-            t = wg_sum3_uniform(s2, lid).xy * inv_dim;
+            t = row_sum3(s2, lid).xy * inv_dim;
         }
 //#endif
 //#if shared
         if retry {
-            layer_norm_backward_retry(row, lid, group, &pw, &pb);
+            layer_norm_backward_retry(row, lane, group, &pw, &pb);
             continue;
         }
 //#endif
         // c holds xhat now. A row to be retried writes nothing yet: dx may be accumulated.
 //#unroll k
-        if lid + k * WG < n {
-            let i = lid + k * WG;
+        if lane + k * RW < n {
+            let i = lane + k * RW;
             var v = rstd * (grad_g(d[k], i) - V(t.x) - c[k] * t.y);
             if has(OPT_ACCUMULATE_DX) {
                 v += ld_dx(row, i);
@@ -125,12 +142,12 @@ fn main(g: Group, ids: Ids) {
         {
             rstd = ld_rstd(row);
             var s = vec3<f32>(0.0);
-            for (var i = lid; i < n; i += WG) {
+            for (var i = lane; i < n; i += RW) {
                 let u = in_row(i, ld_x(row, i) - V(p));
                 let g = grad_g(ld_dy(row, i), i);
                 s += vec3<f32>(hsum(u), hsum(g), hsum(g * u));
             }
-            let sums = wg_sum3_uniform(s, lid) * inv_dim;
+            let sums = row_sum3(s, lid) * inv_dim;
             retry = !(finite(sums.x) && finite(sums.z));
             mu = sums.x;
             t = vec2<f32>(sums.y, rstd * (sums.z - sums.x * sums.y));
@@ -138,12 +155,12 @@ fn main(g: Group, ids: Ids) {
 //#else
         {
             var s = V(0.0);
-            for (var i = lid; i < n; i += WG) {
+            for (var i = lane; i < n; i += RW) {
                 s += in_row(i, ld_x(row, i) - V(p));
             }
             mu = wg_sum(hsum(s), lid) * inv_dim;
             var q = V(0.0);
-            for (var i = lid; i < n; i += WG) {
+            for (var i = lane; i < n; i += RW) {
                 let u = in_row(i, (ld_x(row, i) - V(p)) - V(mu));
                 q += u * u;
             }
@@ -151,23 +168,23 @@ fn main(g: Group, ids: Ids) {
             retry = out_of_range(v);
             rstd = inv_root(v, 0);
             var s2 = vec3<f32>(0.0);
-            for (var i = lid; i < n; i += WG) {
+            for (var i = lane; i < n; i += RW) {
                 let xh = ((ld_x(row, i) - V(p)) - V(mu)) * rstd;
                 let g = grad_g(ld_dy(row, i), i);
                 s2 += vec3<f32>(hsum(g), hsum(g * xh), 0.0);
             }
-            t = wg_sum3_uniform(s2, lid).xy * inv_dim;
+            t = row_sum3(s2, lid).xy * inv_dim;
         }
 //#endif
 //#if shared
         if retry {
-            layer_norm_backward_retry(row, lid, group);
+            layer_norm_backward_retry(row, lane, group);
             continue;
         }
 //#endif
         // dbias partial rows follow the dweight ones when both are wanted.
         let kb = select(0u, params.part_rows, has(HAS_DWEIGHT)) + group;
-        for (var i = lid; i < n; i += WG) {
+        for (var i = lane; i < n; i += RW) {
             let xh = ((ld_x(row, i) - V(p)) - V(mu)) * rstd;
             let d = ld_dy(row, i);
             var v = rstd * (grad_g(d, i) - V(t.x) - xh * t.y);
@@ -202,9 +219,9 @@ fn main(g: Group, ids: Ids) {
         for (var r = 0u; r < params.rows_per_group; r++) {
             if marked(r) {
 //#if cached
-                layer_norm_backward_retry(first + r, lid, group, &pw, &pb);
+                layer_norm_backward_retry(first + r * SLOTS + slot, lane, group, &pw, &pb);
 //#else
-                layer_norm_backward_retry(first + r, lid, group);
+                layer_norm_backward_retry(first + r * SLOTS + slot, lane, group);
 //#endif
             }
         }
@@ -217,16 +234,26 @@ fn main(g: Group, ids: Ids) {
     }
     let n = row_vs();
     let kb = select(0u, params.part_rows, has(HAS_DWEIGHT)) + group;
+    if has(HAS_DWEIGHT) {
 //#unroll k
-    if lid + k * WG < n {
-        if has(HAS_DWEIGHT) {
-            st_partials(group, lid + k * WG, pw[k]);
+        {
+            let w = slots_sum(pw[k], lid);
+            if slot == 0u && lane + k * RW < n {
+                st_partials(group, lane + k * RW, w);
+            }
         }
-        if has(HAS_DBIAS) {
-            st_partials(kb, lid + k * WG, pb[k]);
-        }
-    }
 //#endunroll
+    }
+    if has(HAS_DBIAS) {
+//#unroll k
+        {
+            let b = slots_sum(pb[k], lid);
+            if slot == 0u && lane + k * RW < n {
+                st_partials(kb, lane + k * RW, b);
+            }
+        }
+//#endunroll
+    }
 //#endif
 }
 
@@ -236,13 +263,13 @@ fn main(g: Group, ids: Ids) {
 //#if cached
 fn layer_norm_backward_retry(
     row: u32,
-    lid: u32,
+    lane: u32,
     group: u32,
     pw: ptr<function, array<V, CACHE>>,
     pb: ptr<function, array<V, CACHE>>,
 ) {
 //#else
-fn layer_norm_backward_retry(row: u32, lid: u32, group: u32) {
+fn layer_norm_backward_retry(row: u32, lane: u32, group: u32) {
 //#endif
     retry_barrier();
     var e = row_exponent(row);
@@ -277,8 +304,8 @@ fn layer_norm_backward_retry(row: u32, lid: u32, group: u32) {
     let n = row_vs();
 //#if cached
 //#unroll k
-    if lid + k * WG < n {
-        let i = lid + k * WG;
+    if lane + k * RW < n {
+        let i = lane + k * RW;
         let xh = ((scale_v(ld_x(row, i), e) - V(ps)) - V(mu)) * rs;
         let d = ld_dy(row, i);
         var v = rstd * (grad_g(d, i) - V(t.x) - xh * t.y);
@@ -292,7 +319,7 @@ fn layer_norm_backward_retry(row: u32, lid: u32, group: u32) {
 //#endunroll
 //#else
     let kb = select(0u, params.part_rows, has(HAS_DWEIGHT)) + group;
-    for (var i = lid; i < n; i += WG) {
+    for (var i = lane; i < n; i += RW) {
         let xh = ((scale_v(ld_x(row, i), e) - V(ps)) - V(mu)) * rs;
         let d = ld_dy(row, i);
         var v = rstd * (grad_g(d, i) - V(t.x) - xh * t.y);

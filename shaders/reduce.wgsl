@@ -178,3 +178,65 @@ fn wg_sum3_uniform(v: vec3<f32>, lid: u32) -> vec3<f32> {
 }
 //#endif
 //#endif
+
+//#if triples
+// The LayerNorm backward's three sums of a row: wg_sum3_uniform, or where short rows lie side
+// by side (no subgroups there) a tree over each row's RW invocations, as wg_sum.
+fn row_sum3(v: vec3<f32>, lid: u32) -> vec3<f32> {
+//#if side_by_side
+    let lane = lid % RW;
+    // Both halves may still be read by the wg_sum calls before this one.
+    workgroupBarrier();
+    red[lid] = v.x;
+    red[WG + lid] = v.y;
+    red[2u * WG + lid] = v.z;
+    workgroupBarrier();
+    for (var s = RW / 2u; s > 0u; s >>= 1u) {
+        if lane < s {
+            red[lid] += red[lid + s];
+            red[WG + lid] += red[WG + lid + s];
+            red[2u * WG + lid] += red[2u * WG + lid + s];
+        }
+        workgroupBarrier();
+    }
+    let b = lid - lane;
+    let t = vec3<f32>(red[b], red[WG + b], red[2u * WG + b]);
+    // The next wg_sum may write where other rows still read.
+    workgroupBarrier();
+    return t;
+//#else
+    return wg_sum3_uniform(v, lid);
+//#endif
+}
+//#endif
+
+//#if partials
+// A backward workgroup's column partial sums (one partial row, whatever its rows): where
+// short rows lie side by side, every slot's added to slot 0's in slot order (a fixed order)
+// and returned to slot 0's invocations; elsewhere the invocation's own. Once per workgroup:
+// a serial sum in a few invocations costs less than a tree's barrier per halving, which a CPU
+// adapter pays dearly (lavapipe, 4 MiB of D = 64: a tree's tail undid the gain).
+//#if side_by_side
+// Two halves used in turn, as wg_sum's: consecutive calls need one barrier each.
+var<workgroup> cols: array<V, 2u * WG>;
+var<private> cols_half: u32;
+
+fn slots_sum(v: V, lid: u32) -> V {
+    let h = cols_half;
+    cols_half = WG - h;
+    cols[h + lid] = v;
+    workgroupBarrier();
+    var t = v;
+    if lid < RW {
+        for (var s = 1u; s < SLOTS; s++) {
+            t += cols[h + lid + s * RW];
+        }
+    }
+    return t;
+}
+//#else
+fn slots_sum(v: V, lid: u32) -> V {
+    return v;
+}
+//#endif
+//#endif

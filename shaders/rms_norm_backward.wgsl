@@ -12,32 +12,46 @@
 fn main(g: Group, ids: Ids) {
     reduce_init(ids);
     let lid = ids.lid;
+    // SLOTS rows side by side (short rows, RW invocations each; 1 elsewhere), and
+    // rows_per_group such steps one after another. The workgroup writes one partial row.
+    // One row at a time, the slot is a constant: uniformity analysis then sees each row's
+    // tests as the workgroup's, which the `shared` retry's barriers need.
+//#if side_by_side
+    let slot = lid / RW;
+    let lane = lid % RW;
+//#else
+    let slot = 0u;
+    let lane = lid;
+//#endif
     let group = group_index(g);
-    let first = group * params.rows_per_group;
+    let first = group * params.rows_per_group * SLOTS;
 //#if cached
     var pw: array<V, CACHE>;
 //#endif
     for (var r = 0u; r < params.rows_per_group; r++) {
-        if first + r >= params.rows {
+        if first + r * SLOTS >= params.rows {
             break;
         }
-        let row = first + r;
-        let n = row_vs();
+        let row = first + r * SLOTS + slot;
+        // None for a slot past the last row, which still takes part in every barrier.
+        let n = select(0u, row_vs(), row < params.rows);
         let inv_len = 1.0 / f32(params.stat_len);
         // A recomputed rrms whose sum of squares left f32's range is taken again (scale.wgsl;
         // a saved one needs no squares).
         var rrms = 0.0;
         var retry = false;
 //#if saved
-        rrms = ld_rrms(row);
+        if n > 0u {
+            rrms = ld_rrms(row);
+        }
 //#endif
 //#if cached
         var c: array<V, CACHE>;
         var d: array<V, CACHE>;
 //#unroll k
-        if lid + k * WG < n {
-            c[k] = ld_x(row, lid + k * WG);
-            d[k] = ld_dy(row, lid + k * WG);
+        if lane + k * RW < n {
+            c[k] = ld_x(row, lane + k * RW);
+            d[k] = ld_dy(row, lane + k * RW);
         }
 //#endunroll
 //#if saved
@@ -45,31 +59,31 @@ fn main(g: Group, ids: Ids) {
         {
             var q = V(0.0);
 //#unroll k
-            q += in_prefix(lid + k * WG, c[k] * c[k]);
+            q += in_prefix(lane + k * RW, c[k] * c[k]);
 //#endunroll
             let ms = wg_sum_decide(hsum(q), lid) * inv_len;
-            retry = out_of_range(ms);
+            retry = out_of_range(ms) && n > 0u;
             rrms = inv_root(ms, 0);
         }
 //#endif
 //#if shared
         if retry {
-            rms_norm_backward_retry(row, lid, group, &pw);
+            rms_norm_backward_retry(row, lane, group, &pw);
             continue;
         }
 //#endif
         var s = V(0.0);
 //#unroll k
-        if lid + k * WG < n {
+        if lane + k * RW < n {
             c[k] *= rrms;
-            s += grad_g(d[k], lid + k * WG) * c[k];
+            s += grad_g(d[k], lane + k * RW) * c[k];
         }
 //#endunroll
         let t = wg_sum(hsum(s), lid) * inv_len;
         // A row to be retried writes nothing yet: dx may be accumulated.
 //#unroll k
-        if lid + k * WG < n {
-            let i = lid + k * WG;
+        if lane + k * RW < n {
+            let i = lane + k * RW;
             var v = rrms * (grad_g(d[k], i) - in_prefix(i, c[k] * t));
             if has(OPT_ACCUMULATE_DX) {
                 v += ld_dx(row, i);
@@ -85,27 +99,27 @@ fn main(g: Group, ids: Ids) {
 //#else
         {
             var q = V(0.0);
-            for (var i = lid; i < n; i += WG) {
+            for (var i = lane; i < n; i += RW) {
                 let v = ld_x(row, i);
                 q += in_prefix(i, v * v);
             }
             let ms = wg_sum_decide(hsum(q), lid) * inv_len;
-            retry = out_of_range(ms);
+            retry = out_of_range(ms) && n > 0u;
             rrms = inv_root(ms, 0);
         }
 //#endif
 //#if shared
         if retry {
-            rms_norm_backward_retry(row, lid, group);
+            rms_norm_backward_retry(row, lane, group);
             continue;
         }
 //#endif
         var s = V(0.0);
-        for (var i = lid; i < n; i += WG) {
+        for (var i = lane; i < n; i += RW) {
             s += grad_g(ld_dy(row, i), i) * (ld_x(row, i) * rrms);
         }
         let t = wg_sum(hsum(s), lid) * inv_len;
-        for (var i = lid; i < n; i += WG) {
+        for (var i = lane; i < n; i += RW) {
             let xh = ld_x(row, i) * rrms;
             let d = ld_dy(row, i);
             var v = rrms * (grad_g(d, i) - in_prefix(i, xh * t));
@@ -135,9 +149,9 @@ fn main(g: Group, ids: Ids) {
         for (var r = 0u; r < params.rows_per_group; r++) {
             if marked(r) {
 //#if cached
-                rms_norm_backward_retry(first + r, lid, group, &pw);
+                rms_norm_backward_retry(first + r * SLOTS + slot, lane, group, &pw);
 //#else
-                rms_norm_backward_retry(first + r, lid, group);
+                rms_norm_backward_retry(first + r * SLOTS + slot, lane, group);
 //#endif
             }
         }
@@ -149,11 +163,16 @@ fn main(g: Group, ids: Ids) {
         return;
     }
     let n = row_vs();
+    if has(HAS_DWEIGHT) {
 //#unroll k
-    if lid + k * WG < n && has(HAS_DWEIGHT) {
-        st_partials(group, lid + k * WG, pw[k]);
-    }
+        {
+            let w = slots_sum(pw[k], lid);
+            if slot == 0u && lane + k * RW < n {
+                st_partials(group, lane + k * RW, w);
+            }
+        }
 //#endunroll
+    }
 //#endif
 }
 
@@ -161,9 +180,9 @@ fn main(g: Group, ids: Ids) {
 // (scale.wgsl): dx, and the row's contribution to this workgroup's partial sums (which the
 // first attempt left out). A row holding inf or NaN goes through unscaled, as before.
 //#if cached
-fn rms_norm_backward_retry(row: u32, lid: u32, group: u32, pw: ptr<function, array<V, CACHE>>) {
+fn rms_norm_backward_retry(row: u32, lane: u32, group: u32, pw: ptr<function, array<V, CACHE>>) {
 //#else
-fn rms_norm_backward_retry(row: u32, lid: u32, group: u32) {
+fn rms_norm_backward_retry(row: u32, lane: u32, group: u32) {
 //#endif
     retry_barrier();
     var e = row_exponent(row);
@@ -187,8 +206,8 @@ fn rms_norm_backward_retry(row: u32, lid: u32, group: u32) {
     retry_barrier();
 //#if cached
 //#unroll k
-    if lid + k * WG < n {
-        let i = lid + k * WG;
+    if lane + k * RW < n {
+        let i = lane + k * RW;
         let xh = scale_v(ld_x(row, i), e) * rs;
         let d = ld_dy(row, i);
         var v = rrms * (grad_g(d, i) - in_prefix(i, xh * t));
@@ -200,7 +219,7 @@ fn rms_norm_backward_retry(row: u32, lid: u32, group: u32) {
     }
 //#endunroll
 //#else
-    for (var i = lid; i < n; i += WG) {
+    for (var i = lane; i < n; i += RW) {
         let xh = scale_v(ld_x(row, i), e) * rs;
         let d = ld_dy(row, i);
         var v = rrms * (grad_g(d, i) - in_prefix(i, xh * t));

@@ -43,15 +43,23 @@ pub(crate) fn accumulate(grad_input: bool, grad_params: bool) -> u32 {
 pub(crate) struct Partials {
     /// Partial-sum arrays (dweight, dbias) wanted: 0, 1 or 2.
     pub arrays: u32,
-    /// Rows each workgroup of the row kernel handles (one partial row per workgroup).
+    /// Steps each workgroup of the row kernel takes, `slots` rows each (one partial row per
+    /// workgroup).
     pub rows_per_group: u32,
 }
 
 /// Partial rows: one per workgroup of the row kernel, a count fixed by the shape alone, so
 /// the order of every sum is too. Aimed at `PARTIAL_INVOCATIONS / workgroup size` (enough
 /// workgroups to fill a large GPU, few enough that the partial sums are a small fraction of
-/// the traffic); each chunk's partial rows fit one binding.
-pub(crate) fn partials(caps: &Caps, c: &Checked, arrays: u32, wg: u32) -> Result<Partials> {
+/// the traffic); each chunk's partial rows fit one binding. A workgroup of `slots` short rows
+/// side by side takes `slots` rows a step.
+pub(crate) fn partials(
+    caps: &Caps,
+    c: &Checked,
+    arrays: u32,
+    wg: u32,
+    slots: u32,
+) -> Result<Partials> {
     // Partial sums are f32 whatever the storage.
     let part_row = u64::from(c.dim) * 4;
     let by_size = caps.max_binding / (part_row * u64::from(arrays.max(1)));
@@ -63,12 +71,13 @@ pub(crate) fn partials(caps: &Caps, c: &Checked, arrays: u32, wg: u32) -> Result
         });
     }
     let target = u64::from((PARTIAL_INVOCATIONS / wg).clamp(1, MAX_PARTIAL_ROWS));
-    let rows = c.rows;
-    let per_group = rows
-        .div_ceil(target.min(by_size))
+    let slots = u64::from(slots);
+    let per_group = c
+        .rows
+        .div_ceil(target.min(by_size) * slots)
         .clamp(1, u64::from(MAX_PARTIAL_ROWS_PER_GROUP));
-    // Each dispatch's partial rows fit one binding (at most a few rows a workgroup for that).
-    let per_group = per_group.max(c.chunk_rows.div_ceil(by_size));
+    // Each dispatch's partial rows fit one binding (at most a few steps a workgroup for that).
+    let per_group = per_group.max(c.chunk_rows.div_ceil(by_size * slots));
     debug_assert!(per_group <= u64::from(MAX_PARTIAL_ROWS_PER_GROUP));
     Ok(Partials {
         arrays,

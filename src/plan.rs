@@ -278,14 +278,15 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
                 .iter()
                 .filter(|s| c.operand(s.operand).is_some())
                 .count() as u32;
-            let p = crate::param_grad::partials(caps, &c, arrays, v.wg)?;
+            let slots = v.rows_side_by_side();
+            let p = crate::param_grad::partials(caps, &c, arrays, v.wg, slots)?;
             if c.rows == 0 && arrays > 0 {
                 // No partials: the sums over nothing are 0 (or what is there, when
                 // accumulating).
                 steps.push(crate::param_grad::step(caps, &c, &p, 0, 0));
             }
             for (chunk, (r0, rows)) in chunks(&c).enumerate() {
-                let groups = rows.div_ceil(u64::from(p.rows_per_group));
+                let groups = rows.div_ceil(u64::from(p.rows_per_group * slots));
                 let row = row_step(caps, l, &c, v, r0, rows, p.rows_per_group, groups, Some(&p));
                 steps.push(row);
                 if arrays > 0 {

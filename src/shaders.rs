@@ -217,9 +217,9 @@ pub struct Variant {
     pub kernel: Kernel,
     /// Workgroup size (the WGSL constant `WG`), from [`workgroup_size`].
     pub wg: u32,
-    /// Invocations per row (the WGSL constant `RW`): `wg`, or fewer where a forward norm's row
-    /// is too short to keep [`MIN_WORKGROUP_SIZE`] invocations busy, and `wg / row_wg` rows
-    /// are normalized side by side ([`Variant::rows_side_by_side`]).
+    /// Invocations per row (the WGSL constant `RW`): `wg`, or fewer where a norm's row (forward
+    /// or backward) is too short to keep [`MIN_WORKGROUP_SIZE`] invocations busy, and
+    /// `wg / row_wg` rows are taken side by side ([`Variant::rows_side_by_side`]).
     pub row_wg: u32,
     /// `V = vec4<f32>` of four consecutive elements: D % 4 == 0 and every operand 16-byte
     /// aligned. Otherwise four strided elements ([`Variant::strided`]), or one (a split row's
@@ -318,16 +318,16 @@ impl Variant {
                 };
                 let wg = workgroup_size(dim, lanes, per_invocation, max_wg);
                 let per_row = dim.div_ceil(lanes);
-                // A forward row of fewer V's than the smallest workgroup has invocations would
-                // leave the rest of it idle: the workgroup normalizes several such rows side by
-                // side instead. Their reductions are trees over each row's invocations in
-                // workgroup memory (a subgroup may span several rows, and its size is not known
-                // here). Where an output may overwrite an input (`shared`), a row out of f32's
-                // range is retried at once behind workgroup-wide barriers, which needs the
-                // whole workgroup on one row. Longer rows, whose invocations all have work,
-                // keep the shape measured on GPUs.
-                let side_by_side =
-                    forward && !shared && !kernel.is_split() && per_row < MIN_WORKGROUP_SIZE;
+                // A row of fewer V's than the smallest workgroup has invocations would leave
+                // the rest of it idle: the workgroup takes several such rows side by side
+                // instead, forward and backward. Their reductions are trees over each row's
+                // invocations in workgroup memory (a subgroup may span several rows, and its
+                // size is not known here); the backward adds its slots' column sums into the
+                // workgroup's one partial row at the end. Where an output may overwrite an
+                // input (`shared`), a row out of f32's range is retried at once behind
+                // workgroup-wide barriers, which needs the whole workgroup on one row. Longer
+                // rows, whose invocations all have work, keep the shape measured on GPUs.
+                let side_by_side = !shared && !kernel.is_split() && per_row < MIN_WORKGROUP_SIZE;
                 let row_wg = if side_by_side {
                     // At most MAX_CACHE V's each, so that the row stays in registers.
                     per_row
@@ -443,31 +443,34 @@ impl Variant {
                         .collect(),
                 };
                 for vec4 in [false, true] {
-                    // Short rows side by side (forward norms, the smallest workgroup only):
-                    // (row_wg, cache), without subgroups or shared buffers.
-                    if let Shape::Rows { arrays, .. } = kernel.def().shape
+                    // Short rows side by side (the smallest workgroup only): (row_wg, cache),
+                    // without subgroups or shared buffers, saved statistics or not.
+                    if let Shape::Rows { arrays, .. } | Shape::RowsWithPartials { arrays, .. } =
+                        kernel.def().shape
                         && wg == MIN_WORKGROUP_SIZE
                         && !kernel.is_split()
                     {
                         for row_wg in pow2(1, wg / 2) {
                             for b in 0..=MAX_CACHE.trailing_zeros() {
                                 let cache = cache_len((1 << b) * row_wg, row_wg, wg, arrays);
-                                for (act, param) in storage_pairs(kernel) {
-                                    out.insert(Variant {
-                                        kernel,
-                                        wg,
-                                        row_wg,
-                                        vec4,
-                                        cache,
-                                        paired: false,
-                                        slices: 1,
-                                        subgroups: false,
-                                        shared: false,
-                                        saved: false,
-                                        stats: false,
-                                        act,
-                                        param,
-                                    });
+                                for saved in [false, kernel.stage2().is_some()] {
+                                    for (act, param) in storage_pairs(kernel) {
+                                        out.insert(Variant {
+                                            kernel,
+                                            wg,
+                                            row_wg,
+                                            vec4,
+                                            cache,
+                                            paired: false,
+                                            slices: 1,
+                                            subgroups: false,
+                                            shared: false,
+                                            saved,
+                                            stats: false,
+                                            act,
+                                            param,
+                                        });
+                                    }
                                 }
                             }
                         }
@@ -564,6 +567,10 @@ impl Variant {
             "saved" => Some(self.saved),
             "stats" => Some(self.stats),
             "side_by_side" => Some(self.row_wg < self.wg),
+            "partials" => Some(matches!(
+                self.kernel.def().shape,
+                Shape::RowsWithPartials { .. }
+            )),
             _ if Kernel::ALL
                 .iter()
                 .any(|k| k.def().wgsl_flags.contains(&name)) =>
@@ -1078,7 +1085,7 @@ mod tests {
     }
 
     #[test]
-    fn short_forward_rows_go_side_by_side() {
+    fn short_rows_go_side_by_side() {
         // D = 128 in vec4: 32 V's, 4 invocations of 8 each, 16 rows per 64-invocation group.
         let v = Variant::for_row(Kernel::RmsNorm, 128, true, true, false, 1024);
         assert_eq!((v.wg, v.row_wg, v.rows_side_by_side()), (64, 4, 16));
@@ -1086,11 +1093,18 @@ mod tests {
         // Every invocation of the smallest workgroup has work: one row, subgroups kept.
         let v = Variant::for_row(Kernel::LayerNorm, 256, true, true, false, 1024);
         assert!(v.row_wg == v.wg && v.subgroups, "{v:?}");
-        // Written over an input, or a backward pass: one row at a time.
+        // Written over an input: one row at a time.
         let v = Variant::for_row(Kernel::RmsNorm, 128, true, true, true, 1024);
         assert_eq!(v.row_wg, v.wg);
+        // The backward takes half the forward's V's: D = 128 is 8 rows of 8 invocations, and
+        // D = 8 (strided at D = 7) a row per invocation.
         for k in [Kernel::LayerNormBackward, Kernel::RmsNormBackward] {
-            assert_eq!(Variant::for_row(k, 8, false, false, false, 1024).row_wg, 64);
+            let v = Variant::for_row(k, 128, true, true, false, 1024);
+            assert_eq!((v.wg, v.row_wg, v.cache), (64, 8, 4), "{v:?}");
+            assert!(!v.subgroups, "{v:?}");
+            assert_eq!(Variant::for_row(k, 8, true, false, false, 1024).row_wg, 1);
+            assert_eq!(Variant::for_row(k, 7, false, false, false, 1024).row_wg, 1);
+            assert_eq!(Variant::for_row(k, 128, true, true, true, 1024).row_wg, 64);
         }
         // D % 4 != 0: V's are four strided elements, as many per invocation as the vec4
         // path's (1025 over 256 invocations forward, 512 backward).
