@@ -32,8 +32,8 @@ fn main(g: Group, ids: Ids) {
 //#endif
     let group = group_index(g);
     let first = group * params.rows_per_group * SLOTS;
-//#if cached
-    // Column partials stay in registers across this workgroup's rows.
+    // Column partial sums in registers across this workgroup's rows (where they fit).
+//#if held_partials
     var pw: array<V, CACHE>;
     var pb: array<V, CACHE>;
 //#endif
@@ -178,32 +178,40 @@ fn main(g: Group, ids: Ids) {
 //#endif
 //#if shared
         if retry {
+//#if held_partials
+            layer_norm_backward_retry(row, lane, group, &pw, &pb);
+//#else
             layer_norm_backward_retry(row, lane, group);
+//#endif
             continue;
         }
 //#endif
+        let st = Stats(p, mu, rstd, t);
+//#if held_partials
+        // The row read again, the partial sums kept in registers (`streamed`).
+//#unroll k
+        if lane + k * RW < n {
+            let terms = streamed_dx(row, lane + k * RW, st, retry);
+            pw[k] += terms.w;
+            pb[k] += terms.b;
+        }
+//#endunroll
+//#else
         // dbias partial rows follow the dweight ones when both are wanted.
         let kb = select(0u, params.part_rows, has(HAS_DWEIGHT)) + group;
         for (var i = lane; i < n; i += RW) {
-            let xh = ((ld_x(row, i) - V(p)) - V(mu)) * rstd;
-            let d = ld_dy(row, i);
-            var v = rstd * (grad_g(d, i) - V(t.x) - xh * t.y);
-            if has(OPT_ACCUMULATE_DX) {
-                v += ld_dx(row, i);
-            }
-            if !retry {
-                st_dx(row, i, v);
-            }
+            let terms = streamed_dx(row, i, st, retry);
             // This workgroup owns its partial row: no other invocation touches it.
             if has(HAS_DWEIGHT) {
                 let before = select(ld_partials(group, i), V(0.0), r == 0u);
-                st_partials(group, i, before + select(d * xh, V(0.0), retry));
+                st_partials(group, i, before + terms.w);
             }
             if has(HAS_DBIAS) {
                 let before = select(ld_partials(kb, i), V(0.0), r == 0u);
-                st_partials(kb, i, before + select(d, V(0.0), retry));
+                st_partials(kb, i, before + terms.b);
             }
         }
+//#endif
 //#endif
 //#if shared
 //#else
@@ -218,7 +226,7 @@ fn main(g: Group, ids: Ids) {
     if retry_any {
         for (var r = 0u; r < params.rows_per_group; r++) {
             if marked(r) {
-//#if cached
+//#if held_partials
                 layer_norm_backward_retry(first + r * SLOTS + slot, lane, group, &pw, &pb);
 //#else
                 layer_norm_backward_retry(first + r * SLOTS + slot, lane, group);
@@ -227,7 +235,7 @@ fn main(g: Group, ids: Ids) {
         }
     }
 //#endif
-//#if cached
+//#if held_partials
     // The grid can hold more workgroups than there are groups of rows: those write nothing.
     if first >= params.rows {
         return;
@@ -260,7 +268,7 @@ fn main(g: Group, ids: Ids) {
 // The row again, scaled by 2^-e, its statistics taken by each invocation alone (scale.wgsl):
 // dx, and the row's contribution to this workgroup's partial sums (which the first attempt
 // left out). A row holding inf or NaN goes through unscaled and comes out NaN, as before.
-//#if cached
+//#if held_partials
 fn layer_norm_backward_retry(
     row: u32,
     lane: u32,
@@ -302,7 +310,7 @@ fn layer_norm_backward_retry(row: u32, lane: u32, group: u32) {
 //#endif
     retry_barrier();
     let n = row_vs();
-//#if cached
+//#if held_partials
 //#unroll k
     if lane + k * RW < n {
         let i = lane + k * RW;
@@ -336,6 +344,36 @@ fn layer_norm_backward_retry(row: u32, lane: u32, group: u32) {
         }
     }
 //#endif
+}
+
+// A row's statistics as the last pass over a streamed row needs them: its pivot (first
+// element), the mean of x - pivot, rstd, and (mean(g), mean(g * xhat)).
+struct Stats {
+    p: f32,
+    mu: f32,
+    rstd: f32,
+    t: vec2<f32>,
+}
+
+// The row's i-th V's terms of the dweight and dbias partial sums (0 for a row to be retried).
+struct Terms {
+    w: V,
+    b: V,
+}
+
+// dx of the row's i-th V read from memory (stored, unless the row is to be retried), and its
+// terms of the partial sums.
+fn streamed_dx(row: u32, i: u32, st: Stats, retry: bool) -> Terms {
+    let xh = ((ld_x(row, i) - V(st.p)) - V(st.mu)) * st.rstd;
+    let d = ld_dy(row, i);
+    var v = st.rstd * (grad_g(d, i) - V(st.t.x) - xh * st.t.y);
+    if has(OPT_ACCUMULATE_DX) {
+        v += ld_dx(row, i);
+    }
+    if !retry {
+        st_dx(row, i, v);
+    }
+    return Terms(select(d * xh, V(0.0), retry), select(d, V(0.0), retry));
 }
 
 // The row as the scaled retry reads it (scale.wgsl): x is never written here.

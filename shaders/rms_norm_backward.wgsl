@@ -25,7 +25,8 @@ fn main(g: Group, ids: Ids) {
 //#endif
     let group = group_index(g);
     let first = group * params.rows_per_group * SLOTS;
-//#if cached
+    // Column partial sums in registers across this workgroup's rows (where they fit).
+//#if held_partials
     var pw: array<V, CACHE>;
 //#endif
     for (var r = 0u; r < params.rows_per_group; r++) {
@@ -110,7 +111,11 @@ fn main(g: Group, ids: Ids) {
 //#endif
 //#if shared
         if retry {
+//#if held_partials
+            rms_norm_backward_retry(row, lane, group, &pw);
+//#else
             rms_norm_backward_retry(row, lane, group);
+//#endif
             continue;
         }
 //#endif
@@ -119,21 +124,22 @@ fn main(g: Group, ids: Ids) {
             s += grad_g(ld_dy(row, i), i) * (ld_x(row, i) * rrms);
         }
         let t = wg_sum(hsum(s), lid) * inv_len;
+//#if held_partials
+        // The row read again, the partial sums kept in registers (`streamed`).
+//#unroll k
+        if lane + k * RW < n {
+            pw[k] += streamed_dx(row, lane + k * RW, rrms, t, retry);
+        }
+//#endunroll
+//#else
         for (var i = lane; i < n; i += RW) {
-            let xh = ld_x(row, i) * rrms;
-            let d = ld_dy(row, i);
-            var v = rrms * (grad_g(d, i) - in_prefix(i, xh * t));
-            if has(OPT_ACCUMULATE_DX) {
-                v += ld_dx(row, i);
-            }
-            if !retry {
-                st_dx(row, i, v);
-            }
+            let p = streamed_dx(row, i, rrms, t, retry);
             if has(HAS_DWEIGHT) {
                 let before = select(ld_partials(group, i), V(0.0), r == 0u);
-                st_partials(group, i, before + select(d * xh, V(0.0), retry));
+                st_partials(group, i, before + p);
             }
         }
+//#endif
 //#endif
 //#if shared
 //#else
@@ -148,7 +154,7 @@ fn main(g: Group, ids: Ids) {
     if retry_any {
         for (var r = 0u; r < params.rows_per_group; r++) {
             if marked(r) {
-//#if cached
+//#if held_partials
                 rms_norm_backward_retry(first + r * SLOTS + slot, lane, group, &pw);
 //#else
                 rms_norm_backward_retry(first + r * SLOTS + slot, lane, group);
@@ -157,7 +163,7 @@ fn main(g: Group, ids: Ids) {
         }
     }
 //#endif
-//#if cached
+//#if held_partials
     // The grid can hold more workgroups than there are groups of rows: those write nothing.
     if first >= params.rows {
         return;
@@ -179,7 +185,7 @@ fn main(g: Group, ids: Ids) {
 // The row again, rrms from the row scaled by 2^-e, taken by each invocation alone
 // (scale.wgsl): dx, and the row's contribution to this workgroup's partial sums (which the
 // first attempt left out). A row holding inf or NaN goes through unscaled, as before.
-//#if cached
+//#if held_partials
 fn rms_norm_backward_retry(row: u32, lane: u32, group: u32, pw: ptr<function, array<V, CACHE>>) {
 //#else
 fn rms_norm_backward_retry(row: u32, lane: u32, group: u32) {
@@ -204,7 +210,7 @@ fn rms_norm_backward_retry(row: u32, lane: u32, group: u32) {
     }
     let t = sum_of(st) / f32(params.stat_len);
     retry_barrier();
-//#if cached
+//#if held_partials
 //#unroll k
     if lane + k * RW < n {
         let i = lane + k * RW;
@@ -233,6 +239,21 @@ fn rms_norm_backward_retry(row: u32, lane: u32, group: u32) {
         }
     }
 //#endif
+}
+
+// dx of the row's i-th V read from memory (stored, unless the row is to be retried), and its
+// term of the dweight partial sum (0 for a row to be retried).
+fn streamed_dx(row: u32, i: u32, rrms: f32, t: f32, retry: bool) -> V {
+    let xh = ld_x(row, i) * rrms;
+    let d = ld_dy(row, i);
+    var v = rrms * (grad_g(d, i) - in_prefix(i, xh * t));
+    if has(OPT_ACCUMULATE_DX) {
+        v += ld_dx(row, i);
+    }
+    if !retry {
+        st_dx(row, i, v);
+    }
+    return select(d * xh, V(0.0), retry);
 }
 
 // The row as the scaled retry reads it (scale.wgsl): x is never written here.

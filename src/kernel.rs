@@ -193,6 +193,9 @@ pub enum Shape {
     RowsWithPartials {
         per_invocation: u32,
         arrays: u32,
+        /// Of the `arrays`, those that hold column partial sums: they stay in registers
+        /// where the row itself is too long for them ([`crate::shaders::Variant::streamed`]).
+        held: u32,
         stage2: Kernel,
     },
     /// A plain copy of the bytes, independent of the rows.

@@ -27,6 +27,7 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
     shape: Shape::RowsWithPartials {
         per_invocation: crate::shaders::V_PER_INVOCATION / 2,
         arrays: 4,
+        held: 2,
         stage2: Kernel::ParamGrad,
     },
     includes: &[crate::shaders::SCALE],

@@ -26,6 +26,7 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
     shape: Shape::RowsWithPartials {
         per_invocation: crate::shaders::V_PER_INVOCATION / 2,
         arrays: 3,
+        held: 1,
         stage2: Kernel::ParamGrad,
     },
     includes: &[crate::shaders::SCALE],

@@ -227,6 +227,12 @@ pub struct Variant {
     pub vec4: bool,
     /// Register cache length in `V`s per invocation; 0 streams the row from memory.
     pub cache: u32,
+    /// Backward: the row is read from memory for each pass while its column partial sums
+    /// stay in the `cache` registers: a row too long for registers holding all of the
+    /// kernel's arrays (`Shape::RowsWithPartials::arrays`) may fit them for the partial sums
+    /// alone (`held`). Otherwise each V's partial sum is read and written back in memory for
+    /// every row. False elsewhere.
+    pub streamed: bool,
     /// Strided `V`s in pairs of 16-bit elements that share a 32-bit word ([`Variant::pairs`]): chosen by the
     /// plan where every row tensor's rows start on the same half of their words.
     pub paired: bool,
@@ -285,6 +291,7 @@ impl Variant {
         let strided = is_strided(kernel, vec4);
         let lanes = if vec4 || strided { LANES } else { 1 };
         let mut subgroups = subgroups && kernel.reduces();
+        let mut streamed = false;
         let (wg, row_wg, cache, slices) = match kernel.def().shape {
             Shape::Flat => {
                 let wg = COPY_WORKGROUP_SIZE.min(max_wg);
@@ -340,7 +347,14 @@ impl Variant {
                 if row_wg < wg {
                     subgroups = false;
                 }
-                (wg, row_wg, cache_len(per_row, row_wg, wg, arrays), 1)
+                let mut cache = cache_len(per_row, row_wg, wg, arrays);
+                if let Shape::RowsWithPartials { held, .. } = kernel.def().shape
+                    && cache == 0
+                {
+                    cache = cache_len(per_row, row_wg, wg, held);
+                    streamed = cache > 0;
+                }
+                (wg, row_wg, cache, 1)
             }
         };
         Variant {
@@ -349,6 +363,7 @@ impl Variant {
             row_wg,
             vec4,
             cache,
+            streamed,
             paired: false,
             slices,
             subgroups,
@@ -429,17 +444,33 @@ impl Variant {
             |lo: u32, hi: u32| (lo.trailing_zeros()..=hi.trailing_zeros()).map(|b| 1u32 << b);
         for kernel in Kernel::ALL {
             for wg in pow2(MIN_WORKGROUP_SIZE, MAX_WORKGROUP_SIZE) {
-                // Every (cache, slices) the host can pick for this kernel and workgroup size.
-                let shapes: Vec<(u32, u32)> = match kernel.def().shape {
-                    Shape::Flat if wg <= COPY_WORKGROUP_SIZE => vec![(COPY_V_PER_INVOCATION, 1)],
+                // Every (cache, streamed, slices) the host can pick for this kernel and
+                // workgroup size.
+                let shapes: Vec<(u32, bool, u32)> = match kernel.def().shape {
+                    Shape::Flat if wg <= COPY_WORKGROUP_SIZE => {
+                        vec![(COPY_V_PER_INVOCATION, false, 1)]
+                    }
                     Shape::Columns if wg <= PARAM_GRAD_WORKGROUP_SIZE => {
-                        pow2(1, wg / MIN_COLUMNS).map(|s| (0, s)).collect()
+                        pow2(1, wg / MIN_COLUMNS).map(|s| (0, false, s)).collect()
                     }
                     Shape::Flat | Shape::Columns => vec![],
-                    Shape::Rows { arrays, .. } | Shape::RowsWithPartials { arrays, .. } => (0
-                        ..=MAX_CACHE.trailing_zeros())
-                        .map(|b| (cache_len((1 << b) * wg, wg, wg, arrays), 1))
-                        .chain([(0, 1)])
+                    Shape::Rows { arrays, .. } => (0..=MAX_CACHE.trailing_zeros())
+                        .map(|b| (cache_len((1 << b) * wg, wg, wg, arrays), false, 1))
+                        .chain([(0, false, 1)])
+                        .collect(),
+                    Shape::RowsWithPartials { arrays, held, .. } => (0..=MAX_CACHE
+                        .trailing_zeros())
+                        .map(|b| {
+                            let per_row = (1 << b) * wg;
+                            match cache_len(per_row, wg, wg, arrays) {
+                                0 => {
+                                    let cache = cache_len(per_row, wg, wg, held);
+                                    (cache, cache > 0, 1)
+                                }
+                                cache => (cache, false, 1),
+                            }
+                        })
+                        .chain([(0, false, 1)])
                         .collect(),
                 };
                 for vec4 in [false, true] {
@@ -461,6 +492,7 @@ impl Variant {
                                             row_wg,
                                             vec4,
                                             cache,
+                                            streamed: false,
                                             paired: false,
                                             slices: 1,
                                             subgroups: false,
@@ -481,7 +513,7 @@ impl Variant {
                     } else {
                         (&[false, true][..], &[false][..])
                     };
-                    for &(cache, slices) in &shapes {
+                    for &(cache, streamed, slices) in &shapes {
                         for subgroups in [false, kernel.reduces()] {
                             for &shared in shared {
                                 for saved in [false, kernel.stage2().is_some()] {
@@ -493,6 +525,7 @@ impl Variant {
                                                 row_wg: wg,
                                                 vec4,
                                                 cache,
+                                                streamed,
                                                 paired: false,
                                                 slices,
                                                 subgroups,
@@ -523,7 +556,7 @@ impl Variant {
     /// A label for wgpu objects and error messages.
     pub fn label(&self) -> String {
         format!(
-            "wgpu-norm {} {}/{} wg={}{} {} cache={}{}{}{}{}{}",
+            "wgpu-norm {} {}/{} wg={}{} {} cache={}{}{}{}{}{}{}",
             self.kernel.name(),
             self.act,
             self.param,
@@ -543,6 +576,7 @@ impl Variant {
                 "scalar"
             },
             self.cache,
+            if self.streamed { " streamed" } else { "" },
             if self.slices > 1 {
                 format!(" slices={}", self.slices)
             } else {
@@ -561,7 +595,10 @@ impl Variant {
             "strided" => Some(self.strided()),
             "paired" => Some(self.paired),
             "wide" => Some(self.wide()),
-            "cached" => Some(self.cache > 0),
+            // The row in registers; the backward's partial sums in registers (with the row or
+            // without, `streamed`).
+            "cached" => Some(self.cache > 0 && !self.streamed),
+            "held_partials" => Some(self.cache > 0),
             "subgroups" => Some(self.subgroups),
             "shared" => Some(self.shared),
             "saved" => Some(self.saved),
@@ -1057,10 +1094,9 @@ mod tests {
                         if !kernel.reduces() {
                             continue;
                         }
-                        let arrays = match kernel.def().shape {
-                            Shape::Rows { arrays, .. } | Shape::RowsWithPartials { arrays, .. } => {
-                                arrays
-                            }
+                        let (arrays, held) = match kernel.def().shape {
+                            Shape::Rows { arrays, .. } => (arrays, 0),
+                            Shape::RowsWithPartials { arrays, held, .. } => (arrays, held),
                             _ => unreachable!(),
                         };
                         if v.row_wg < v.wg {
@@ -1071,12 +1107,22 @@ mod tests {
                             );
                             assert!(dim.div_ceil(lanes) < MIN_WORKGROUP_SIZE, "{v:?}");
                         }
+                        let fits = |arrays: u32| MAX_CACHE.min(CACHE_BUDGET / v.wg / arrays);
                         if v.cache > 0 {
                             assert!(v.cache * v.row_wg * lanes >= dim, "{v:?}");
-                            assert!(v.cache * v.wg * arrays <= CACHE_BUDGET.max(v.wg), "{v:?}");
+                            // Streamed: the row does not fit with every array, the partial
+                            // sums alone do.
+                            let used = if v.streamed { held } else { arrays };
+                            assert!(v.cache * v.wg * used <= CACHE_BUDGET.max(v.wg), "{v:?}");
+                            if v.streamed {
+                                assert!(dim.div_ceil(lanes) > v.wg * fits(arrays), "{v:?}");
+                            }
                         } else {
-                            let fits = MAX_CACHE.min(CACHE_BUDGET / v.wg / arrays);
-                            assert!(dim.div_ceil(lanes) > v.wg * fits, "{v:?}");
+                            // Too long for registers, the partial sums included.
+                            assert!(dim.div_ceil(lanes) > v.wg * fits(arrays), "{v:?}");
+                            if held > 0 {
+                                assert!(dim.div_ceil(lanes) > v.wg * fits(held), "{v:?}");
+                            }
                         }
                     }
                 }

@@ -71,6 +71,11 @@ fn deterministic() {
 }
 
 #[test]
+fn streamed_rows_keep_partial_sums_in_registers() {
+    common::backward::streamed(Op::LayerNorm);
+}
+
+#[test]
 fn split_over_small_bindings() {
     common::backward::split(Op::LayerNorm);
 }

@@ -65,6 +65,11 @@ fn deterministic() {
 }
 
 #[test]
+fn streamed_rows_keep_partial_sums_in_registers() {
+    common::backward::streamed(Op::RmsNorm);
+}
+
+#[test]
 fn split_over_small_bindings() {
     common::backward::split(Op::RmsNorm);
 }

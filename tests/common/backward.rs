@@ -370,6 +370,23 @@ pub fn deterministic(op: Op) {
     }
 }
 
+/// Rows too long to stay in registers whose partial sums do (`Variant::streamed`: D = 12288 on
+/// 1024 invocations), several rows a workgroup, saved statistics and recomputed, with one
+/// row whose squares leave f32 (retried, its terms added to the registers after the others').
+pub fn streamed(op: Op) {
+    let (rows, dim) = (300, 12288);
+    for saved in [true, false] {
+        let mut c = BwdCase::new(op, rows, dim, 1400 + u64::from(saved));
+        let (center, spread, eps) = super::EXTREME_ROWS[0];
+        let extreme = Rng::new(1401).data(dim, center, spread);
+        c.x[150 * dim..151 * dim].copy_from_slice(&extreme);
+        c.eps = eps;
+        c.saved = saved;
+        // dx of the extreme row is ~1e-20 and held loosely; its terms of dweight are O(1).
+        check_backward(super::gpu(), &c);
+    }
+}
+
 /// Work over many small bindings (several chunks, each reduced on its own).
 pub fn split(op: Op) {
     let gpu = super::small_binding_gpu(256 << 10);
