@@ -165,7 +165,7 @@ fn check_plan(what: &str, caps: &Caps, d: &Described, plan: &Plan) {
             let needed = match v.kernel {
                 Kernel::Copy => (u64::from(p.rows) * d.dim / if v.vec4 { 4 } else { 1 })
                     .div_ceil(u64::from(v.wg * v.cache)),
-                // Forward norms may take short rows side by side, each step.
+                // Norms (forward and backward) may take short rows side by side, each step.
                 _ => {
                     u64::from(p.rows).div_ceil(u64::from(p.rows_per_group * v.rows_side_by_side()))
                 }
