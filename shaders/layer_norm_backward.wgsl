@@ -181,7 +181,7 @@ fn main(g: Group, ids: Ids) {
 //#if held_partials
             layer_norm_backward_retry(row, lane, group, &pw, &pb);
 //#else
-            layer_norm_backward_retry(row, lane, group);
+            layer_norm_backward_retry(row, lane, group, r == 0u);
 //#endif
             continue;
         }
@@ -229,7 +229,7 @@ fn main(g: Group, ids: Ids) {
 //#if held_partials
                 layer_norm_backward_retry(first + r * SLOTS + slot, lane, group, &pw, &pb);
 //#else
-                layer_norm_backward_retry(first + r * SLOTS + slot, lane, group);
+                layer_norm_backward_retry(first + r * SLOTS + slot, lane, group, false);
 //#endif
             }
         }
@@ -277,7 +277,9 @@ fn layer_norm_backward_retry(
     pb: ptr<function, array<V, CACHE>>,
 ) {
 //#else
-fn layer_norm_backward_retry(row: u32, lane: u32, group: u32) {
+// `fresh`: the workgroup's partial row is not started yet (the retried row is its first,
+// taken at once in a `shared` variant); the deferred retry comes after every row.
+fn layer_norm_backward_retry(row: u32, lane: u32, group: u32, fresh: bool) {
 //#endif
     retry_barrier();
     var e = row_exponent(row);
@@ -335,12 +337,14 @@ fn layer_norm_backward_retry(row: u32, lane: u32, group: u32) {
             v += ld_dx(row, i);
         }
         st_dx(row, i, v);
-        // The first attempt started this partial row (at row r == 0) or left it as it was.
+        // Added to what the workgroup's rows before this one left, unless it is the first.
         if has(HAS_DWEIGHT) {
-            st_partials(group, i, ld_partials(group, i) + d * xh);
+            let before = select(ld_partials(group, i), V(0.0), fresh);
+            st_partials(group, i, before + d * xh);
         }
         if has(HAS_DBIAS) {
-            st_partials(kb, i, ld_partials(kb, i) + d);
+            let before = select(ld_partials(kb, i), V(0.0), fresh);
+            st_partials(kb, i, before + d);
         }
     }
 //#endif

@@ -114,7 +114,7 @@ fn main(g: Group, ids: Ids) {
 //#if held_partials
             rms_norm_backward_retry(row, lane, group, &pw);
 //#else
-            rms_norm_backward_retry(row, lane, group);
+            rms_norm_backward_retry(row, lane, group, r == 0u);
 //#endif
             continue;
         }
@@ -157,7 +157,7 @@ fn main(g: Group, ids: Ids) {
 //#if held_partials
                 rms_norm_backward_retry(first + r * SLOTS + slot, lane, group, &pw);
 //#else
-                rms_norm_backward_retry(first + r * SLOTS + slot, lane, group);
+                rms_norm_backward_retry(first + r * SLOTS + slot, lane, group, false);
 //#endif
             }
         }
@@ -188,7 +188,9 @@ fn main(g: Group, ids: Ids) {
 //#if held_partials
 fn rms_norm_backward_retry(row: u32, lane: u32, group: u32, pw: ptr<function, array<V, CACHE>>) {
 //#else
-fn rms_norm_backward_retry(row: u32, lane: u32, group: u32) {
+// `fresh`: the workgroup's partial row is not started yet (the retried row is its first,
+// taken at once in a `shared` variant); the deferred retry comes after every row.
+fn rms_norm_backward_retry(row: u32, lane: u32, group: u32, fresh: bool) {
 //#endif
     retry_barrier();
     var e = row_exponent(row);
@@ -233,9 +235,10 @@ fn rms_norm_backward_retry(row: u32, lane: u32, group: u32) {
             v += ld_dx(row, i);
         }
         st_dx(row, i, v);
-        // The first attempt started this partial row (at row r == 0) or left it as it was.
+        // Added to what the workgroup's rows before this one left, unless it is the first.
         if has(HAS_DWEIGHT) {
-            st_partials(group, i, ld_partials(group, i) + d * xh);
+            let before = select(ld_partials(group, i), V(0.0), fresh);
+            st_partials(group, i, before + d * xh);
         }
     }
 //#endif

@@ -70,6 +70,11 @@ fn streamed_rows_keep_partial_sums_in_registers() {
 }
 
 #[test]
+fn in_place_retry_of_a_first_row_starts_its_partial_row() {
+    common::backward::in_place_retry_of_a_first_row(Op::RmsNorm);
+}
+
+#[test]
 fn split_over_small_bindings() {
     common::backward::split(Op::RmsNorm);
 }

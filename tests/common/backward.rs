@@ -27,6 +27,8 @@ pub struct BwdCase {
     /// Hold dx to 1e-5 of the magnitudes of its terms, without the 1e-5 absolute floor (for
     /// rows whose dx is far from 1 in size).
     pub relative: bool,
+    /// dx written over dy (the kernels' `shared` variants, which retry a row at once).
+    pub in_place: bool,
 }
 
 impl BwdCase {
@@ -46,6 +48,7 @@ impl BwdCase {
             gemma_offset: false,
             partial: None,
             relative: false,
+            in_place: false,
         }
     }
 
@@ -123,7 +126,7 @@ pub fn run_backward(gpu: &Gpu, c: &BwdCase) -> BwdOut {
     let xb = buffer(gpu, &c.x, lead);
     let dyb = buffer(gpu, &c.dy, lead);
     let wb = c.weight.as_ref().map(|w| buffer(gpu, w, lead));
-    let (dxb, dwb, dbb) = match &c.accumulate {
+    let (dx_own, dwb, dbb) = match &c.accumulate {
         Some((dx, dp)) => (
             buffer(gpu, dx, lead),
             buffer(gpu, dp, lead),
@@ -135,6 +138,11 @@ pub fn run_backward(gpu: &Gpu, c: &BwdCase) -> BwdOut {
             poisoned(gpu, dim, lead),
         ),
     };
+    assert!(
+        !(c.in_place && c.accumulate.is_some()),
+        "dx over dy starts as dy"
+    );
+    let dxb = if c.in_place { &dyb } else { &dx_own };
     let mb = poisoned(gpu, rows, lead);
     let rb = poisoned(gpu, rows, lead);
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
@@ -161,7 +169,7 @@ pub fn run_backward(gpu: &Gpu, c: &BwdCase) -> BwdOut {
     let acc = c.accumulate.is_some();
     if layer {
         let mut op =
-            LayerNormBackward::new(rows, dim, t(&xb, off, n), t(&dyb, off, n), t(&dxb, off, n))
+            LayerNormBackward::new(rows, dim, t(&xb, off, n), t(&dyb, off, n), t(dxb, off, n))
                 .eps(c.eps)
                 .accumulate_grad_input(acc)
                 .accumulate_grad_params(acc);
@@ -179,7 +187,7 @@ pub fn run_backward(gpu: &Gpu, c: &BwdCase) -> BwdOut {
             .expect("layer_norm_backward");
     } else {
         let mut op =
-            RmsNormBackward::new(rows, dim, t(&xb, off, n), t(&dyb, off, n), t(&dxb, off, n))
+            RmsNormBackward::new(rows, dim, t(&xb, off, n), t(&dyb, off, n), t(dxb, off, n))
                 .eps(c.eps)
                 .accumulate_grad_input(acc)
                 .accumulate_grad_params(acc)
@@ -198,7 +206,7 @@ pub fn run_backward(gpu: &Gpu, c: &BwdCase) -> BwdOut {
     }
     gpu.queue.submit([encoder.finish()]);
     let read = pollster::block_on(gpu.read_async(&[
-        (&dxb, lead + n + 16),
+        (dxb, lead + n + 16),
         (&dwb, lead + dim + 16),
         (&dbb, lead + dim + 16),
     ]))
@@ -383,6 +391,29 @@ pub fn streamed(op: Op) {
         c.eps = eps;
         c.saved = saved;
         // dx of the extreme row is ~1e-20 and held loosely; its terms of dweight are O(1).
+        check_backward(super::gpu(), &c);
+    }
+}
+
+/// A row out of f32's range first in its workgroup, dx written over dy (retried at once, in
+/// `shared` variants), rows too long for registers even for the partial sums alone
+/// (D = 40000): the retry starts the workgroup's partial row, whatever the crate's scratch
+/// buffer held from the op before (an ordinary one at the same shape, run first).
+pub fn in_place_retry_of_a_first_row(op: Op) {
+    let (rows, dim) = (3, 40000);
+    check_backward(super::gpu(), &BwdCase::new(op, rows, dim, 1500));
+    for saved in [true, false] {
+        let mut c = BwdCase::new(op, rows, dim, 1501);
+        // Near 3e37: the squares overflow, and LayerNorm's sums of x too (its saved path
+        // retries only then).
+        let (center, spread, eps) = super::EXTREME_ROWS[3];
+        let extreme = Rng::new(1502).data(dim, center, spread);
+        for (x, e) in c.x.iter_mut().zip(extreme) {
+            *x = e.clamp(-3e38, 3e38);
+        }
+        c.eps = eps;
+        c.saved = saved;
+        c.in_place = true;
         check_backward(super::gpu(), &c);
     }
 }
