@@ -301,7 +301,8 @@ impl Kernel {
         )
     }
 
-    /// Most rows one workgroup of this kernel handles (the size of scale.wgsl's marks).
+    /// Most steps one workgroup of this kernel takes, a row or a set of short rows side by
+    /// side each (the size of scale.wgsl's marks, which count steps).
     pub fn max_rows_per_group(self) -> u32 {
         match self.def().shape {
             Shape::Rows { .. } => crate::shaders::MAX_ROWS_PER_GROUP,

@@ -68,9 +68,10 @@ pub const SPLIT_GROUPS: u32 = 128;
 /// invocation's loop iterations (llvmpipe: 65535 in all) gets. The WGSL constant `SERIAL`.
 pub const SERIAL_UNROLL: u32 = 4;
 
-/// Most rows one workgroup of a backward row kernel handles (each workgroup writes one row of
-/// partial sums, so few rows a workgroup means many partial rows): many rows are spread over
-/// more workgroups rather than more rows each.
+/// Most steps one workgroup of a backward row kernel takes, one row each (or one set of short
+/// rows side by side): each workgroup writes one row of partial sums, so few rows a workgroup
+/// means many partial rows; many rows are spread over more workgroups rather than more steps
+/// each.
 pub const MAX_PARTIAL_ROWS_PER_GROUP: u32 = 1024;
 
 /// The copy kernel's shape: a plain copy, independent of D.
