@@ -11,7 +11,9 @@
 //!     cargo bench --features burn --bench burn
 //!
 //! `WGPU_NORM_BENCH_AUTOTUNE=1` runs this crate's kernels with the launch shape the autotune
-//! chooses for the adapter (the default shape otherwise).
+//! chooses for the adapter (the default shape otherwise). `WGPU_NORM_BENCH_DIMS=128,4097,...`
+//! replaces the default D's (issue 12's grid: 128,256,512,1024,2048,4096,4097,5120,6912,8192,
+//! 16384,32768).
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,23 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use wgpu_norm::burn::FusedNormConfig;
 
 const DIMS: [usize; 3] = [1024, 4096, 8192];
+
+/// The D's to time: `WGPU_NORM_BENCH_DIMS` (comma-separated), else [`DIMS`].
+fn dims() -> Vec<usize> {
+    match std::env::var("WGPU_NORM_BENCH_DIMS") {
+        Ok(v) => v
+            .split(',')
+            .map(|d| {
+                d.trim()
+                    .parse()
+                    .ok()
+                    .filter(|&d| d > 0)
+                    .unwrap_or_else(|| panic!("WGPU_NORM_BENCH_DIMS: {d:?} is not a D above 0"))
+            })
+            .collect(),
+        Err(_) => DIMS.to_vec(),
+    }
+}
 
 fn time(device: &Device, iters: u64, op: &dyn Fn()) -> Duration {
     device.sync().expect("sync");
@@ -83,7 +102,7 @@ fn burn_norms(c: &mut Criterion) {
         info.name, info.backend, info.device_type
     );
     let ad = device.clone().autodiff();
-    for dim in DIMS {
+    for dim in dims() {
         let rows = (mib << 20) / 4 / dim;
         let bytes = (rows * dim * 4) as u64;
         let x = Tensor::<2>::random([rows, dim], Distribution::Default, &device);
