@@ -155,6 +155,24 @@ fn cache_len(per_row: u32, row_wg: u32, wg: u32, arrays: u32) -> u32 {
     }
 }
 
+/// The register cache of a row kernel of `shape` (`Rows` or `RowsWithPartials`) and whether
+/// the row is streamed past it ([`Variant::streamed`]): the whole row in registers where all
+/// of the kernel's arrays fit, else, in the backward, its partial sums alone where they fit.
+fn row_cache(shape: Shape, per_row: u32, row_wg: u32, wg: u32) -> (u32, bool) {
+    let (arrays, held) = match shape {
+        Shape::Rows { arrays, .. } => (arrays, 0),
+        Shape::RowsWithPartials { arrays, held, .. } => (arrays, held),
+        Shape::Flat | Shape::Columns => return (0, false),
+    };
+    match cache_len(per_row, row_wg, wg, arrays) {
+        0 if held > 0 => {
+            let cache = cache_len(per_row, row_wg, wg, held);
+            (cache, cache > 0)
+        }
+        cache => (cache, false),
+    }
+}
+
 /// Shared WGSL files (every kernel's own file is named by its [`crate::kernel::KernelDef`]).
 pub(crate) const COMMON: &str = include_str!("../shaders/common.wgsl");
 pub(crate) const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
@@ -302,15 +320,7 @@ impl Variant {
                 let wg = PARAM_GRAD_WORKGROUP_SIZE.min(max_wg);
                 (wg, wg, 0, 1)
             }
-            Shape::Rows {
-                per_invocation,
-                arrays,
-            }
-            | Shape::RowsWithPartials {
-                per_invocation,
-                arrays,
-                ..
-            } => {
+            Shape::Rows { per_invocation, .. } | Shape::RowsWithPartials { per_invocation, .. } => {
                 // The kernel's own share relative to the default, scaled by the tuning's, in
                 // four-element units: a split row's scalar path takes LANES times as many
                 // one-element V's, up to the cache's length (with one element per V, a row of
@@ -348,13 +358,8 @@ impl Variant {
                 if row_wg < wg {
                     subgroups = false;
                 }
-                let mut cache = cache_len(per_row, row_wg, wg, arrays);
-                if let Shape::RowsWithPartials { held, .. } = kernel.def().shape
-                    && cache == 0
-                {
-                    cache = cache_len(per_row, row_wg, wg, held);
-                    streamed = cache > 0;
-                }
+                let cache;
+                (cache, streamed) = row_cache(kernel.def().shape, per_row, row_wg, wg);
                 (wg, row_wg, cache, 1)
             }
         };
@@ -455,21 +460,11 @@ impl Variant {
                         pow2(1, wg / MIN_COLUMNS).map(|s| (0, false, s)).collect()
                     }
                     Shape::Flat | Shape::Columns => vec![],
-                    Shape::Rows { arrays, .. } => (0..=MAX_CACHE.trailing_zeros())
-                        .map(|b| (cache_len((1 << b) * wg, wg, wg, arrays), false, 1))
-                        .chain([(0, false, 1)])
-                        .collect(),
-                    Shape::RowsWithPartials { arrays, held, .. } => (0..=MAX_CACHE
-                        .trailing_zeros())
+                    shape @ (Shape::Rows { .. } | Shape::RowsWithPartials { .. }) => (0
+                        ..=MAX_CACHE.trailing_zeros())
                         .map(|b| {
-                            let per_row = (1 << b) * wg;
-                            match cache_len(per_row, wg, wg, arrays) {
-                                0 => {
-                                    let cache = cache_len(per_row, wg, wg, held);
-                                    (cache, cache > 0, 1)
-                                }
-                                cache => (cache, false, 1),
-                            }
+                            let (cache, streamed) = row_cache(shape, (1 << b) * wg, wg, wg);
+                            (cache, streamed, 1)
                         })
                         .chain([(0, false, 1)])
                         .collect(),
