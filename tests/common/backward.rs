@@ -385,8 +385,7 @@ pub fn streamed(op: Op) {
     let (rows, dim) = (300, 12288);
     for saved in [true, false] {
         let mut c = BwdCase::new(op, rows, dim, 1400 + u64::from(saved));
-        let (center, spread, eps) = super::EXTREME_ROWS[0];
-        let extreme = Rng::new(1401).data(dim, center, spread);
+        let (extreme, eps) = super::extreme_row(0, dim, 1401);
         c.x[150 * dim..151 * dim].copy_from_slice(&extreme);
         c.eps = eps;
         c.saved = saved;
@@ -406,11 +405,8 @@ pub fn in_place_retry_of_a_first_row(op: Op) {
         let mut c = BwdCase::new(op, rows, dim, 1501);
         // Near 3e37: the squares overflow, and LayerNorm's sums of x too (its saved path
         // retries only then).
-        let (center, spread, eps) = super::EXTREME_ROWS[3];
-        let extreme = Rng::new(1502).data(dim, center, spread);
-        for (x, e) in c.x.iter_mut().zip(extreme) {
-            *x = e.clamp(-3e38, 3e38);
-        }
+        let (extreme, eps) = super::extreme_row(3, dim, 1502);
+        c.x[..dim].copy_from_slice(&extreme);
         c.eps = eps;
         c.saved = saved;
         c.in_place = true;
@@ -464,15 +460,11 @@ pub fn saved_statistics_far_from_zero(op: Op) {
 /// The forward's extreme rows (`super::extreme_magnitudes`) in the backward, saved and
 /// recomputed statistics, each between two ordinary rows; dx held to 1e-5 of its terms.
 pub fn extreme_magnitudes(op: Op) {
-    for (k, &(center, spread, eps)) in super::EXTREME_ROWS.iter().enumerate() {
+    for k in 0..super::EXTREME_ROWS.len() {
         for dim in [7, 4096, 65536] {
             for saved in [true, false] {
                 let mut c = BwdCase::new(op, 3, dim, 1300 + k as u64);
-                let extreme: Vec<f32> = Rng::new(k as u64)
-                    .data(dim, center, spread)
-                    .iter()
-                    .map(|v| v.clamp(-3e38, 3e38))
-                    .collect();
+                let (extreme, eps) = super::extreme_row(k, dim, k as u64);
                 c.x[dim..2 * dim].copy_from_slice(&extreme);
                 c.eps = eps;
                 c.saved = saved;

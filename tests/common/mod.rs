@@ -173,11 +173,8 @@ impl Case {
 
     /// Row 1 (of 3) replaced by the k-th of [`EXTREME_ROWS`], with its eps.
     pub fn extreme_middle_row(&mut self, k: usize) {
-        let (center, spread, eps) = EXTREME_ROWS[k];
         let dim = self.dim;
-        let extreme = Rng::new(k as u64).data(dim, center, spread);
-        // Saturate what Box-Muller would push past f32 at 3e37 +- 1e37.
-        let extreme: Vec<f32> = extreme.iter().map(|v| v.clamp(-3e38, 3e38)).collect();
+        let (extreme, eps) = extreme_row(k, dim, k as u64);
         self.x[dim..2 * dim].copy_from_slice(&extreme);
         self.eps = eps;
     }
@@ -442,6 +439,14 @@ pub fn offset_data(op: Op) {
 
 /// (center, spread, eps) of the rows whose squares leave f32's range, shared by the forward
 /// and backward tests.
+/// A row of `dim` values from `seed` drawn as the k-th of [`EXTREME_ROWS`], and its eps. What
+/// Box-Muller would push past f32 at 3e37 +- 1e37 is saturated.
+pub fn extreme_row(k: usize, dim: usize, seed: u64) -> (Vec<f32>, f32) {
+    let (center, spread, eps) = EXTREME_ROWS[k];
+    let row = Rng::new(seed).data(dim, center, spread);
+    (row.iter().map(|v| v.clamp(-3e38, 3e38)).collect(), eps)
+}
+
 pub const EXTREME_ROWS: [(f64, f64, f32); 6] = [
     (0.3e20, 1e20, 1e-5),
     (-0.3e30, 1e30, 1e-5),
