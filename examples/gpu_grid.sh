@@ -129,6 +129,8 @@ sweep v16 --v-per-invocation 16
 # 16-bit rows with as many V's as f32 rows (half the bytes in flight, half the cached
 # registers) against the default of twice as many: the grid's bf16 columns above.
 sweep v16bit-8 --dtypes bf16 --v-per-invocation-16bit 8
+# Strided rows (D % 4 != 0: D = 4097 in the full sweep) with lavapipe's choice, 32 V's.
+sweep vstrided32 --v-per-invocation-strided 32
 sweep b4k --bytes-per-group 4096
 sweep b64k --bytes-per-group 65536
 sweep wg256 --max-workgroup-size 256

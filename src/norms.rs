@@ -52,6 +52,15 @@ pub struct Tuning {
     /// invocation has in flight; the registers a cached `V` takes are the same (f32) either
     /// way, which is why it is a knob of its own. A power of two from 1 to 64.
     pub v_per_invocation_16bit: u32,
+    /// The same for f32 rows that cannot be read four consecutive elements at a time
+    /// (D % 4 != 0, or an operand off a 16-byte boundary): their `V`s are four elements
+    /// strided over the row's invocations ([`crate::shaders::Variant::strided`]), each element
+    /// its own load and store. A GPU coalesces those across invocations and wants the same
+    /// shape as for other rows; a CPU adapter pays them per SIMD lane and wants fewer,
+    /// longer-lived invocations than for other rows (lavapipe, D = 4097: 32 against 8). Such
+    /// rows stored in 16 bits take `v_per_invocation_16bit` scaled by the same factor
+    /// ([`Tuning::v_per_invocation_for`]). A power of two from 1 to 64.
+    pub v_per_invocation_strided: u32,
     /// Bytes of rows (at their storage size) each forward workgroup handles at least, one row
     /// (or one set side by side) after another: short rows share a workgroup so that its launch
     /// is paid for by enough traffic. At least 4; at most
@@ -66,23 +75,32 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    /// This tuning with `v` `V`s per forward invocation for f32 rows and, for 16-bit rows,
-    /// as many as move the same bytes (twice `v`, at most 64).
+    /// This tuning with `v` `V`s per forward invocation for f32 rows, strided or not, and,
+    /// for 16-bit rows, as many as move the same bytes (twice `v`, at most 64).
     pub fn with_v_per_invocation(self, v: u32) -> Self {
         Tuning {
             v_per_invocation: v,
             v_per_invocation_16bit: v.saturating_mul(2).min(64),
+            v_per_invocation_strided: v,
             ..self
         }
     }
 
-    /// The `V`s per forward invocation aimed for with x stored as `act`.
-    pub fn v_per_invocation_for(&self, act: DType) -> u32 {
-        if act.size() == 2 {
+    /// The `V`s per forward invocation aimed for with x stored as `act`, in rows read four
+    /// consecutive elements at a time (`vec4`) or not (strided `V`s).
+    pub fn v_per_invocation_for(&self, act: DType, vec4: bool) -> u32 {
+        let v = if act.size() == 2 {
             self.v_per_invocation_16bit
         } else {
             self.v_per_invocation
+        };
+        if vec4 {
+            return v;
         }
+        // Scaled as f32 rows' are (all powers of two, so exact): the f32 figure itself.
+        (u64::from(v) * u64::from(self.v_per_invocation_strided)
+            / u64::from(self.v_per_invocation.max(1)))
+        .clamp(1, 64) as u32
     }
 }
 
@@ -91,6 +109,7 @@ impl Default for Tuning {
         Tuning {
             v_per_invocation: crate::shaders::V_PER_INVOCATION,
             v_per_invocation_16bit: crate::shaders::V_PER_INVOCATION_16BIT,
+            v_per_invocation_strided: crate::shaders::V_PER_INVOCATION,
             bytes_per_group: crate::shaders::BYTES_PER_GROUP,
             split_groups: crate::shaders::SPLIT_GROUPS,
         }

@@ -73,10 +73,18 @@ impl Caps {
         }
         let t = options.tuning;
         let v_ok = |v: u32| v.is_power_of_two() && v <= 64;
-        if !(v_ok(t.v_per_invocation) && v_ok(t.v_per_invocation_16bit)) || t.bytes_per_group < 4 {
+        if ![
+            t.v_per_invocation,
+            t.v_per_invocation_16bit,
+            t.v_per_invocation_strided,
+        ]
+        .into_iter()
+        .all(v_ok)
+            || t.bytes_per_group < 4
+        {
             return Err(Error::BadTuning(format!(
-                "{t:?}: v_per_invocation and v_per_invocation_16bit must be powers of two \
-                 from 1 to 64 and bytes_per_group at least 4"
+                "{t:?}: v_per_invocation, v_per_invocation_16bit and v_per_invocation_strided \
+                 must be powers of two from 1 to 64 and bytes_per_group at least 4"
             )));
         }
         Ok(Caps {
@@ -182,7 +190,7 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
     let def = l.kernel.def();
     let shared = shares_buffers(l.kernel, &c);
     // The row kernels' variant, for this device's tuning and the op's storage.
-    let v_per_invocation = caps.tuning.v_per_invocation_for(c.act);
+    let v_per_invocation = caps.tuning.v_per_invocation_for(c.act, c.vec4);
     let row_variant = || {
         let v = Variant::for_row_with(
             l.kernel,

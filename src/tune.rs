@@ -4,12 +4,15 @@
 //! The right shape differs by adapter: an H200 wants many invocations with 8 `V`s each, a CPU
 //! adapter (lavapipe) fewer, longer-lived invocations, since its barriers are function calls.
 //! [`autotune`] times a small grid of candidates on the device (RMSNorm and LayerNorm, forward
-//! and backward, at short, mid, odd and long rows), scores each by the geometric mean of its
-//! time over the default's, and keeps the default unless a candidate beats it by
+//! and backward, at short, mid and long rows of D % 4 == 0), scores each by the geometric mean
+//! of its time over the default's, and keeps the default unless a candidate beats it by
 //! [`MARGIN`]; then, with that shape, it times a decode step (1 to 64 rows) with few long rows
 //! split over several workgroups and without, and keeps the split unless whole rows beat it
-//! by the margin; last, it times rows stored in bf16 with twice as many `V`s per invocation
-//! as f32 rows (the same bytes in flight, the default) against as many (half the registers).
+//! by the margin; then the `V`s per invocation of rows that cannot be read four consecutive
+//! elements at a time (strided `V`s, timed at the grid's odd D), where a CPU adapter wants
+//! another shape than for the others; last, it times rows stored in bf16 with twice as many
+//! `V`s per invocation as f32 rows (the same bytes in flight, the default) against as many
+//! (half the registers).
 //! [`tuning_for`] caches that choice per adapter, driver and crate version, so it is measured
 //! once. Native only: it blocks while it measures.
 //!
@@ -50,6 +53,10 @@ pub fn candidates() -> Vec<Tuning> {
     all
 }
 
+/// The candidates for [`Tuning::v_per_invocation_strided`] (every candidate's
+/// `v_per_invocation` is one of them).
+pub const STRIDED_CANDIDATES: [u32; 4] = [4, 8, 16, 32];
+
 /// What [`tuning_for`] decided, and how.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tuned {
@@ -57,8 +64,9 @@ pub struct Tuned {
     /// Measured now (false: read from the cache, or autotuning is off).
     pub measured: bool,
     /// Each candidate's score (below 1 is faster), when measured: its time over the default's,
-    /// then whole rows' decode step over split rows' with the shape chosen, then 16-bit rows
-    /// with as many `V`s as f32 rows over twice as many.
+    /// then whole rows' decode step over split rows' with the shape chosen, then each
+    /// candidate for strided rows over the shape chosen, then 16-bit rows with as many `V`s
+    /// as f32 rows over twice as many.
     pub scores: Vec<(Tuning, f64)>,
     /// The cache file, when one is used.
     pub cache: Option<PathBuf>,
@@ -133,10 +141,11 @@ pub fn tuning_cached_in(
     let (tuning, scores) = autotune(device, queue, options, grid)?;
     let text = format!(
         "# wgpu-norm's launch shape for this adapter, measured by wgpu_norm::tune::autotune\n\
-         key={key}\nv_per_invocation={}\nv_per_invocation_16bit={}\nbytes_per_group={}\n\
-         split_groups={}\n",
+         key={key}\nv_per_invocation={}\nv_per_invocation_16bit={}\n\
+         v_per_invocation_strided={}\nbytes_per_group={}\nsplit_groups={}\n",
         tuning.v_per_invocation,
         tuning.v_per_invocation_16bit,
+        tuning.v_per_invocation_strided,
         tuning.bytes_per_group,
         tuning.split_groups
     );
@@ -203,6 +212,7 @@ fn parse(text: &str, key: &str) -> Option<Tuning> {
     let tuning = Tuning {
         v_per_invocation: value("v_per_invocation")?.trim().parse().ok()?,
         v_per_invocation_16bit: value("v_per_invocation_16bit")?.trim().parse().ok()?,
+        v_per_invocation_strided: value("v_per_invocation_strided")?.trim().parse().ok()?,
         bytes_per_group: value("bytes_per_group")?.trim().parse().ok()?,
         split_groups: value("split_groups")?.trim().parse().ok()?,
     };
@@ -222,7 +232,9 @@ type Record<'a> = dyn Fn(&mut wgpu::CommandEncoder) -> Result<()> + 'a;
 /// What the autotune measures.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grid {
-    /// Row lengths (default: short rows, a mid size, an odd one, a long one).
+    /// Row lengths (default: short rows, a mid size, an odd one, a long one). Those with
+    /// D % 4 == 0 choose the main shape (all of them if none is), the others the shape of
+    /// strided rows.
     pub dims: Vec<usize>,
     /// Bytes of x (f32) at each D; `None`: 1 MiB on a CPU adapter, 32 MiB on a GPU.
     pub bytes: Option<u64>,
@@ -250,6 +262,11 @@ pub fn autotune(
     let bytes = grid.bytes.unwrap_or(if cpu { 1 << 20 } else { 32 << 20 }) & !3;
     let iters = if cpu { 2 } else { 20 };
     let dims = &grid.dims;
+    let strided_dims: Vec<usize> = dims.iter().copied().filter(|d| d % 4 != 0).collect();
+    let mut wide_dims: Vec<usize> = dims.iter().copied().filter(|d| d % 4 == 0).collect();
+    if wide_dims.is_empty() {
+        wide_dims.clone_from(dims);
+    }
     if dims.is_empty() || dims.contains(&0) || dims.iter().any(|&d| d as u64 * 4 > bytes) {
         return Err(crate::Error::BadTuning(format!(
             "autotune grid: each D must be at least 1 and fit {bytes} bytes, got {dims:?}"
@@ -324,10 +341,9 @@ pub fn autotune(
             .into_iter()
             .fold(f64::INFINITY, f64::min))
     };
-    // Adds the time of each (D, op) of the grid with `norms` to `out`: RMSNorm and
-    // LayerNorm, forward and backward, rows stored as `dtype` (f32, or bf16 with a bf16
-    // weight).
-    let time_grid = |norms: &Norms, dtype: DType, out: &mut [f64]| -> Result<()> {
+    // Adds the time of each (D, op) of `dims` with `norms` to `out`: RMSNorm and LayerNorm,
+    // forward and backward, rows stored as `dtype` (f32, or bf16 with a bf16 weight).
+    let time_grid = |norms: &Norms, dtype: DType, dims: &[usize], out: &mut [f64]| -> Result<()> {
         let (x, dy, w) = match dtype {
             DType::F32 => (&x, &dy, &w),
             _ => (&x16, &dy16, &w16),
@@ -371,32 +387,46 @@ pub fn autotune(
         .iter()
         .map(|&tuning| norms_for(tuning))
         .collect::<Result<Vec<_>>>()?;
-    let mut times = vec![vec![0.0f64; dims.len() * 4]; all.len()];
-    for round in 0..2 {
-        let order: Vec<usize> = if round == 0 {
-            (0..all.len()).collect()
-        } else {
-            (0..all.len()).rev().collect()
-        };
-        for c in order {
-            time_grid(&norms_of[c], DType::F32, &mut times[c])?;
+    // Each of `norms` timed over `dims` in `dtype`, twice, in alternating order; then the
+    // geometric mean of each one's time over the first's, and the best of them, which must
+    // beat the first by the margin.
+    let contest = |norms: &[&Norms], tunings: &[Tuning], dtype: DType, dims: &[usize]| {
+        let mut times = vec![vec![0.0f64; dims.len() * 4]; norms.len()];
+        for round in 0..2 {
+            let order: Vec<usize> = if round == 0 {
+                (0..norms.len()).collect()
+            } else {
+                (0..norms.len()).rev().collect()
+            };
+            for c in order {
+                time_grid(norms[c], dtype, dims, &mut times[c])?;
+            }
         }
-    }
-    // Geometric mean of each candidate's time over the default's (candidate 0).
-    let scores: Vec<(Tuning, f64)> = all
-        .iter()
-        .zip(&times)
-        .map(|(&t, ts)| (t, ratio(ts, &times[0])))
-        .collect();
-    let best = scores
-        .iter()
-        .copied()
-        // A zero time (a clock that did not tick) would score 0 and win: such a candidate is
-        // out.
-        .filter(|&(_, s)| s.is_finite() && s > 0.0)
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .filter(|&(_, s)| s < 1.0 - MARGIN)
-        .map_or(Tuning::default(), |(t, _)| t);
+        let scores: Vec<(Tuning, f64)> = tunings
+            .iter()
+            .zip(&times)
+            .map(|(&t, ts)| (t, ratio(ts, &times[0])))
+            .collect();
+        let best = scores
+            .iter()
+            .copied()
+            // A zero time (a clock that did not tick) would score 0 and win: such a
+            // candidate is out.
+            .filter(|&(_, s)| s.is_finite() && s > 0.0)
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .filter(|&(_, s)| s < 1.0 - MARGIN)
+            .map_or(0, |(t, _)| {
+                tunings.iter().position(|&u| u == t).unwrap_or(0)
+            });
+        Ok::<_, crate::Error>((best, scores))
+    };
+    let (best, scores) = contest(
+        &norms_of.iter().collect::<Vec<_>>(),
+        &all,
+        DType::F32,
+        &wide_dims,
+    )?;
+    let best = all[best];
 
     // Few rows (a decode step), with the shape chosen: rows split over several workgroups
     // (the default) against whole rows (split_groups = 0), forward without statistics at the
@@ -437,11 +467,37 @@ pub fn autotune(
     let mut scores = scores;
     scores.push((whole, whole_score));
     // The shape chosen, and its Norms (already made for the decode step).
-    let (best, best_norms) = if whole_score.is_finite() && whole_score < 1.0 - MARGIN {
-        (whole, &whole_norms)
+    let (mut best, mut best_norms) = if whole_score.is_finite() && whole_score < 1.0 - MARGIN {
+        (whole, whole_norms)
     } else {
-        (best, &split_norms)
+        (best, split_norms)
     };
+
+    // Rows of strided `V`s (the grid's D % 4 != 0), f32, with the shape chosen: each
+    // candidate for their `V`s per invocation against the shape chosen's own.
+    if !strided_dims.is_empty() {
+        let mut tunings = vec![best];
+        for v in STRIDED_CANDIDATES {
+            let t = Tuning {
+                v_per_invocation_strided: v,
+                ..best
+            };
+            if !tunings.contains(&t) {
+                tunings.push(t);
+            }
+        }
+        let mut others = tunings[1..]
+            .iter()
+            .map(|&t| norms_for(t))
+            .collect::<Result<Vec<_>>>()?;
+        let all_norms: Vec<&Norms> = std::iter::once(&best_norms).chain(&others).collect();
+        let (chosen, strided_scores) = contest(&all_norms, &tunings, DType::F32, &strided_dims)?;
+        scores.extend(strided_scores.into_iter().skip(1));
+        if chosen > 0 {
+            best = tunings[chosen];
+            best_norms = others.swap_remove(chosen - 1);
+        }
+    }
 
     // Rows stored in 16 bits, with the shape chosen: as many `V`s per invocation as f32 rows
     // (half the bytes in flight, half the registers of the default) must beat twice as many
@@ -454,26 +510,19 @@ pub fn autotune(
         return Ok((best, scores));
     }
     let as_many_norms = norms_for(as_many)?;
-    let pair = [best_norms, &as_many_norms];
-    let mut half_times = [vec![0.0f64; dims.len() * 4], vec![0.0f64; dims.len() * 4]];
-    for round in 0..2 {
-        for k in 0..2 {
-            let which = if round == 0 { k } else { 1 - k };
-            time_grid(pair[which], DType::Bf16, &mut half_times[which])?;
-        }
-    }
-    let as_many_score = ratio(&half_times[1], &half_times[0]);
-    scores.push((as_many, as_many_score));
-    let best = if as_many_score.is_finite() && as_many_score < 1.0 - MARGIN {
-        as_many
-    } else {
-        best
-    };
-    Ok((best, scores))
+    let (chosen, half_scores) = contest(
+        &[&best_norms, &as_many_norms],
+        &[best, as_many],
+        DType::Bf16,
+        dims,
+    )?;
+    scores.extend(half_scores.into_iter().skip(1));
+    Ok(([best, as_many][chosen], scores))
 }
 
 /// Whether the autotune may choose `t`: one of [`candidates`], rows split or not, with 16-bit
-/// rows taking the bytes or the number of f32 rows' `V`s.
+/// rows taking the bytes or the number of f32 rows' `V`s, and strided rows one of
+/// [`STRIDED_CANDIDATES`].
 pub fn is_candidate(t: &Tuning) -> bool {
     let base = Tuning {
         split_groups: crate::shaders::SPLIT_GROUPS,
@@ -482,6 +531,7 @@ pub fn is_candidate(t: &Tuning) -> bool {
     .with_v_per_invocation(t.v_per_invocation);
     (t.split_groups == 0 || t.split_groups == crate::shaders::SPLIT_GROUPS)
         && [base.v_per_invocation_16bit, t.v_per_invocation].contains(&t.v_per_invocation_16bit)
+        && STRIDED_CANDIDATES.contains(&t.v_per_invocation_strided)
         && candidates().contains(&base)
 }
 
@@ -494,18 +544,27 @@ mod tests {
         let key = "some adapter | Vulkan";
         let text = format!(
             "# comment\nkey={key}\nv_per_invocation=4\nv_per_invocation_16bit=4\n\
-             bytes_per_group=65536\nsplit_groups=128\n"
+             v_per_invocation_strided=32\nbytes_per_group=65536\nsplit_groups=128\n"
         );
         let t = parse(&text, key).unwrap();
         assert_eq!(
             (
                 t.v_per_invocation,
                 t.v_per_invocation_16bit,
+                t.v_per_invocation_strided,
                 t.bytes_per_group,
                 t.split_groups
             ),
-            (4, 4, 65536, 128)
+            (4, 4, 32, 65536, 128)
         );
+        // A file from before the strided rows' knob is measured again.
+        let old = text.replace("v_per_invocation_strided=32\n", "");
+        assert_eq!(parse(&old, key), None);
+        // Strided rows take one of their candidates, whatever f32 rows take.
+        let other = text.replace("strided=32", "strided=8");
+        assert_eq!(parse(&other, key).unwrap().v_per_invocation_strided, 8);
+        let odd = text.replace("strided=32", "strided=64");
+        assert_eq!(parse(&odd, key), None);
         // A file from before the 16-bit knob is measured again.
         let old = "key=k\nv_per_invocation=4\nbytes_per_group=65536\nsplit_groups=128\n";
         assert_eq!(parse(old, "k"), None);

@@ -1047,6 +1047,51 @@ fn sixteen_bit_rows_take_the_bytes_of_f32_rows() {
 }
 
 #[test]
+fn strided_rows_take_their_own_v_per_invocation() {
+    let caps = caps_named("large GPU");
+    // (workgroup, cached V's) of the forward and the backward of `rows` x `dim` in `dtype`.
+    let shape = |caps: &Caps, dtype: DType, rows: u64, dim: u64| {
+        let t = Tensors::new(rows, dim, dtype, dtype, 0);
+        let (x, y) = (t.rows_of(&t.x), t.rows_of(&t.y));
+        let op = RmsNorm::new(rows as usize, dim as usize, x, y).dtype(dtype);
+        let bwd = op.backward(y, t.rows_of(&t.s)).unwrap();
+        [plan(caps, &op).unwrap(), plan(caps, &bwd).unwrap()].map(|p| {
+            let v = p.steps[0].variant;
+            (v.strided(), v.wg, v.cache)
+        })
+    };
+    let wide = Caps {
+        tuning: wgpu_norm::Tuning {
+            v_per_invocation_strided: 32,
+            ..Default::default()
+        },
+        ..caps.clone()
+    };
+    // D = 4097 f32: 1025 strided V's, 8 an invocation by default (256 invocations of 5),
+    // 32 tuned (64 of 17, streamed past the 16-V cache); the backward half as many either
+    // way (512 of 3, 128 of 9).
+    assert_eq!(
+        shape(&caps, DType::F32, 1024, 4097),
+        [(true, 256, 8), (true, 512, 4)]
+    );
+    assert_eq!(
+        shape(&wide, DType::F32, 1024, 4097),
+        [(true, 64, 0), (true, 128, 16)]
+    );
+    // 16-bit strided rows scale by the same factor: 16 V's by default, 64 tuned.
+    assert_eq!(shape(&caps, DType::Bf16, 1024, 4097)[0], (true, 128, 16));
+    assert_eq!(shape(&wide, DType::Bf16, 1024, 4097)[0], (true, 64, 0));
+    // Rows read four consecutive elements at a time keep the main knob.
+    for dtype in [DType::F32, DType::Bf16] {
+        assert_eq!(
+            shape(&caps, dtype, 1024, 4096),
+            shape(&wide, dtype, 1024, 4096),
+            "{dtype}"
+        );
+    }
+}
+
+#[test]
 fn sixteen_bit_strided_rows_pair_where_their_words_agree() {
     let caps = caps_named("large GPU");
     // Whether the forward (first step) and the backward take paired V's, with x and the

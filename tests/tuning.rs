@@ -5,31 +5,35 @@ mod common;
 
 use wgpu_norm::{DType, Error, NormsOptions, SliceOptions, Tuning, reference};
 
-/// The extremes and a middle of each knob, the 16-bit rows' `V`s apart from the f32 rows'
-/// (split_groups: never, every row of the grid's few long ones as many parts as it may have,
-/// the default, a few).
+/// The extremes and a middle of each knob, the 16-bit and strided rows' `V`s apart from the
+/// f32 rows' (split_groups: never, every row of the grid's few long ones as many parts as it
+/// may have, the default, a few).
 const TUNINGS: [Tuning; 4] = [
     Tuning {
         v_per_invocation: 1,
         v_per_invocation_16bit: 64,
+        v_per_invocation_strided: 64,
         bytes_per_group: 4,
         split_groups: 0,
     },
     Tuning {
         v_per_invocation: 2,
         v_per_invocation_16bit: 1,
+        v_per_invocation_strided: 1,
         bytes_per_group: 65536,
         split_groups: u32::MAX,
     },
     Tuning {
         v_per_invocation: 64,
         v_per_invocation_16bit: 2,
+        v_per_invocation_strided: 4,
         bytes_per_group: 1 << 30,
         split_groups: wgpu_norm::shaders::SPLIT_GROUPS,
     },
     Tuning {
         v_per_invocation: 16,
         v_per_invocation_16bit: 16,
+        v_per_invocation_strided: 32,
         bytes_per_group: 1000,
         split_groups: 5,
     },
@@ -151,6 +155,14 @@ fn a_bad_tuning_is_an_error() {
             v_per_invocation_16bit: 96,
             ..Default::default()
         },
+        Tuning {
+            v_per_invocation_strided: 0,
+            ..Default::default()
+        },
+        Tuning {
+            v_per_invocation_strided: 12,
+            ..Default::default()
+        },
     ] {
         let options = NormsOptions {
             tuning,
@@ -179,13 +191,41 @@ fn autotune_measures_once_then_reads_the_cache() {
     assert!(first.measured);
     let candidates = wgpu_norm::tune::candidates();
     assert!(wgpu_norm::tune::is_candidate(&first.tuning), "{first:?}");
-    // Every candidate, then whole rows against split ones for a decode step, then 16-bit
-    // rows with as many V's as f32 ones against twice as many.
-    assert_eq!(first.scores.len(), candidates.len() + 2, "{first:?}");
-    let [.., whole, as_many] = &first.scores[..] else {
-        unreachable!()
-    };
+    // Every candidate (timed at D = 1024 alone), then whole rows against split ones for a
+    // decode step, then the other candidates for strided rows (timed at D = 7 and 4097),
+    // then 16-bit rows with as many V's as f32 ones against twice as many.
+    let strided = wgpu_norm::tune::STRIDED_CANDIDATES.len() - 1;
+    assert_eq!(
+        first.scores.len(),
+        candidates.len() + 1 + strided + 1,
+        "{first:?}"
+    );
+    let whole = &first.scores[candidates.len()];
     assert_eq!(whole.0.split_groups, 0);
+    let others = &first.scores[candidates.len() + 1..][..strided];
+    let mut tried: Vec<u32> = others
+        .iter()
+        .map(|s| s.0.v_per_invocation_strided)
+        .collect();
+    tried.sort_unstable();
+    tried.dedup();
+    assert_eq!(tried.len(), strided, "{first:?}");
+    for (t, _) in others {
+        assert!(wgpu_norm::tune::STRIDED_CANDIDATES.contains(&t.v_per_invocation_strided));
+        // The knob alone differs from the shape chosen before it.
+        let base = Tuning {
+            v_per_invocation_strided: 0,
+            ..*t
+        };
+        assert_eq!(
+            base,
+            Tuning {
+                v_per_invocation_strided: 0,
+                ..others[0].0
+            }
+        );
+    }
+    let as_many = first.scores.last().unwrap();
     assert_eq!(as_many.0.v_per_invocation_16bit, as_many.0.v_per_invocation);
     // The default is the yardstick: its own score is exactly 1, every score is finite.
     assert_eq!(first.scores[0], (Tuning::default(), 1.0));

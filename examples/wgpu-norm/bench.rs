@@ -55,6 +55,11 @@ pub struct BenchArgs {
     /// Tuning: V's per forward invocation for f16/bf16 rows, a power of two (default 16).
     #[arg(long)]
     v_per_invocation_16bit: Option<u32>,
+    /// Tuning: V's per forward invocation for f32 rows not read four consecutive elements at
+    /// a time (D % 4 != 0), a power of two (default: --v-per-invocation's); 16-bit such rows
+    /// scale by the same factor.
+    #[arg(long)]
+    v_per_invocation_strided: Option<u32>,
     /// Tuning: bytes of rows per forward workgroup (default 16384).
     #[arg(long)]
     bytes_per_group: Option<u32>,
@@ -229,6 +234,9 @@ pub fn bench(adapter: Option<&str>, a: &BenchArgs) -> Result<(), Failure> {
         v_per_invocation_16bit: a
             .v_per_invocation_16bit
             .unwrap_or(base.v_per_invocation_16bit),
+        v_per_invocation_strided: a
+            .v_per_invocation_strided
+            .unwrap_or(base.v_per_invocation_strided),
         bytes_per_group: a.bytes_per_group.unwrap_or(base.bytes_per_group),
         split_groups: a.split_groups.unwrap_or(base.split_groups),
         ..base
@@ -792,6 +800,7 @@ fn write_json(
         "tuning": {
             "v_per_invocation": tuning.v_per_invocation,
             "v_per_invocation_16bit": tuning.v_per_invocation_16bit,
+            "v_per_invocation_strided": tuning.v_per_invocation_strided,
             "bytes_per_group": tuning.bytes_per_group,
             "split_groups": tuning.split_groups,
             "max_workgroup_size": gpu.norms.caps().max_wg,
