@@ -52,14 +52,16 @@ pub struct Tuning {
     /// invocation has in flight; the registers a cached `V` takes are the same (f32) either
     /// way, which is why it is a knob of its own. A power of two from 1 to 64.
     pub v_per_invocation_16bit: u32,
-    /// The same for f32 rows that cannot be read four consecutive elements at a time
-    /// (D % 4 != 0, or an operand off a 16-byte boundary): their `V`s are four elements
-    /// strided over the row's invocations ([`crate::shaders::Variant::strided`]), each element
-    /// its own load and store. A GPU coalesces those across invocations and wants the same
-    /// shape as for other rows; a CPU adapter pays them per SIMD lane and wants fewer,
-    /// longer-lived invocations than for other rows (lavapipe, D = 4097: 32 against 8). Such
-    /// rows stored in 16 bits take `v_per_invocation_16bit` scaled by the same factor
-    /// ([`Tuning::v_per_invocation_for`]). A power of two from 1 to 64.
+    /// The same for the forward's f32 rows that cannot be read four consecutive elements at
+    /// a time (D % 4 != 0, or an operand off a 16-byte boundary): their `V`s are four
+    /// elements strided over the row's invocations ([`crate::shaders::Variant::strided`]),
+    /// each element its own load and store. A GPU coalesces those across invocations and
+    /// wants the same shape as for other rows; a CPU adapter pays them per SIMD lane and
+    /// wants fewer, longer-lived invocations than for other rows (lavapipe's forward at
+    /// D = 4097: 1.4–1.5× faster with 32 than with 8). Such rows stored in 16 bits take
+    /// `v_per_invocation_16bit` scaled by the same factor ([`Tuning::v_per_invocation_for`]).
+    /// The backward keeps `v_per_invocation` (halved) for strided rows too: on lavapipe it
+    /// was slower with more (D = 127: 30–45 %). A power of two from 1 to 64.
     pub v_per_invocation_strided: u32,
     /// Bytes of rows (at their storage size) each forward workgroup handles at least, one row
     /// (or one set side by side) after another: short rows share a workgroup so that its launch
@@ -86,15 +88,15 @@ impl Tuning {
         }
     }
 
-    /// The `V`s per forward invocation aimed for with x stored as `act`, in rows read four
-    /// consecutive elements at a time (`vec4`) or not (strided `V`s).
-    pub fn v_per_invocation_for(&self, act: DType, vec4: bool) -> u32 {
+    /// The `V`s per forward invocation aimed for with x stored as `act`, in rows of strided
+    /// `V`s of a forward norm (`strided_forward`) or other rows.
+    pub fn v_per_invocation_for(&self, act: DType, strided_forward: bool) -> u32 {
         let v = if act.size() == 2 {
             self.v_per_invocation_16bit
         } else {
             self.v_per_invocation
         };
-        if vec4 {
+        if !strided_forward {
             return v;
         }
         // Scaled as f32 rows' are (all powers of two, so exact): the f32 figure itself.

@@ -190,7 +190,8 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
     let def = l.kernel.def();
     let shared = shares_buffers(l.kernel, &c);
     // The row kernels' variant, for this device's tuning and the op's storage.
-    let v_per_invocation = caps.tuning.v_per_invocation_for(c.act, c.vec4);
+    let strided_forward = !c.vec4 && matches!(def.shape, Shape::Rows { .. });
+    let v_per_invocation = caps.tuning.v_per_invocation_for(c.act, strided_forward);
     let row_variant = || {
         let v = Variant::for_row_with(
             l.kernel,
@@ -240,6 +241,7 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
                 let parts = split_parts(rows, c.dim / lanes, caps.tuning.split_groups);
                 if let Some(kernel) = split.filter(|_| parts > 1) {
                     // Each part is a row of its own to the variant: its workgroup and cache.
+                    // Its V's are single elements, not strided ones.
                     let v = Variant::for_row_with(
                         kernel,
                         (c.dim / lanes).div_ceil(parts) * lanes,
@@ -247,7 +249,7 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
                         caps.subgroups,
                         false,
                         caps.max_wg,
-                        v_per_invocation,
+                        caps.tuning.v_per_invocation_for(c.act, false),
                     )
                     .with_storage(c.act, c.param);
                     // The parts' sums, then the normalization.

@@ -8,9 +8,9 @@
 //! of its time over the default's, and keeps the default unless a candidate beats it by
 //! [`MARGIN`]; then, with that shape, it times a decode step (1 to 64 rows) with few long rows
 //! split over several workgroups and without, and keeps the split unless whole rows beat it
-//! by the margin; then the `V`s per invocation of rows that cannot be read four consecutive
-//! elements at a time (strided `V`s, timed at the grid's odd D), where a CPU adapter wants
-//! another shape than for the others; last, it times rows stored in bf16 with twice as many
+//! by the margin; then the forward's `V`s per invocation in rows that cannot be read four
+//! consecutive elements at a time (strided `V`s, timed at the grid's odd D), where a CPU
+//! adapter wants another shape than for the others; last, it times rows stored in bf16 with twice as many
 //! `V`s per invocation as f32 rows (the same bytes in flight, the default) against as many
 //! (half the registers).
 //! [`tuning_for`] caches that choice per adapter, driver and crate version, so it is measured
@@ -342,42 +342,44 @@ pub fn autotune(
             .fold(f64::INFINITY, f64::min))
     };
     // Adds the time of each (D, op) of `dims` with `norms` to `out`: RMSNorm and LayerNorm,
-    // forward and backward, rows stored as `dtype` (f32, or bf16 with a bf16 weight).
-    let time_grid = |norms: &Norms, dtype: DType, dims: &[usize], out: &mut [f64]| -> Result<()> {
-        let (x, dy, w) = match dtype {
-            DType::F32 => (&x, &dy, &w),
-            _ => (&x16, &dy16, &w16),
-        };
-        for (k, &dim) in dims.iter().enumerate() {
-            let rows = (bytes / 4) as usize / dim;
-            let n = (rows * dim) as u64 * dtype.size();
-            let t = |b| TensorRef::new(b, 0, n);
-            let wt = TensorRef::new(w, 0, dim as u64 * dtype.size());
-            let stat = |b| TensorRef::new(b, 0, rows as u64 * 4);
-            let rms = RmsNorm::new(rows, dim, t(x), t(&y))
-                .dtype(dtype)
-                .weight(wt)
-                .rrms(stat(&rstd));
-            let ln = LayerNorm::new(rows, dim, t(x), t(&y))
-                .dtype(dtype)
-                .weight(wt)
-                .mean(stat(&mean))
-                .rstd(stat(&rstd));
-            let dwt = TensorRef::new(&dw, 0, dim as u64 * 4);
-            let rms_bwd = rms.backward(t(dy), t(&dx))?.grad_weight(dwt);
-            let ln_bwd = ln.backward(t(dy), t(&dx))?.grad_weight(dwt);
-            let ops: [&Record; 4] = [
-                &|e| norms.rms_norm(e, &rms),
-                &|e| norms.layer_norm(e, &ln),
-                &|e| norms.rms_norm_backward(e, &rms_bwd),
-                &|e| norms.layer_norm_backward(e, &ln_bwd),
-            ];
-            for (o, op) in ops.iter().enumerate() {
-                out[k * 4 + o] += best_time(op)?;
+    // forward, then backward where `ops` is 4 (2: the forward alone), rows stored as `dtype`
+    // (f32, or bf16 with a bf16 weight).
+    let time_grid =
+        |norms: &Norms, dtype: DType, dims: &[usize], ops: usize, out: &mut [f64]| -> Result<()> {
+            let (x, dy, w) = match dtype {
+                DType::F32 => (&x, &dy, &w),
+                _ => (&x16, &dy16, &w16),
+            };
+            for (k, &dim) in dims.iter().enumerate() {
+                let rows = (bytes / 4) as usize / dim;
+                let n = (rows * dim) as u64 * dtype.size();
+                let t = |b| TensorRef::new(b, 0, n);
+                let wt = TensorRef::new(w, 0, dim as u64 * dtype.size());
+                let stat = |b| TensorRef::new(b, 0, rows as u64 * 4);
+                let rms = RmsNorm::new(rows, dim, t(x), t(&y))
+                    .dtype(dtype)
+                    .weight(wt)
+                    .rrms(stat(&rstd));
+                let ln = LayerNorm::new(rows, dim, t(x), t(&y))
+                    .dtype(dtype)
+                    .weight(wt)
+                    .mean(stat(&mean))
+                    .rstd(stat(&rstd));
+                let dwt = TensorRef::new(&dw, 0, dim as u64 * 4);
+                let rms_bwd = rms.backward(t(dy), t(&dx))?.grad_weight(dwt);
+                let ln_bwd = ln.backward(t(dy), t(&dx))?.grad_weight(dwt);
+                let all_ops: [&Record; 4] = [
+                    &|e| norms.rms_norm(e, &rms),
+                    &|e| norms.layer_norm(e, &ln),
+                    &|e| norms.rms_norm_backward(e, &rms_bwd),
+                    &|e| norms.layer_norm_backward(e, &ln_bwd),
+                ];
+                for (o, op) in all_ops[..ops].iter().enumerate() {
+                    out[k * ops + o] += best_time(op)?;
+                }
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     // The geometric mean of `times` over `base` (below 1: faster).
     let ratio = |times: &[f64], base: &[f64]| {
         let logs: f64 = times.iter().zip(base).map(|(a, b)| (a / b).ln()).sum();
@@ -387,11 +389,11 @@ pub fn autotune(
         .iter()
         .map(|&tuning| norms_for(tuning))
         .collect::<Result<Vec<_>>>()?;
-    // Each of `norms` timed over `dims` in `dtype`, twice, in alternating order; then the
-    // geometric mean of each one's time over the first's, and the best of them, which must
-    // beat the first by the margin.
-    let contest = |norms: &[&Norms], tunings: &[Tuning], dtype: DType, dims: &[usize]| {
-        let mut times = vec![vec![0.0f64; dims.len() * 4]; norms.len()];
+    // Each of `norms` timed over `dims` in `dtype` (the first `ops` of each D's ops), twice,
+    // in alternating order; then the geometric mean of each one's time over the first's,
+    // and the best of them, which must beat the first by the margin.
+    let contest = |norms: &[&Norms], tunings: &[Tuning], dtype: DType, dims: &[usize], ops| {
+        let mut times = vec![vec![0.0f64; dims.len() * ops]; norms.len()];
         for round in 0..2 {
             let order: Vec<usize> = if round == 0 {
                 (0..norms.len()).collect()
@@ -399,7 +401,7 @@ pub fn autotune(
                 (0..norms.len()).rev().collect()
             };
             for c in order {
-                time_grid(norms[c], dtype, dims, &mut times[c])?;
+                time_grid(norms[c], dtype, dims, ops, &mut times[c])?;
             }
         }
         let scores: Vec<(Tuning, f64)> = tunings
@@ -425,6 +427,7 @@ pub fn autotune(
         &all,
         DType::F32,
         &wide_dims,
+        4,
     )?;
     let best = all[best];
 
@@ -474,7 +477,8 @@ pub fn autotune(
     };
 
     // Rows of strided `V`s (the grid's D % 4 != 0), f32, with the shape chosen: each
-    // candidate for their `V`s per invocation against the shape chosen's own.
+    // candidate for their `V`s per invocation against the shape chosen's own, forward only
+    // (the knob's only user).
     if !strided_dims.is_empty() {
         let mut tunings = vec![best];
         for v in STRIDED_CANDIDATES {
@@ -491,7 +495,7 @@ pub fn autotune(
             .map(|&t| norms_for(t))
             .collect::<Result<Vec<_>>>()?;
         let all_norms: Vec<&Norms> = std::iter::once(&best_norms).chain(&others).collect();
-        let (chosen, strided_scores) = contest(&all_norms, &tunings, DType::F32, &strided_dims)?;
+        let (chosen, strided_scores) = contest(&all_norms, &tunings, DType::F32, &strided_dims, 2)?;
         scores.extend(strided_scores.into_iter().skip(1));
         if chosen > 0 {
             best = tunings[chosen];
@@ -515,6 +519,7 @@ pub fn autotune(
         &[best, as_many],
         DType::Bf16,
         dims,
+        4,
     )?;
     scores.extend(half_scores.into_iter().skip(1));
     Ok(([best, as_many][chosen], scores))

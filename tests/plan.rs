@@ -1068,19 +1068,31 @@ fn strided_rows_take_their_own_v_per_invocation() {
         ..caps.clone()
     };
     // D = 4097 f32: 1025 strided V's, 8 an invocation by default (256 invocations of 5),
-    // 32 tuned (64 of 17, streamed past the 16-V cache); the backward half as many either
-    // way (512 of 3, 128 of 9).
+    // 32 tuned (64 of 17, streamed past the 16-V cache). The backward keeps half of
+    // v_per_invocation (512 of 3).
     assert_eq!(
         shape(&caps, DType::F32, 1024, 4097),
         [(true, 256, 8), (true, 512, 4)]
     );
     assert_eq!(
         shape(&wide, DType::F32, 1024, 4097),
-        [(true, 64, 0), (true, 128, 16)]
+        [(true, 64, 0), (true, 512, 4)]
     );
     // 16-bit strided rows scale by the same factor: 16 V's by default, 64 tuned.
     assert_eq!(shape(&caps, DType::Bf16, 1024, 4097)[0], (true, 128, 16));
     assert_eq!(shape(&wide, DType::Bf16, 1024, 4097)[0], (true, 64, 0));
+    // A split row's parts have single-element V's, not strided ones: the knob is not theirs.
+    let split = |caps: &Caps| {
+        let t = Tensors::new(2, 4097, DType::F32, DType::F32, 0);
+        let op = RmsNorm::new(2, 4097, t.rows_of(&t.x), t.rows_of(&t.y));
+        let p = plan(caps, &op).unwrap();
+        assert!(p.steps[0].variant.kernel.is_split());
+        p.steps
+            .iter()
+            .map(|s| (s.variant.wg, s.variant.cache))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(split(&caps), split(&wide));
     // Rows read four consecutive elements at a time keep the main knob.
     for dtype in [DType::F32, DType::Bf16] {
         assert_eq!(
