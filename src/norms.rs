@@ -45,12 +45,14 @@ pub struct NormsOptions {
 pub struct Tuning {
     /// Row elements (`V`s) each forward invocation aims to handle where rows are stored in f32
     /// (the backward half as many): the workgroup grows with D until there are this many per
-    /// invocation. A power of two from 1 to 64.
+    /// invocation. The forward's strided rows take `v_per_invocation_strided` instead. A
+    /// power of two from 1 to 64.
     pub v_per_invocation: u32,
     /// The same where x and y are stored in 16 bits (f16, bf16). A 16-bit `V` moves half the
     /// bytes of an f32 one, so the default, twice `v_per_invocation`'s, keeps the bytes each
     /// invocation has in flight; the registers a cached `V` takes are the same (f32) either
-    /// way, which is why it is a knob of its own. A power of two from 1 to 64.
+    /// way, which is why it is a knob of its own. The forward's strided rows scale it as
+    /// `v_per_invocation_strided` scales f32 rows'. A power of two from 1 to 64.
     pub v_per_invocation_16bit: u32,
     /// The same for the forward's f32 rows that cannot be read four consecutive elements at
     /// a time (D % 4 != 0, or an operand off a 16-byte boundary): their `V`s are four

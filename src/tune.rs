@@ -9,10 +9,12 @@
 //! [`MARGIN`]; then, with that shape, it times a decode step (1 to 64 rows) with few long rows
 //! split over several workgroups and without, and keeps the split unless whole rows beat it
 //! by the margin; then the forward's `V`s per invocation in rows that cannot be read four
-//! consecutive elements at a time (strided `V`s, timed at the grid's odd D), where a CPU
-//! adapter wants another shape than for the others; last, it times rows stored in bf16 with twice as many
-//! `V`s per invocation as f32 rows (the same bytes in flight, the default) against as many
-//! (half the registers).
+//! consecutive elements at a time (strided `V`s, timed at the grid's D % 4 != 0), where a CPU
+//! adapter wants another shape than for the others; last, it times rows stored in bf16 with
+//! twice as many `V`s per invocation as f32 rows (the same bytes in flight, the default)
+//! against as many (half the registers), over the whole grid. The backward's strided rows
+//! follow the main shape, which is chosen without them (in f32: they enter only the bf16
+//! stage).
 //! [`tuning_for`] caches that choice per adapter, driver and crate version, so it is measured
 //! once. Native only: it blocks while it measures.
 //!
@@ -64,9 +66,9 @@ pub struct Tuned {
     /// Measured now (false: read from the cache, or autotuning is off).
     pub measured: bool,
     /// Each candidate's score (below 1 is faster), when measured: its time over the default's,
-    /// then whole rows' decode step over split rows' with the shape chosen, then each
-    /// candidate for strided rows over the shape chosen, then 16-bit rows with as many `V`s
-    /// as f32 rows over twice as many.
+    /// then whole rows' decode step over split rows' with the shape chosen, then, where the
+    /// grid has a D % 4 != 0, each other candidate for the forward's strided rows over the
+    /// shape chosen, then 16-bit rows with as many `V`s as f32 rows over twice as many.
     pub scores: Vec<(Tuning, f64)>,
     /// The cache file, when one is used.
     pub cache: Option<PathBuf>,
@@ -411,15 +413,14 @@ pub fn autotune(
             .collect();
         let best = scores
             .iter()
-            .copied()
+            .map(|&(_, s)| s)
+            .enumerate()
             // A zero time (a clock that did not tick) would score 0 and win: such a
             // candidate is out.
             .filter(|&(_, s)| s.is_finite() && s > 0.0)
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .filter(|&(_, s)| s < 1.0 - MARGIN)
-            .map_or(0, |(t, _)| {
-                tunings.iter().position(|&u| u == t).unwrap_or(0)
-            });
+            .map_or(0, |(c, _)| c);
         Ok::<_, crate::Error>((best, scores))
     };
     let (best, scores) = contest(

@@ -6,23 +6,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{Rng, assert_close};
+use common::{Rng, assert_close, tool};
 use wgpu_norm::reference;
-
-fn tool() -> Command {
-    // Examples are built next to the test binaries: target/<profile>/examples/.
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let path = dir
-        .join("examples")
-        .join(format!("wgpu-norm{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} not built (cargo test builds examples)",
-        path.display()
-    );
-    Command::new(path)
-}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("wgpu-norm-cli-{}-{name}", std::process::id()));
@@ -342,6 +327,7 @@ fn tiny_bench_writes_json_and_svg() {
     );
     assert!(json["date"].as_str().is_some_and(|d| d.len() == 10));
     assert_eq!(json["tuning"]["v_per_invocation"], 8);
+    assert_eq!(json["tuning"]["v_per_invocation_strided"], 8);
     let results = json["results"].as_array().unwrap();
     assert_eq!(results.len(), 4);
     let shapes = [("f32", 64), ("f32", 300), ("bf16", 64), ("bf16", 300)];

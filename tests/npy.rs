@@ -8,9 +8,12 @@
 #[allow(dead_code)]
 mod npy;
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use common::tool;
 use proptest::prelude::*;
 use wgpu_norm::DType;
 
@@ -164,17 +167,6 @@ fn shapes_larger_than_the_file_are_refused_before_reading() {
             "{err}"
         );
     }
-}
-
-/// The tool, as tests/cli.rs runs it.
-fn tool() -> std::process::Command {
-    let exe = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/examples/wgpu-norm");
-    assert!(
-        exe.exists(),
-        "{} is built by `cargo test --release` (examples are built with the tests)",
-        exe.display()
-    );
-    std::process::Command::new(exe)
 }
 
 proptest! {

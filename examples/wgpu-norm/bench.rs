@@ -56,8 +56,8 @@ pub struct BenchArgs {
     #[arg(long)]
     v_per_invocation_16bit: Option<u32>,
     /// Tuning: V's per forward invocation for f32 rows not read four consecutive elements at
-    /// a time (D % 4 != 0), a power of two (default: --v-per-invocation's); 16-bit such rows
-    /// scale by the same factor.
+    /// a time (D % 4 != 0), a power of two (default: --v-per-invocation's, or the autotune's
+    /// choice); 16-bit such rows scale by the same factor.
     #[arg(long)]
     v_per_invocation_strided: Option<u32>,
     /// Tuning: bytes of rows per forward workgroup (default 16384).

@@ -17,6 +17,22 @@ pub const POISON: u32 = 0x7FBA_DBAD;
 /// Errors that reached a device's uncaptured-error handler; must stay 0.
 pub static UNCAPTURED: AtomicUsize = AtomicUsize::new(0);
 
+/// The command-line tool (examples/wgpu-norm), built next to the test binaries:
+/// `<target>/<profile>/examples/`, wherever `CARGO_TARGET_DIR` puts `<target>`.
+pub fn tool() -> std::process::Command {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir
+        .join("examples")
+        .join(format!("wgpu-norm{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} not built (`cargo test` builds the examples with the tests)",
+        path.display()
+    );
+    std::process::Command::new(path)
+}
+
 pub fn open(limits: Option<wgpu::Limits>, options: NormsOptions) -> Gpu {
     let gpu = pollster::block_on(async {
         let adapter = wgpu_norm::pick_adapter().await?;
