@@ -190,7 +190,8 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
     let def = l.kernel.def();
     let shared = shares_buffers(l.kernel, &c);
     // The row kernels' variant, for this device's tuning and the op's storage.
-    let strided_forward = !c.vec4 && matches!(def.shape, Shape::Rows { .. });
+    let strided_forward =
+        crate::shaders::is_strided(l.kernel, c.vec4) && matches!(def.shape, Shape::Rows { .. });
     let v_per_invocation = caps.tuning.v_per_invocation_for(c.act, strided_forward);
     let row_variant = || {
         let v = Variant::for_row_with(

@@ -135,7 +135,7 @@ pub fn split_parts(rows: u64, per_row: u32, split_groups: u32) -> u32 {
 }
 
 /// [`Variant::strided`] for `kernel` with or without vec4 access.
-fn is_strided(kernel: Kernel, vec4: bool) -> bool {
+pub(crate) fn is_strided(kernel: Kernel, vec4: bool) -> bool {
     !vec4
         && matches!(
             kernel.def().shape,
