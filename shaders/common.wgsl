@@ -102,6 +102,18 @@ fn row_elems(i: u32) -> vec4<u32> {
 //#endif
 }
 
+// Whether the row's i-th V holds an element of the row: strided V's past the row's end hold
+// none, and skipping them spares their masked loads (a lane before the row, paired, wraps
+// to a large index, and its pair's other element is in the row).
+fn v_in_row(i: u32) -> bool {
+//#if strided
+    let e = row_elems(i);
+    return min(e.x, e.y) < params.dim;
+//#else
+    return true;
+//#endif
+}
+
 // v with the lanes of the row's i-th V past the row zeroed: loads give 0 there, but a
 // difference (x - mean) does not. Only strided V's have such lanes.
 fn in_row(i: u32, v: V) -> V {

@@ -160,7 +160,20 @@ fn cache_len(per_row: u32, row_wg: u32, wg: u32, arrays: u32) -> u32 {
 /// of the kernel's arrays fit, else, in the backward, its partial sums alone where they fit.
 fn row_cache(shape: Shape, per_row: u32, row_wg: u32, wg: u32) -> (u32, bool) {
     let (arrays, held) = match shape {
-        Shape::Rows { arrays, .. } => (arrays, 0),
+        Shape::Rows { arrays, .. } => {
+            // The forward keeps what fits of a longer row: its first `cache * row_wg` V's in
+            // registers, the rest (the tail) streamed and read again. A row just past the
+            // cache (D = 4097 over 64 invocations: 17 V's each) would otherwise be read twice
+            // whole; on lavapipe that was 1.5× slower than a row that fits (D = 4095).
+            return match cache_len(per_row, row_wg, wg, arrays) {
+                0 => {
+                    let fits = MAX_CACHE.min(CACHE_BUDGET.max(wg) / wg / arrays);
+                    let cache = if fits == 0 { 0 } else { 1 << fits.ilog2() };
+                    (cache, cache > 0)
+                }
+                cache => (cache, false),
+            };
+        }
         Shape::RowsWithPartials { arrays, held, .. } => (arrays, held),
         Shape::Flat | Shape::Columns => return (0, false),
     };
@@ -250,7 +263,9 @@ pub struct Variant {
     /// stay in the `cache` registers: a row too long for registers holding all of the
     /// kernel's arrays (`Shape::RowsWithPartials::arrays`) may fit them for the partial sums
     /// alone (`held`). Otherwise each V's partial sum is read and written back in memory for
-    /// every row. False elsewhere.
+    /// every row. Forward: the row is longer than the `cache` registers, which hold its first
+    /// `cache * row_wg` V's; the rest (the tail, the WGSL flag `tail`) is streamed from memory
+    /// for each pass. False elsewhere.
     pub streamed: bool,
     /// Strided `V`s in pairs of 16-bit elements that share a 32-bit word ([`Variant::pairs`]): chosen by the
     /// plan where every row tensor's rows start on the same half of their words.
@@ -424,6 +439,12 @@ impl Variant {
             && matches!(self.kernel.def().shape, Shape::Rows { .. })
     }
 
+    /// Whether a forward norm's row (or part) runs past its register cache: the first
+    /// `cache * row_wg` `V`s stay in registers, the rest is streamed ([`Variant::streamed`]).
+    pub fn tail(&self) -> bool {
+        self.streamed && matches!(self.kernel.def().shape, Shape::Rows { .. })
+    }
+
     /// Whether `V` is a `vec4<f32>`, of consecutive or strided elements (the WGSL flag `wide`).
     pub fn wide(&self) -> bool {
         self.vec4 || self.strided()
@@ -460,13 +481,14 @@ impl Variant {
                         pow2(1, wg / MIN_COLUMNS).map(|s| (0, false, s)).collect()
                     }
                     Shape::Flat | Shape::Columns => vec![],
+                    // (Twice MAX_CACHE V's each: a forward row past its cache, `tail`; the
+                    // backward's row or partial sums past theirs.)
                     shape @ (Shape::Rows { .. } | Shape::RowsWithPartials { .. }) => (0
-                        ..=MAX_CACHE.trailing_zeros())
+                        ..=MAX_CACHE.trailing_zeros() + 1)
                         .map(|b| {
                             let (cache, streamed) = row_cache(shape, (1 << b) * wg, wg, wg);
                             (cache, streamed, 1)
                         })
-                        .chain([(0, false, 1)])
                         .collect(),
                 };
                 for vec4 in [false, true] {
@@ -593,7 +615,9 @@ impl Variant {
             "wide" => Some(self.wide()),
             // The row in registers; the backward's partial sums in registers (with the row or
             // without, `streamed`).
+            // The backward's row in registers (the forward's always is, up to its `tail`).
             "cached" => Some(self.cache > 0 && !self.streamed),
+            "tail" => Some(self.tail()),
             "held_partials" => Some(self.cache > 0),
             "subgroups" => Some(self.subgroups),
             "shared" => Some(self.shared),
@@ -1104,7 +1128,11 @@ mod tests {
                             assert!(dim.div_ceil(lanes) < MIN_WORKGROUP_SIZE, "{v:?}");
                         }
                         let fits = |arrays: u32| MAX_CACHE.min(CACHE_BUDGET / v.wg / arrays);
-                        if v.cache > 0 {
+                        if v.tail() {
+                            // The forward keeps as much of a longer row as fits.
+                            assert_eq!(v.cache, fits(arrays), "{v:?}");
+                            assert!(dim.div_ceil(lanes) > v.wg * fits(arrays), "{v:?}");
+                        } else if v.cache > 0 {
                             assert!(v.cache * v.row_wg * lanes >= dim, "{v:?}");
                             // Streamed: the row does not fit with every array, the partial
                             // sums alone do.
@@ -1114,6 +1142,7 @@ mod tests {
                                 assert!(dim.div_ceil(lanes) > v.wg * fits(arrays), "{v:?}");
                             }
                         } else {
+                            assert!(held > 0, "the forward always has a cache: {v:?}");
                             // Too long for registers, the partial sums included.
                             assert!(dim.div_ceil(lanes) > v.wg * fits(arrays), "{v:?}");
                             if held > 0 {

@@ -95,7 +95,7 @@ fn glsl(m: &naga::Module, info: &naga::valid::ModuleInfo) -> Result<String, Stri
 }
 
 /// One variant of each kind that the external validators see: every kernel, storage pair,
-/// vector width, cache or stream, reduction and binding mode, at one workgroup size.
+/// vector width, cache, stream or both, reduction and binding mode, at one workgroup size.
 fn sample(all: &[Variant]) -> Vec<Variant> {
     let mut seen = BTreeSet::new();
     all.iter()
@@ -106,6 +106,7 @@ fn sample(all: &[Variant]) -> Vec<Variant> {
                 v.param,
                 v.vec4,
                 v.cache > 0,
+                v.streamed,
                 v.slices > 1,
                 v.subgroups,
                 v.shared,

@@ -164,6 +164,11 @@ fn few_long_rows_split_with_every_storage_and_option() {
 }
 
 #[test]
+fn rows_past_the_register_cache() {
+    common::storage::rows_past_the_cache(Op::LayerNorm);
+}
+
+#[test]
 fn random_shapes() {
     common::random_shapes(Op::LayerNorm, 2024);
 }

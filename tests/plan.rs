@@ -148,12 +148,12 @@ fn check_plan(what: &str, caps: &Caps, d: &Described, plan: &Plan) {
                 len >= u64::from(wgpu_norm::shaders::MIN_PART),
                 "{at}: a short part"
             );
-            if v.cache > 0 {
-                assert!(
-                    u64::from(v.cache * v.wg) >= len,
-                    "{at}: the cache holds the part"
-                );
-            }
+            // The cache holds the part, or as much of it as fits (the rest its tail).
+            assert_eq!(
+                u64::from(v.cache * v.wg) < len,
+                v.tail(),
+                "{at}: the cache and the part"
+            );
             let needed = u64::from(p.rows) * parts;
             assert!(
                 groups >= needed && groups < needed + u64::from(gx),
@@ -1049,7 +1049,7 @@ fn sixteen_bit_rows_take_the_bytes_of_f32_rows() {
 #[test]
 fn strided_rows_take_their_own_v_per_invocation() {
     let caps = caps_named("large GPU");
-    // (workgroup, cached V's) of the forward and the backward of `rows` x `dim` in `dtype`.
+    // (strided, workgroup, cached V's, tail) of the forward and the backward of `rows` x `dim` in `dtype`.
     let shape = |caps: &Caps, dtype: DType, rows: u64, dim: u64| {
         let t = Tensors::new(rows, dim, dtype, dtype, 0);
         let (x, y) = (t.rows_of(&t.x), t.rows_of(&t.y));
@@ -1057,7 +1057,7 @@ fn strided_rows_take_their_own_v_per_invocation() {
         let bwd = op.backward(y, t.rows_of(&t.s)).unwrap();
         [plan(caps, &op).unwrap(), plan(caps, &bwd).unwrap()].map(|p| {
             let v = p.steps[0].variant;
-            (v.strided(), v.wg, v.cache)
+            (v.strided(), v.wg, v.cache, v.tail())
         })
     };
     let wide = Caps {
@@ -1068,19 +1068,25 @@ fn strided_rows_take_their_own_v_per_invocation() {
         ..caps.clone()
     };
     // D = 4097 f32: 1025 strided V's, 8 an invocation by default (256 invocations of 5),
-    // 32 tuned (64 of 17, streamed past the 16-V cache). The backward keeps half of
+    // 32 tuned (64 of 17: 16 in registers, the tail streamed). The backward keeps half of
     // v_per_invocation (512 of 3).
     assert_eq!(
         shape(&caps, DType::F32, 1024, 4097),
-        [(true, 256, 8), (true, 512, 4)]
+        [(true, 256, 8, false), (true, 512, 4, false)]
     );
     assert_eq!(
         shape(&wide, DType::F32, 1024, 4097),
-        [(true, 64, 0), (true, 512, 4)]
+        [(true, 64, 16, true), (true, 512, 4, false)]
     );
     // 16-bit strided rows scale by the same factor: 16 V's by default, 64 tuned.
-    assert_eq!(shape(&caps, DType::Bf16, 1024, 4097)[0], (true, 128, 16));
-    assert_eq!(shape(&wide, DType::Bf16, 1024, 4097)[0], (true, 64, 0));
+    assert_eq!(
+        shape(&caps, DType::Bf16, 1024, 4097)[0],
+        (true, 128, 16, false)
+    );
+    assert_eq!(
+        shape(&wide, DType::Bf16, 1024, 4097)[0],
+        (true, 64, 16, true)
+    );
     // A split row's parts have single-element V's, not strided ones: the knob is not theirs.
     let split = |caps: &Caps| {
         let t = Tensors::new(2, 4097, DType::F32, DType::F32, 0);

@@ -126,6 +126,11 @@ fn few_long_rows_split_with_every_storage_and_option() {
 }
 
 #[test]
+fn rows_past_the_register_cache() {
+    common::storage::rows_past_the_cache(Op::RmsNorm);
+}
+
+#[test]
 fn random_shapes() {
     common::random_shapes(Op::RmsNorm, 4048);
 }

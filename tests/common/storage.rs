@@ -373,3 +373,58 @@ pub fn split_rows_any(op: Op) {
         }
     }
 }
+
+/// Rows longer than the forward's register cache (`Variant::tail`): the cache holds the first
+/// part of each row, the rest is streamed for every pass. With the strided rows' and 16-bit
+/// rows' `V`s per invocation at 64 (as lavapipe's autotune chooses for the former), D = 4097
+/// and 4099 take 17 strided `V`s an invocation over 64 invocations, 16 of them in registers;
+/// D = 9000 reads vec4s and takes the same tail with 64 `V`s for f32 too. Every storage type,
+/// odd offsets (16-bit rows on both halves of a word, paired or not), a residual (written
+/// back, and not), pRMSNorm's prefix ending inside the tail (4098 of 4099), Gemma, Llama's
+/// rounding, ε added to σ.
+pub fn rows_past_the_cache(op: Op) {
+    let gpu = super::open(
+        None,
+        wgpu_norm::NormsOptions {
+            tuning: wgpu_norm::Tuning {
+                v_per_invocation: 64,
+                v_per_invocation_16bit: 64,
+                v_per_invocation_strided: 64,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    for (k, (dtype, mixed)) in [
+        (DType::F32, false),
+        (DType::Bf16, false),
+        (DType::F16, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (rows, dim, offset, out_offset) in [
+            (9, 4097, 0, None),
+            (5, 4099, 1, None),
+            (4, 4097, 1, Some(2)),
+            (3, 9000, 0, None),
+        ] {
+            let mut c = AnyCase::new(op, dtype, rows, dim, 11 * k as u64 + dim as u64)
+                .with_residual(rows != 9);
+            if mixed {
+                c = c.mixed();
+            }
+            c.offset = offset;
+            c.out_offset = out_offset;
+            match op {
+                Op::RmsNorm => {
+                    c.partial = (rows == 5).then_some(0.9996);
+                    c.gemma_offset = rows == 4;
+                    c.llama_rounding = rows == 3 && dtype != DType::F32;
+                }
+                Op::LayerNorm => c.eps_added_to_std = rows == 4,
+            }
+            check_any(&gpu, &c);
+        }
+    }
+}
