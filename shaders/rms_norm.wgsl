@@ -65,9 +65,10 @@ fn rms_norm_row(row: u32, lid: u32, part: u32) -> bool {
     let n = span.y;
     let prefix = params.stat_len < params.dim;
 
-    // The row stays in registers: x is read once, all loads in flight together. A row longer
-    // than CACHE V's an invocation keeps its first CACHE * RW there; the rest (`tail`) is
-    // read again for y, mostly from the memory cache.
+//#if cached
+    // The row stays in registers: x is read once, all loads in flight together. A row a
+    // little longer than CACHE V's an invocation (`tail`) keeps its first CACHE * RW there;
+    // the rest is read again for y, mostly from the memory cache.
     var c: array<V, CACHE>;
 //#unroll k
     if lane + k * RW < n {
@@ -118,6 +119,31 @@ fn rms_norm_row(row: u32, lid: u32, part: u32) -> bool {
 //#endunroll
 //#if tail
     for (var i = base + lane + CACHE * RW; i < base + n && v_in_row(i); i += RW) {
+        st_y(row, i, scale(ld_again(row, i) * rrms, i));
+    }
+//#endif
+//#endif
+//#else
+    // Rows too long for registers: two passes over x, the second mostly from cache.
+    var q = V(0.0);
+    for (var i = base + lane; i < base + n; i += RW) {
+        let v = ld_in(row, i);
+        if has(HAS_RESIDUAL_OUT) && !STATS {
+            st_residual_out(row, i, v);
+        }
+        q += in_prefix(i, v * v);
+    }
+    let ms = mean_square(row, hsum(q), lid, part);
+//#if stats
+//#else
+//#if shared
+    if out_of_range(ms) {
+        rms_norm_retry(row, lid, part);
+        return false;
+    }
+//#endif
+    let rrms = inv_root(ms, 0);
+    for (var i = base + lane; i < base + n; i += RW) {
         st_y(row, i, scale(ld_again(row, i) * rrms, i));
     }
 //#endif

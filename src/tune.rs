@@ -38,8 +38,9 @@ pub const MARGIN: f64 = 0.05;
 pub fn candidates() -> Vec<Tuning> {
     let mut all = vec![Tuning::default()];
     // 2 V's per invocation lost everywhere it was tried (H200: 43 % of a copy at D = 8192).
-    // 32 streams rows that 16 keeps in registers: lavapipe ran the scalar forward at D = 4097
-    // twice as fast that way (2026-11-27).
+    // 32 keeps in registers only part of rows that 16 keeps whole (Variant::tail): lavapipe
+    // ran the scalar forward at D = 4097 twice as fast that way (2026-11-27), on 64
+    // invocations rather than 128.
     for v in [4, 8, 16, 32] {
         for bytes in [4096, 16384, 65536] {
             let t = Tuning {
