@@ -340,6 +340,14 @@ pub fn check_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
     out
 }
 
+/// The storage the long-row harnesses take, as (activation storage, weight and bias in f32
+/// beside it): f32, bf16, and f16 with f32 parameters.
+const STORAGES: [(DType, bool); 3] = [
+    (DType::F32, false),
+    (DType::Bf16, false),
+    (DType::F16, true),
+];
+
 /// Few long rows split over several workgroups, with every storage type and option, no
 /// statistics saved (a decode step): a fused residual whose sum is written back into a
 /// buffer holding zeros (a pass that read it before writing would take them), D not a
@@ -347,14 +355,7 @@ pub fn check_any(gpu: &Gpu, c: &AnyCase) -> AnyOut {
 /// added to σ, odd offsets; on the default device and on one with wgpu's default limits
 /// (256 invocations a workgroup).
 pub fn split_rows_any(op: Op) {
-    for (k, (dtype, mixed)) in [
-        (DType::F32, false),
-        (DType::Bf16, false),
-        (DType::F16, true),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (k, (dtype, mixed)) in STORAGES.into_iter().enumerate() {
         for (rows, dim, offset) in [(64, 16390, 0), (3, 20000, 1), (1, 8192, 0)] {
             let mut c =
                 AnyCase::new(op, dtype, rows, dim, 7 * k as u64 + dim as u64).with_residual(true);
@@ -400,14 +401,7 @@ pub fn rows_past_the_cache(op: Op) {
             ..Default::default()
         },
     );
-    for (k, (dtype, mixed)) in [
-        (DType::F32, false),
-        (DType::Bf16, false),
-        (DType::F16, true),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (k, (dtype, mixed)) in STORAGES.into_iter().enumerate() {
         for (rows, dim, offset, out_offset) in [
             (9, 4097, 0, None),
             (5, 4099, 1, None),
