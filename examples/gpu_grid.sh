@@ -9,6 +9,8 @@
 #     examples/gpu_grid.sh --build        # binaries into .gpu/bin/
 # Then on the GPU machine, from the project root (the device tool's `run`, carry [".gpu"]):
 #     examples/gpu_grid.sh "$OUT"         # [--quick] for a small rehearsal
+# GRID_SECONDS=N skips the steps that would start after N seconds, so that a call with a time
+# limit still ends with the merged files of what it measured (the steps it skipped are listed).
 # Rehearse it here on lavapipe without PyTorch:  examples/gpu_grid.sh /tmp/grid --quick
 #
 # Writes four files into the folder: grid.json (everything, one document), grid.txt (the
@@ -25,7 +27,7 @@ if [[ "${1:-}" == "--build" ]]; then
     set -e
     mkdir -p .gpu/bin
     cargo build --release --example wgpu-norm
-    cp target/release/examples/wgpu-norm .gpu/bin/
+    cp "${CARGO_TARGET_DIR:-target}/release/examples/wgpu-norm" .gpu/bin/
     for b in forward; do
         exe=$(cargo bench --no-run --bench "$b" --message-format=json 2>/dev/null |
             jq -r 'select(.executable != null and .target.kind == ["bench"]) | .executable')
@@ -35,6 +37,8 @@ if [[ "${1:-}" == "--build" ]]; then
     exe=$(cargo bench --no-run --all-features --bench burn --message-format=json 2>/dev/null |
         jq -r 'select(.executable != null and .target.kind == ["bench"]) | .executable')
     cp "$exe" .gpu/bin/bench-burn
+    # Stripped: the device tool carries at most 64 MiB (bench-burn alone is 58 MB unstripped).
+    strip .gpu/bin/*
     ls -l .gpu/bin
     exit 0
 fi
@@ -72,6 +76,17 @@ mib_n=${mib[1]}
 # Every step runs even when one before it failed; the script's exit status says whether all
 # passed (a failed check, a missing binary, a crashed PyTorch run), and steps.txt which.
 failed=()
+skipped=()
+started=$SECONDS
+# True (and the step listed as skipped) once GRID_SECONDS have passed.
+late() {
+    if [[ ${GRID_SECONDS:-0} -gt 0 && $((SECONDS - started)) -ge $GRID_SECONDS ]]; then
+        skipped+=("$1")
+        echo "== $(date -u +%T) skipped (GRID_SECONDS=$GRID_SECONDS): $1" | tee -a "$out/steps.txt" >&2
+        return 0
+    fi
+    return 1
+}
 ours() { "$bin/wgpu-norm" bench "$@"; }
 log() {
     [[ -f $out/steps.txt ]] && pack
@@ -105,18 +120,19 @@ log "ours: grid"
 ours --dims "$dims" "${mib[@]}" --dtypes f32,f16,bf16 --backward "${iters[@]}" \
     "${torch_grid[@]}" --json "$out/grid-main.json" --svg "$out/grid.svg" \
     >"$out/grid-main.txt" 2>"$out/grid-main.err" || failed+=("grid")
-log "ours: few rows"
+late "few rows" || { log "ours: few rows"
 ours --dims "$few_dims" --rows 1,8,64 --dtypes f32,f16,bf16 --backward "${iters[@]}" \
-    "${torch_few[@]}" --json "$out/grid-few.json" >"$out/grid-few.txt" 2>"$out/grid-few.err" || failed+=("few rows")
-log "ours: few rows, whole (rows not split over workgroups)"
+    "${torch_few[@]}" --json "$out/grid-few.json" >"$out/grid-few.txt" 2>"$out/grid-few.err" || failed+=("few rows"); }
+late "few rows, whole" || { log "ours: few rows, whole (rows not split over workgroups)"
 ours --dims "$few_dims" --rows 1,8,64 --dtypes f32,bf16 --split-groups 0 "${iters[@]}" \
     "${torch_few[@]}" --json "$out/grid-few-whole.json" >"$out/grid-few-whole.txt" \
-    2>"$out/grid-few-whole.err" || failed+=("few rows, whole")
+    2>"$out/grid-few-whole.err" || failed+=("few rows, whole"); }
 
 # 2. The tuning knobs, f32, against the defaults of the grid above (same call).
 sweep() {
     local name=$1
     shift
+    late "tuning $name" && return
     log "ours: tuning $name"
     ours --dims "$sweep_dims" "${mib[@]}" --backward "${iters[@]}" "$@" \
         --json "$out/tune-$name.json" >"$out/tune-$name.txt" 2>"$out/tune-$name.err" ||
@@ -124,33 +140,36 @@ sweep() {
 }
 
 
-sweep v4 --v-per-invocation 4
-sweep v16 --v-per-invocation 16
+# The sweeps that earlier predictions name first, then criterion and burn, then the rest.
+# Strided rows (D % 4 != 0: D = 4097 in the full sweep) with lavapipe's choice, 32 V's.
+sweep vstrided32 --v-per-invocation-strided 32
+# What the autotune chooses here (its cache kept with the results), against the default above.
+WGPU_NORM_CACHE_DIR="$out/tune-cache" sweep autotune --autotune
 # 16-bit rows with as many V's as f32 rows (half the bytes in flight, half the cached
 # registers) against the default of twice as many: the grid's bf16 columns above.
 sweep v16bit-8 --dtypes bf16 --v-per-invocation-16bit 8
-# Strided rows (D % 4 != 0: D = 4097 in the full sweep) with lavapipe's choice, 32 V's.
-sweep vstrided32 --v-per-invocation-strided 32
-sweep b4k --bytes-per-group 4096
-sweep b64k --bytes-per-group 65536
-sweep wg256 --max-workgroup-size 256
-# What the autotune chooses here (its cache kept with the results), against the default above.
-WGPU_NORM_CACHE_DIR="$out/tune-cache" sweep autotune --autotune
 
 # 3. The forward option variants (criterion, D = 4096), and burn's norms against ours.
 crit=(--warm-up-time 0.3 --measurement-time 1 --noplot)
-if [[ -x $bin/bench-forward ]]; then
+if [[ -x $bin/bench-forward ]] && ! late "variants"; then
     log "criterion: forward variants"
     WGPU_NORM_BENCH_MIB=$mib_n "$bin/bench-forward" --bench "forward variants" "${crit[@]}" \
         >"$out/variants.txt" 2>"$out/variants.err" || failed+=("variants")
 fi
-if [[ -x $bin/bench-burn ]]; then
+if [[ -x $bin/bench-burn ]] && ! late "burn"; then
     log "criterion: burn"
     WGPU_NORM_BENCH_MIB=$mib_n "$bin/bench-burn" --bench "${crit[@]}" \
         >"$out/burn.txt" 2>"$out/burn.err" || failed+=("burn")
 fi
 
-# 4. One document and one text of everything.
+# 4. The other knobs, f32.
+sweep v4 --v-per-invocation 4
+sweep v16 --v-per-invocation 16
+sweep b4k --bytes-per-group 4096
+sweep b64k --bytes-per-group 65536
+sweep wg256 --max-workgroup-size 256
+
+# 5. One document and one text of everything.
 log "merging"
 python3 - "$out" <<'EOF'
 import json, pathlib, sys
@@ -174,6 +193,7 @@ EOF
     [[ -f $out/variants.txt ]] && { echo "### forward variants (criterion)"; grep -E 'time:|thrpt:|^[a-z]' "$out/variants.txt"; }
     [[ -f $out/burn.txt ]] && { echo "### burn (criterion)"; grep -E 'time:|thrpt:|^[a-z]' "$out/burn.txt"; }
 } >"$out/grid.txt"
+[[ ${#skipped[@]} -gt 0 ]] && echo "### skipped for time: ${skipped[*]}" >>"$out/grid.txt"
 cp "$out/grid.json" "$out/grid.txt" "$dest/"
 [[ -f $out/grid.svg ]] && cp "$out/grid.svg" "$dest/"
 if [[ ${#failed[@]} -gt 0 ]]; then
