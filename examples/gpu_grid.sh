@@ -11,6 +11,12 @@
 #     examples/gpu_grid.sh "$OUT"         # [--quick] for a small rehearsal
 # GRID_SECONDS=N skips the steps that would start after N seconds, so that a call with a time
 # limit still ends with the merged files of what it measured (the steps it skipped are listed).
+# GRID_STEPS=a,b,... runs only the steps named (torch grid few few-whole vstrided32 autotune
+# v16bit-8 variants burn v4 v16 b4k b64k wg256): on an H200 the grid alone took 383 s of a
+# 458 s call (2026-11-27), so a 10-minute call holds the grid or the rest, not both:
+#     GRID_SECONDS=430 examples/gpu_grid.sh "$OUT"                  # first call
+#     GRID_STEPS=few-whole,vstrided32,autotune,v16bit-8,variants,burn,v4,v16,b4k,b64k,wg256 \
+#         examples/gpu_grid.sh "$OUT"                                 # second call
 # Rehearse it here on lavapipe without PyTorch:  examples/gpu_grid.sh /tmp/grid --quick
 #
 # Writes four files into the folder: grid.json (everything, one document), grid.txt (the
@@ -78,8 +84,12 @@ mib_n=${mib[1]}
 failed=()
 skipped=()
 started=$SECONDS
-# True (and the step listed as skipped) once GRID_SECONDS have passed.
+# True (and the step listed as skipped) for a step GRID_STEPS leaves out, or once
+# GRID_SECONDS have passed.
 late() {
+    if [[ -n ${GRID_STEPS:-} && ",$GRID_STEPS," != *",$1,"* ]]; then
+        return 0
+    fi
     if [[ ${GRID_SECONDS:-0} -gt 0 && $((SECONDS - started)) -ge $GRID_SECONDS ]]; then
         skipped+=("$1")
         echo "== $(date -u +%T) skipped (GRID_SECONDS=$GRID_SECONDS): $1" | tee -a "$out/steps.txt" >&2
@@ -97,7 +107,7 @@ log "adapter"
 "$bin/wgpu-norm" info >"$out/info.txt" 2>&1
 
 # 1. PyTorch at the grid's shapes, then ours with PyTorch beside it.
-if [[ $have_torch == 1 ]]; then
+if [[ $have_torch == 1 ]] && ! late torch; then
     log "PyTorch grid"
     python3 "$torch_py" --mib "$mib_n" --dims "$dims" >"$out/torch_grid.csv" \
         2>"$out/torch_grid.err" || failed+=("PyTorch grid")
@@ -112,18 +122,18 @@ if [[ $have_torch == 1 ]]; then
     torch_grid=(--torch "$out/torch_grid.csv")
     torch_few=(--torch "$out/torch_few.csv")
 else
-    log "no PyTorch with CUDA here: our figures only"
+    [[ $have_torch == 1 ]] || log "no PyTorch with CUDA here: our figures only"
     torch_grid=()
     torch_few=()
 fi
-log "ours: grid"
+late grid || { log "ours: grid"
 ours --dims "$dims" "${mib[@]}" --dtypes f32,f16,bf16 --backward "${iters[@]}" \
     "${torch_grid[@]}" --json "$out/grid-main.json" --svg "$out/grid.svg" \
-    >"$out/grid-main.txt" 2>"$out/grid-main.err" || failed+=("grid")
-late "few rows" || { log "ours: few rows"
+    >"$out/grid-main.txt" 2>"$out/grid-main.err" || failed+=("grid"); }
+late few || { log "ours: few rows"
 ours --dims "$few_dims" --rows 1,8,64 --dtypes f32,f16,bf16 --backward "${iters[@]}" \
     "${torch_few[@]}" --json "$out/grid-few.json" >"$out/grid-few.txt" 2>"$out/grid-few.err" || failed+=("few rows"); }
-late "few rows, whole" || { log "ours: few rows, whole (rows not split over workgroups)"
+late few-whole || { log "ours: few rows, whole (rows not split over workgroups)"
 ours --dims "$few_dims" --rows 1,8,64 --dtypes f32,bf16 --split-groups 0 "${iters[@]}" \
     "${torch_few[@]}" --json "$out/grid-few-whole.json" >"$out/grid-few-whole.txt" \
     2>"$out/grid-few-whole.err" || failed+=("few rows, whole"); }
@@ -132,7 +142,7 @@ ours --dims "$few_dims" --rows 1,8,64 --dtypes f32,bf16 --split-groups 0 "${iter
 sweep() {
     local name=$1
     shift
-    late "tuning $name" && return
+    late "$name" && return
     log "ours: tuning $name"
     ours --dims "$sweep_dims" "${mib[@]}" --backward "${iters[@]}" "$@" \
         --json "$out/tune-$name.json" >"$out/tune-$name.txt" 2>"$out/tune-$name.err" ||
@@ -151,12 +161,12 @@ sweep v16bit-8 --dtypes bf16 --v-per-invocation-16bit 8
 
 # 3. The forward option variants (criterion, D = 4096), and burn's norms against ours.
 crit=(--warm-up-time 0.3 --measurement-time 1 --noplot)
-if [[ -x $bin/bench-forward ]] && ! late "variants"; then
+if [[ -x $bin/bench-forward ]] && ! late variants; then
     log "criterion: forward variants"
     WGPU_NORM_BENCH_MIB=$mib_n "$bin/bench-forward" --bench "forward variants" "${crit[@]}" \
         >"$out/variants.txt" 2>"$out/variants.err" || failed+=("variants")
 fi
-if [[ -x $bin/bench-burn ]] && ! late "burn"; then
+if [[ -x $bin/bench-burn ]] && ! late burn; then
     log "criterion: burn"
     WGPU_NORM_BENCH_MIB=$mib_n "$bin/bench-burn" --bench "${crit[@]}" \
         >"$out/burn.txt" 2>"$out/burn.err" || failed+=("burn")

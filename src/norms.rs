@@ -49,9 +49,11 @@ pub struct Tuning {
     /// power of two from 1 to 64.
     pub v_per_invocation: u32,
     /// The same where x and y are stored in 16 bits (f16, bf16). A 16-bit `V` moves half the
-    /// bytes of an f32 one, so the default, twice `v_per_invocation`'s, keeps the bytes each
-    /// invocation has in flight; the registers a cached `V` takes are the same (f32) either
-    /// way, which is why it is a knob of its own. The forward's strided rows scale it as
+    /// bytes of an f32 one, but the registers a cached `V` takes are the same (f32) either
+    /// way, which is why it is a knob of its own: the default takes as many as f32 rows (an
+    /// H200 read bf16 rows 1.4–1.6× faster so than with twice as many); a CPU adapter wanted
+    /// twice as many (lavapipe, 1.3–1.5×), which the autotune's last stage measures. The
+    /// forward's strided rows scale it as
     /// `v_per_invocation_strided` scales f32 rows'. A power of two from 1 to 64.
     pub v_per_invocation_16bit: u32,
     /// The same for the forward's f32 rows that cannot be read four consecutive elements at
@@ -79,12 +81,12 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    /// This tuning with `v` `V`s per forward invocation for f32 rows, strided or not, and,
-    /// for 16-bit rows, as many as move the same bytes (twice `v`, at most 64).
+    /// This tuning with `v` `V`s per forward invocation for rows of every storage type,
+    /// strided or not.
     pub fn with_v_per_invocation(self, v: u32) -> Self {
         Tuning {
             v_per_invocation: v,
-            v_per_invocation_16bit: v.saturating_mul(2).min(64),
+            v_per_invocation_16bit: v,
             v_per_invocation_strided: v,
             ..self
         }

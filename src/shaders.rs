@@ -37,11 +37,13 @@ pub const MAX_WORKGROUP_SIZE: u32 = 1024;
 /// split row's parts take one element per `V` ([`LANES`] times as many, up to [`MAX_CACHE`]).
 pub const V_PER_INVOCATION: u32 = 8;
 
-/// [`V_PER_INVOCATION`] where rows are stored in 16 bits: a `V` of four 16-bit elements is 8
-/// bytes, so twice as many keep the bytes an invocation has in flight. On an H200 (47e7be5)
-/// 16-bit rows with as many `V`s as f32 ones read 53–69 % of a copy at D = 4096, where f32
-/// read 81–91 %; f32 itself had gone from 90 to 97 % at D = 8192 from 4 to 8 `V`s.
-pub const V_PER_INVOCATION_16BIT: u32 = 2 * V_PER_INVOCATION;
+/// [`V_PER_INVOCATION`] where rows are stored in 16 bits: as many as f32 rows take, though a
+/// 16-bit `V` moves half the bytes. A cached `V` is four f32 registers whatever the storage,
+/// and on an H200 (2026-11-27, commit 7cd02a4) twice as many (16) read bf16 rows at D = 4096
+/// 1.4–1.6× slower than 8 (LayerNorm 1168 against 1860 GB/s, RMSNorm 1533 against 2169),
+/// where lavapipe had read them 1.3–1.5× faster (1114ab3): the autotune's last stage times
+/// twice as many, and a CPU adapter takes them there.
+pub const V_PER_INVOCATION_16BIT: u32 = V_PER_INVOCATION;
 
 /// Elements in the `V` of the vec4 path.
 pub const LANES: u32 = 4;

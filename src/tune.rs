@@ -11,8 +11,8 @@
 //! by the margin; then the forward's `V`s per invocation in rows that cannot be read four
 //! consecutive elements at a time (strided `V`s, timed at the grid's D % 4 != 0), where a CPU
 //! adapter wants another shape than for the others; last, it times rows stored in bf16 with
-//! twice as many `V`s per invocation as f32 rows (the same bytes in flight, the default)
-//! against as many (half the registers), over the whole grid. The backward's strided rows
+//! twice as many `V`s per invocation as f32 rows (the same bytes in flight) against as many
+//! (half the registers, the default), over the whole grid. The backward's strided rows
 //! follow the main shape, which is chosen without them (in f32: they enter only the bf16
 //! stage).
 //! [`tuning_for`] caches that choice per adapter, driver and crate version, so it is measured
@@ -69,7 +69,7 @@ pub struct Tuned {
     /// Each candidate's score (below 1 is faster), when measured: its time over the default's,
     /// then whole rows' decode step over split rows' with the shape chosen, then, where the
     /// grid has a D % 4 != 0, each other candidate for the forward's strided rows over the
-    /// shape chosen, then 16-bit rows with as many `V`s as f32 rows over twice as many.
+    /// shape chosen, then 16-bit rows with twice as many `V`s as f32 rows over as many.
     pub scores: Vec<(Tuning, f64)>,
     /// The cache file, when one is used.
     pub cache: Option<PathBuf>,
@@ -239,9 +239,20 @@ pub struct Grid {
     /// D % 4 == 0 choose the main shape (all of them if none is), the others the shape of
     /// strided rows.
     pub dims: Vec<usize>,
-    /// Bytes of x (f32) at each D; `None`: 1 MiB on a CPU adapter, 32 MiB on a GPU.
+    /// Bytes of x (f32) at each D; `None`: 1 MiB on a CPU adapter, [`GPU_BYTES`] on a GPU
+    /// (less where the device's limits bind less).
     pub bytes: Option<u64>,
 }
+
+/// Bytes of x the autotune times on a GPU: rows in and out must not fit the GPU's last cache
+/// level, or the candidates are ranked by how they use that cache, not memory. At 32 MiB
+/// (x and y: 64 MiB against an H200's 50 MiB L2) the H200 chose 4 `V`s per invocation and
+/// 4 KiB per workgroup, which read RMSNorm at D = 4096 8 % slower than the default at
+/// 256 MiB (2026-11-27, commit 7cd02a4). 128 MiB in and 128 out outsize the L2 of NVIDIA's
+/// and the Infinity Cache of AMD's consumer GPUs; it is also the storage binding that WebGPU's
+/// default limits allow. The autotune holds 640 MiB of buffers while it runs (x, y, dy, dx
+/// and their bf16 twins).
+pub const GPU_BYTES: u64 = 128 << 20;
 
 impl Default for Grid {
     fn default() -> Self {
@@ -262,8 +273,13 @@ pub fn autotune(
     grid: &Grid,
 ) -> Result<(Tuning, Vec<(Tuning, f64)>)> {
     let cpu = device.adapter_info().device_type == wgpu::DeviceType::Cpu;
-    let bytes = grid.bytes.unwrap_or(if cpu { 1 << 20 } else { 32 << 20 }) & !3;
-    let iters = if cpu { 2 } else { 20 };
+    let limits = device.limits();
+    let gpu_bytes = GPU_BYTES
+        .min(limits.max_storage_buffer_binding_size)
+        .min(limits.max_buffer_size);
+    let bytes = grid.bytes.unwrap_or(if cpu { 1 << 20 } else { gpu_bytes }) & !3;
+    // As many bytes per batch on a GPU as 20 ops at 32 MiB, the size timed before GPU_BYTES.
+    let iters = if cpu { 2 } else { 5 };
     let dims = &grid.dims;
     let strided_dims: Vec<usize> = dims.iter().copied().filter(|d| d % 4 != 0).collect();
     let mut wide_dims: Vec<usize> = dims.iter().copied().filter(|d| d % 4 == 0).collect();
@@ -505,30 +521,30 @@ pub fn autotune(
         }
     }
 
-    // Rows stored in 16 bits, with the shape chosen: as many `V`s per invocation as f32 rows
-    // (half the bytes in flight, half the registers of the default) must beat twice as many
-    // by the margin.
-    let as_many = Tuning {
-        v_per_invocation_16bit: best.v_per_invocation,
+    // Rows stored in 16 bits, with the shape chosen: twice as many `V`s per invocation as f32
+    // rows (the bytes of f32 rows in flight, twice the registers) must beat as many by the
+    // margin.
+    let twice = Tuning {
+        v_per_invocation_16bit: best.v_per_invocation.saturating_mul(2).min(64),
         ..best
     };
-    if as_many == best {
+    if twice == best {
         return Ok((best, scores));
     }
-    let as_many_norms = norms_for(as_many)?;
+    let twice_norms = norms_for(twice)?;
     let (chosen, half_scores) = contest(
-        &[&best_norms, &as_many_norms],
-        &[best, as_many],
+        &[&best_norms, &twice_norms],
+        &[best, twice],
         DType::Bf16,
         dims,
         4,
     )?;
     scores.extend(half_scores.into_iter().skip(1));
-    Ok(([best, as_many][chosen], scores))
+    Ok(([best, twice][chosen], scores))
 }
 
 /// Whether the autotune may choose `t`: one of [`candidates`], rows split or not, with 16-bit
-/// rows taking the bytes or the number of f32 rows' `V`s, and strided rows one of
+/// rows taking the number of f32 rows' `V`s or twice it, and strided rows one of
 /// [`STRIDED_CANDIDATES`].
 pub fn is_candidate(t: &Tuning) -> bool {
     let base = Tuning {
@@ -537,7 +553,11 @@ pub fn is_candidate(t: &Tuning) -> bool {
     }
     .with_v_per_invocation(t.v_per_invocation);
     (t.split_groups == 0 || t.split_groups == crate::shaders::SPLIT_GROUPS)
-        && [base.v_per_invocation_16bit, t.v_per_invocation].contains(&t.v_per_invocation_16bit)
+        && [
+            base.v_per_invocation_16bit,
+            (2 * t.v_per_invocation).min(64),
+        ]
+        .contains(&t.v_per_invocation_16bit)
         && STRIDED_CANDIDATES.contains(&t.v_per_invocation_strided)
         && candidates().contains(&base)
 }
@@ -575,7 +595,7 @@ mod tests {
         // A file from before the 16-bit knob is measured again.
         let old = "key=k\nv_per_invocation=4\nbytes_per_group=65536\nsplit_groups=128\n";
         assert_eq!(parse(old, "k"), None);
-        // 16-bit rows take the bytes or the count of f32 rows' V's, nothing else.
+        // 16-bit rows take the count of f32 rows' V's or twice it, nothing else.
         let odd = text.replace("v_per_invocation_16bit=4", "v_per_invocation_16bit=16");
         assert_eq!(parse(&odd, key), None);
         assert_eq!(parse(&text, "another adapter"), None);

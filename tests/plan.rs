@@ -1012,7 +1012,7 @@ fn few_long_rows_are_split_without_statistics() {
 }
 
 #[test]
-fn sixteen_bit_rows_take_the_bytes_of_f32_rows() {
+fn sixteen_bit_rows_take_as_many_vs_as_f32_rows_or_tuned_twice() {
     let caps = caps_named("large GPU");
     let (rows, dim) = (1024, 4096);
     // (workgroup, cached V's, rows per workgroup) of the forward and the backward.
@@ -1031,21 +1031,24 @@ fn sixteen_bit_rows_take_the_bytes_of_f32_rows() {
     // half as many V's an invocation.
     let [fwd, bwd] = shape(&caps, DType::F32);
     assert_eq!((fwd, bwd.0, bwd.1), ((128, 8, 1), 256, 4));
-    // 16 bits: V's of 8 bytes, twice as many an invocation, and two 8 KiB rows a workgroup.
+    // 16 bits: V's of 8 bytes, as many an invocation (the registers of f32 rows), and two
+    // 8 KiB rows a workgroup (rows counted in bytes).
     for dtype in [DType::F16, DType::Bf16] {
         let [fwd, bwd] = shape(&caps, dtype);
-        assert_eq!((fwd, bwd.0, bwd.1), ((64, 16, 2), 128, 8), "{dtype}");
+        assert_eq!((fwd, bwd.0, bwd.1), ((128, 8, 2), 256, 4), "{dtype}");
     }
-    // Tuned to as many V's as f32 rows: the f32 shape, rows counted in bytes still.
-    let same_count = Caps {
+    // Tuned to twice as many (the bytes of f32 rows in flight): half the invocations.
+    let twice = Caps {
         tuning: wgpu_norm::Tuning {
-            v_per_invocation_16bit: 8,
+            v_per_invocation_16bit: 16,
             ..Default::default()
         },
         ..caps.clone()
     };
-    let [fwd, _] = shape(&same_count, DType::Bf16);
-    assert_eq!(fwd, (128, 8, 2));
+    for dtype in [DType::F16, DType::Bf16] {
+        let [fwd, bwd] = shape(&twice, dtype);
+        assert_eq!((fwd, bwd.0, bwd.1), ((64, 16, 2), 128, 8), "{dtype}");
+    }
 }
 
 #[test]
@@ -1081,10 +1084,10 @@ fn strided_rows_take_their_own_v_per_invocation() {
         shape(&wide, DType::F32, 1024, 4097),
         [(true, 64, 16, true), (true, 512, 4, false)]
     );
-    // 16-bit strided rows scale by the same factor: 16 V's by default, 64 tuned.
+    // 16-bit strided rows scale by the same factor: 8 V's by default, 32 tuned.
     assert_eq!(
         shape(&caps, DType::Bf16, 1024, 4097)[0],
-        (true, 128, 16, false)
+        (true, 256, 8, false)
     );
     assert_eq!(
         shape(&wide, DType::Bf16, 1024, 4097)[0],
