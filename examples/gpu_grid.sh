@@ -12,11 +12,13 @@
 # GRID_SECONDS=N skips the steps that would start after N seconds, so that a call with a time
 # limit still ends with the merged files of what it measured (the steps it skipped are listed).
 # GRID_STEPS=a,b,... runs only the steps named (torch grid few few-whole vstrided32 autotune
-# v16bit-8 variants burn v4 v16 b4k b64k wg256): on an H200 the grid alone took 383 s of a
-# 458 s call (2026-11-27), so a 10-minute call holds the grid or the rest, not both:
+# v16bit-16 variants burn v4 v16 b4k b64k wg256; an unknown name is an error): on an H200 the
+# grid alone took 383 s of a 458 s call (2026-11-27), so a 10-minute call holds the grid or
+# the rest, not both (few-whole then runs without PyTorch beside it, which `torch` times):
 #     GRID_SECONDS=430 examples/gpu_grid.sh "$OUT"                  # first call
-#     GRID_STEPS=few-whole,vstrided32,autotune,v16bit-8,variants,burn,v4,v16,b4k,b64k,wg256 \
+#     GRID_STEPS=few-whole,vstrided32,autotune,v16bit-16,variants,burn,v4,v16,b4k,b64k,wg256 \
 #         examples/gpu_grid.sh "$OUT"                                 # second call
+# The exit status is 1 when a step failed, 3 when none failed but some were skipped for time.
 # Rehearse it here on lavapipe without PyTorch:  examples/gpu_grid.sh /tmp/grid --quick
 #
 # Writes four files into the folder: grid.json (everything, one document), grid.txt (the
@@ -57,7 +59,7 @@ out=$(mktemp -d)
 # What is there so far, into the destination (after every step).
 pack() { tar -C "$out" -czf "$dest/raw.tgz" .; }
 bin=.gpu/bin
-[[ -x $bin/wgpu-norm ]] || bin=target/release/examples
+[[ -x $bin/wgpu-norm ]] || bin=${CARGO_TARGET_DIR:-target}/release/examples
 # Only on the GPU machine: it points the Vulkan loader at the NVIDIA driver.
 if [[ -f .gpu/gpu-env.sh ]] && command -v nvidia-smi >/dev/null; then
     source .gpu/gpu-env.sh >"$out/gpu-env.txt" 2>&1
@@ -84,8 +86,13 @@ mib_n=${mib[1]}
 failed=()
 skipped=()
 started=$SECONDS
-# True (and the step listed as skipped) for a step GRID_STEPS leaves out, or once
-# GRID_SECONDS have passed.
+steps=" torch grid few few-whole vstrided32 autotune v16bit-16 variants burn v4 v16 b4k b64k wg256 "
+wanted=${GRID_STEPS:-}
+for s in ${wanted//,/ }; do
+    [[ $steps == *" $s "* ]] || { echo "GRID_STEPS: no step named $s (steps:$steps)" >&2; exit 2; }
+done
+# True for a step GRID_STEPS leaves out, or (and the step listed as skipped) once GRID_SECONDS
+# have passed.
 late() {
     if [[ -n ${GRID_STEPS:-} && ",$GRID_STEPS," != *",$1,"* ]]; then
         return 0
@@ -138,7 +145,8 @@ ours --dims "$few_dims" --rows 1,8,64 --dtypes f32,bf16 --split-groups 0 "${iter
     "${torch_few[@]}" --json "$out/grid-few-whole.json" >"$out/grid-few-whole.txt" \
     2>"$out/grid-few-whole.err" || failed+=("few rows, whole"); }
 
-# 2. The tuning knobs, f32, against the defaults of the grid above (same call).
+# 2. The tuning knobs (f32 unless a sweep says otherwise) and the autotune's choice, against
+# the defaults of the grid above (same call).
 sweep() {
     local name=$1
     shift
@@ -155,18 +163,18 @@ sweep() {
 sweep vstrided32 --v-per-invocation-strided 32
 # What the autotune chooses here (its cache kept with the results), against the default above.
 WGPU_NORM_CACHE_DIR="$out/tune-cache" sweep autotune --autotune
-# 16-bit rows with as many V's as f32 rows (half the bytes in flight, half the cached
-# registers) against the default of twice as many: the grid's bf16 columns above.
-sweep v16bit-8 --dtypes bf16 --v-per-invocation-16bit 8
+# 16-bit rows with twice as many V's as f32 rows (the bytes of f32 rows in flight, twice the
+# cached registers) against the default of as many: the grid's bf16 columns above.
+sweep v16bit-16 --dtypes bf16 --v-per-invocation-16bit 16
 
 # 3. The forward option variants (criterion, D = 4096), and burn's norms against ours.
 crit=(--warm-up-time 0.3 --measurement-time 1 --noplot)
-if [[ -x $bin/bench-forward ]] && ! late variants; then
+if ! late variants; then
     log "criterion: forward variants"
     WGPU_NORM_BENCH_MIB=$mib_n "$bin/bench-forward" --bench "forward variants" "${crit[@]}" \
         >"$out/variants.txt" 2>"$out/variants.err" || failed+=("variants")
 fi
-if [[ -x $bin/bench-burn ]] && ! late burn; then
+if ! late burn; then
     log "criterion: burn"
     WGPU_NORM_BENCH_MIB=$mib_n "$bin/bench-burn" --bench "${crit[@]}" \
         >"$out/burn.txt" 2>"$out/burn.err" || failed+=("burn")
@@ -212,4 +220,8 @@ if [[ ${#failed[@]} -gt 0 ]]; then
     exit 1
 fi
 pack
+if [[ ${#skipped[@]} -gt 0 ]]; then
+    log "done, but skipped for time: ${skipped[*]}"
+    exit 3
+fi
 log "done"

@@ -51,7 +51,7 @@ pub struct Tuning {
     /// The same where x and y are stored in 16 bits (f16, bf16). A 16-bit `V` moves half the
     /// bytes of an f32 one, but the registers a cached `V` takes are the same (f32) either
     /// way, which is why it is a knob of its own: the default takes as many as f32 rows (an
-    /// H200 read bf16 rows 1.4–1.6× faster so than with twice as many); a CPU adapter wanted
+    /// H200 read bf16 rows 1.4–1.6× faster than with twice as many); a CPU adapter wanted
     /// twice as many (lavapipe, 1.3–1.5×), which the autotune's last stage measures. The
     /// forward's strided rows scale it as
     /// `v_per_invocation_strided` scales f32 rows'. A power of two from 1 to 64.
@@ -82,7 +82,8 @@ pub struct Tuning {
 
 impl Tuning {
     /// This tuning with `v` `V`s per forward invocation for rows of every storage type,
-    /// strided or not.
+    /// strided or not: a cached `V` takes four f32 registers whatever the storage, so `v`
+    /// sets the same register budget for all of them.
     pub fn with_v_per_invocation(self, v: u32) -> Self {
         Tuning {
             v_per_invocation: v,

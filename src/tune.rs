@@ -161,12 +161,16 @@ pub fn tuning_cached_in(
     })
 }
 
+/// How the autotune measures ([`GPU_BYTES`], the yardstick it beats, its stages): a choice
+/// measured another way is measured again. Raise it when the method changes.
+const METHOD: u32 = 2;
+
 /// What identifies a measurement: the adapter, its driver, the crate version, the kernels
-/// themselves and the options that change them.
+/// themselves, the options that change them, and how it was measured.
 fn cache_key(info: &wgpu::AdapterInfo, caps: &crate::Caps) -> String {
     format!(
         "{} | {:?} | {:?} | {:04x}:{:04x} | {} {} | wgpu-norm {} kernels {:016x} | \
-         subgroups={} max_wg={}",
+         subgroups={} max_wg={} | method {METHOD} {GPU_BYTES} {:?}",
         info.name,
         info.backend,
         info.device_type,
@@ -177,7 +181,8 @@ fn cache_key(info: &wgpu::AdapterInfo, caps: &crate::Caps) -> String {
         env!("CARGO_PKG_VERSION"),
         kernels_fingerprint(),
         caps.subgroups,
-        caps.max_wg
+        caps.max_wg,
+        Tuning::default(),
     )
     .replace('\n', " ")
 }
@@ -240,7 +245,7 @@ pub struct Grid {
     /// strided rows.
     pub dims: Vec<usize>,
     /// Bytes of x (f32) at each D; `None`: 1 MiB on a CPU adapter, [`GPU_BYTES`] on a GPU
-    /// (less where the device's limits bind less).
+    /// (less where the device's binding or buffer size limit is lower).
     pub bytes: Option<u64>,
 }
 
@@ -278,8 +283,13 @@ pub fn autotune(
         .min(limits.max_storage_buffer_binding_size)
         .min(limits.max_buffer_size);
     let bytes = grid.bytes.unwrap_or(if cpu { 1 << 20 } else { gpu_bytes }) & !3;
-    // As many bytes per batch on a GPU as 20 ops at 32 MiB, the size timed before GPU_BYTES.
-    let iters = if cpu { 2 } else { 5 };
+    // On a GPU, batches of about 20 ops' worth of 32 MiB (the size timed before GPU_BYTES),
+    // so that each batch is long enough for the clock's resolution whatever the size.
+    let iters = if cpu {
+        2
+    } else {
+        ((20 * (32u64 << 20)) / bytes.max(1)).clamp(5, 20) as u32
+    };
     let dims = &grid.dims;
     let strided_dims: Vec<usize> = dims.iter().copied().filter(|d| d % 4 != 0).collect();
     let mut wide_dims: Vec<usize> = dims.iter().copied().filter(|d| d % 4 == 0).collect();
@@ -555,7 +565,7 @@ pub fn is_candidate(t: &Tuning) -> bool {
     (t.split_groups == 0 || t.split_groups == crate::shaders::SPLIT_GROUPS)
         && [
             base.v_per_invocation_16bit,
-            (2 * t.v_per_invocation).min(64),
+            t.v_per_invocation.saturating_mul(2).min(64),
         ]
         .contains(&t.v_per_invocation_16bit)
         && STRIDED_CANDIDATES.contains(&t.v_per_invocation_strided)
@@ -598,6 +608,15 @@ mod tests {
         // 16-bit rows take the count of f32 rows' V's or twice it, nothing else.
         let odd = text.replace("v_per_invocation_16bit=4", "v_per_invocation_16bit=16");
         assert_eq!(parse(&odd, key), None);
+        let twice = text.replace("v_per_invocation_16bit=4", "v_per_invocation_16bit=8");
+        assert_eq!(parse(&twice, key).unwrap().v_per_invocation_16bit, 8);
+        let capped = text
+            .replace("v_per_invocation=4", "v_per_invocation=32")
+            .replace("v_per_invocation_16bit=4", "v_per_invocation_16bit=64");
+        assert_eq!(parse(&capped, key).unwrap().v_per_invocation_16bit, 64);
+        // A corrupt count is measured again, not a panic.
+        let huge = text.replace("v_per_invocation=4", "v_per_invocation=4294967295");
+        assert_eq!(parse(&huge, key), None);
         assert_eq!(parse(&text, "another adapter"), None);
         assert_eq!(
             parse("key=k\nv_per_invocation=3\nbytes_per_group=1\n", "k"),

@@ -49,10 +49,11 @@ pub struct BenchArgs {
     #[arg(long)]
     autotune: bool,
     /// Tuning: V's (4 elements) per forward invocation for f32 rows, a power of two (default
-    /// 8); 16-bit rows take twice as many unless --v-per-invocation-16bit says otherwise.
+    /// 8); 16-bit rows take as many unless --v-per-invocation-16bit says otherwise.
     #[arg(long)]
     v_per_invocation: Option<u32>,
-    /// Tuning: V's per forward invocation for f16/bf16 rows, a power of two (default 16).
+    /// Tuning: V's per forward invocation for f16/bf16 rows, a power of two (default:
+    /// --v-per-invocation's, or the autotune's choice).
     #[arg(long)]
     v_per_invocation_16bit: Option<u32>,
     /// Tuning: V's per forward invocation for f32 rows not read four consecutive elements at
