@@ -82,8 +82,7 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
 //#if cached
     // The row stays in registers: one read of x, two exact passes over it. All loads are
     // issued before the first use, so each invocation has CACHE of them in flight. A row a
-    // little longer than CACHE V's an invocation (`tail`) keeps its first CACHE * RW there;
-    // the rest is read again for each later pass, mostly from the memory cache.
+    // little longer than CACHE V's an invocation (`tail`) keeps its first CACHE * RW there.
     var c: array<V, CACHE>;
 //#unroll k
     if lane + k * RW < n {
@@ -97,16 +96,20 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
         }
 //#endunroll
     }
+//#endif
     var s = V(0.0);
+//#if cached
 //#unroll k
     if lane + k * RW < n {
         c[k] = in_row(base + lane + k * RW, c[k] - pv);
         s += c[k];
     }
 //#endunroll
-//#if tail
-    // The row past the registers.
-    for (var i = base + lane + CACHE * RW; i < base + n && v_in_row(i); i += RW) {
+//#endif
+//#if streams
+    // The row past the registers (all of it where none is cached: a row too long for them),
+    // read again for each later pass, mostly from the memory cache.
+    for (var i = base + lane + CACHE * RW; i < base + n && tail_in_row(i); i += RW) {
         let x = ld_in(row, i);
         if has(HAS_RESIDUAL_OUT) && !STATS {
             st_residual_out(row, i, x);
@@ -117,16 +120,18 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
     let sums = row_mean(row, hsum(s), lid, n);
     let mv = V(sums.x);
     var q = V(0.0);
+//#if cached
 //#unroll k
     if lane + k * RW < n {
         c[k] = in_row(base + lane + k * RW, c[k] - mv);
         q += c[k] * c[k];
     }
 //#endunroll
-//#if tail
+//#endif
+//#if streams
     // (A split row's second dispatch has its variance already: no pass for it.)
     let passes = STATS || !SPLIT;
-    for (var i = base + lane + CACHE * RW; i < base + n && v_in_row(i) && passes; i += RW) {
+    for (var i = base + lane + CACHE * RW; i < base + n && tail_in_row(i) && passes; i += RW) {
         let d = in_row(i, (ld_again(row, i) - pv) - mv);
         q += d * d;
     }
@@ -141,46 +146,15 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
     }
 //#endif
     let rstd = inv_std(v, 0);
+//#if cached
 //#unroll k
     if lane + k * RW < n {
         st_y(row, base + lane + k * RW, affine(c[k] * rstd, base + lane + k * RW));
     }
 //#endunroll
-//#if tail
-    for (var i = base + lane + CACHE * RW; i < base + n && v_in_row(i); i += RW) {
-        st_y(row, i, affine(((ld_again(row, i) - pv) - mv) * rstd, i));
-    }
 //#endif
-//#endif
-//#else
-    // Rows too long for registers: three passes over x, the later two mostly from cache.
-    var s = V(0.0);
-    for (var i = base + lane; i < base + n; i += RW) {
-        let x = ld_in(row, i);
-        if has(HAS_RESIDUAL_OUT) && !STATS {
-            st_residual_out(row, i, x);
-        }
-        s += in_row(i, x - pv);
-    }
-    let sums = row_mean(row, hsum(s), lid, n);
-    let mv = V(sums.x);
-    var q = V(0.0);
-    // (A split row's second dispatch has its variance already: no pass for it.)
-    for (var i = base + lane; i < base + n && (STATS || !SPLIT); i += RW) {
-        let d = in_row(i, (ld_again(row, i) - pv) - mv);
-        q += d * d;
-    }
-    let v = row_variance(row, hsum(q), lid, sums, part);
-//#if stats
-//#else
-//#if shared
-    if out_of_range(v) {
-        layer_norm_retry(row, lid, part);
-        return false;
-    }
-//#endif
-    let rstd = inv_std(v, 0);
-    for (var i = base + lane; i < base + n; i += RW) {
+//#if streams
+    for (var i = base + lane + CACHE * RW; i < base + n && tail_in_row(i); i += RW) {
         st_y(row, i, affine(((ld_again(row, i) - pv) - mv) * rstd, i));
     }
 //#endif

@@ -67,8 +67,7 @@ fn rms_norm_row(row: u32, lid: u32, part: u32) -> bool {
 
 //#if cached
     // The row stays in registers: x is read once, all loads in flight together. A row a
-    // little longer than CACHE V's an invocation (`tail`) keeps its first CACHE * RW there;
-    // the rest is read again for y, mostly from the memory cache.
+    // little longer than CACHE V's an invocation (`tail`) keeps its first CACHE * RW there.
     var c: array<V, CACHE>;
 //#unroll k
     if lane + k * RW < n {
@@ -82,7 +81,9 @@ fn rms_norm_row(row: u32, lid: u32, part: u32) -> bool {
         }
 //#endunroll
     }
+//#endif
     var q = V(0.0);
+//#if cached
     if prefix {
 //#unroll k
         q += in_prefix(base + lane + k * RW, c[k] * c[k]);
@@ -92,9 +93,11 @@ fn rms_norm_row(row: u32, lid: u32, part: u32) -> bool {
         q += c[k] * c[k];
 //#endunroll
     }
-//#if tail
-    // The row past the registers.
-    for (var i = base + lane + CACHE * RW; i < base + n && v_in_row(i); i += RW) {
+//#endif
+//#if streams
+    // The row past the registers (all of it where none is cached: a row too long for them),
+    // read again for y, mostly from the memory cache.
+    for (var i = base + lane + CACHE * RW; i < base + n && tail_in_row(i); i += RW) {
         let v = ld_in(row, i);
         if has(HAS_RESIDUAL_OUT) && !STATS {
             st_residual_out(row, i, v);
@@ -112,38 +115,15 @@ fn rms_norm_row(row: u32, lid: u32, part: u32) -> bool {
     }
 //#endif
     let rrms = inv_root(ms, 0);
+//#if cached
 //#unroll k
     if lane + k * RW < n {
         st_y(row, base + lane + k * RW, scale(c[k] * rrms, base + lane + k * RW));
     }
 //#endunroll
-//#if tail
-    for (var i = base + lane + CACHE * RW; i < base + n && v_in_row(i); i += RW) {
-        st_y(row, i, scale(ld_again(row, i) * rrms, i));
-    }
 //#endif
-//#endif
-//#else
-    // Rows too long for registers: two passes over x, the second mostly from cache.
-    var q = V(0.0);
-    for (var i = base + lane; i < base + n; i += RW) {
-        let v = ld_in(row, i);
-        if has(HAS_RESIDUAL_OUT) && !STATS {
-            st_residual_out(row, i, v);
-        }
-        q += in_prefix(i, v * v);
-    }
-    let ms = mean_square(row, hsum(q), lid, part);
-//#if stats
-//#else
-//#if shared
-    if out_of_range(ms) {
-        rms_norm_retry(row, lid, part);
-        return false;
-    }
-//#endif
-    let rrms = inv_root(ms, 0);
-    for (var i = base + lane; i < base + n; i += RW) {
+//#if streams
+    for (var i = base + lane + CACHE * RW; i < base + n && tail_in_row(i); i += RW) {
         st_y(row, i, scale(ld_again(row, i) * rrms, i));
     }
 //#endif

@@ -634,8 +634,11 @@ impl Variant {
             "wide" => Some(self.wide()),
             // The row in registers (a forward's up to its `tail`); the backward's partial sums
             // in registers (with the row or without, `streamed`).
-            "cached" => Some(self.cache > 0 && (!self.streamed || self.tail())),
+            "cached" => Some(self.cached()),
             "tail" => Some(self.tail()),
+            // A forward row read from memory in a loop: all of it where nothing is cached,
+            // its tail where the cache holds the rest (one loop per pass serves both).
+            "streams" => Some(!self.cached() || self.tail()),
             "held_partials" => Some(self.cache > 0),
             "subgroups" => Some(self.subgroups),
             "shared" => Some(self.shared),
@@ -654,6 +657,12 @@ impl Variant {
             }
             _ => None,
         }
+    }
+
+    /// The row (a forward's, up to its tail) or the backward's partial sums in registers:
+    /// the WGSL flag `cached`.
+    fn cached(&self) -> bool {
+        self.cache > 0 && (!self.streamed || self.tail())
     }
 
     /// Whether any operand is stored in 16 bits (and the conversions are needed).
