@@ -19,9 +19,10 @@ use crate::kernel::{Class, Extent, Opt, Shape};
 /// the cache's worth in registers and streams only the rest, its tail ([`Variant::tail`]);
 /// longer rows are streamed whole. On lavapipe a row of 17 `V`s per invocation (D = 4097 over
 /// 64 invocations) ran 1.4× faster so; but the unrolled cache is what a shader compiler pays
-/// for: with a tail at every long row, lavapipe's compiles made some test binaries take 2-6×
-/// as long (tests/limits.rs 3.5 to 22 s), and OpenGL's tests/half_precision.rs 1667 s where
-/// it takes 39 s without, for little saved where the tail is long.
+/// for. With a tail at every long row, test binaries on lavapipe took 2-6× as long
+/// (tests/limits.rs 3.5 to 22 s), and OpenGL's tests/half_precision.rs 1667 s where it took
+/// 39 s without. Those figures probably compared a cold Mesa shader cache with a warm one
+/// (BENCHMARKS.md, 2026-11-28): this limit stands until both are timed cold.
 pub const TAIL_SHARE: u32 = 8;
 
 /// Smallest workgroup the kernels use (one workgroup per row).
