@@ -535,7 +535,7 @@ pub fn autotune(
     // rows (the bytes of f32 rows in flight, twice the registers) must beat as many by the
     // margin.
     let twice = Tuning {
-        v_per_invocation_16bit: best.v_per_invocation.saturating_mul(2).min(64),
+        v_per_invocation_16bit: twice_16bit(best.v_per_invocation),
         ..best
     };
     if twice == best {
@@ -553,6 +553,12 @@ pub fn autotune(
     Ok(([best, twice][chosen], scores))
 }
 
+/// The other `V`s per invocation the autotune's last stage times for 16-bit rows: twice
+/// f32 rows' `v` (the bytes of f32 rows in flight), within the knob's range.
+fn twice_16bit(v: u32) -> u32 {
+    v.saturating_mul(2).min(64)
+}
+
 /// Whether the autotune may choose `t`: one of [`candidates`], rows split or not, with 16-bit
 /// rows taking the number of f32 rows' `V`s or twice it, and strided rows one of
 /// [`STRIDED_CANDIDATES`].
@@ -563,11 +569,8 @@ pub fn is_candidate(t: &Tuning) -> bool {
     }
     .with_v_per_invocation(t.v_per_invocation);
     (t.split_groups == 0 || t.split_groups == crate::shaders::SPLIT_GROUPS)
-        && [
-            base.v_per_invocation_16bit,
-            t.v_per_invocation.saturating_mul(2).min(64),
-        ]
-        .contains(&t.v_per_invocation_16bit)
+        && [base.v_per_invocation_16bit, twice_16bit(t.v_per_invocation)]
+            .contains(&t.v_per_invocation_16bit)
         && STRIDED_CANDIDATES.contains(&t.v_per_invocation_strided)
         && candidates().contains(&base)
 }
