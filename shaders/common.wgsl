@@ -131,8 +131,13 @@ fn in_row(i: u32, v: V) -> V {
 //#endif
 }
 
-// Whether an operand is present (HAS_*) or an option on (OPT_*).
+// Whether an operand is present (HAS_*) or an option on (OPT_*). The bits that change the
+// work on every element are the pipeline's own (FLAGS), so that the compiler keeps only the
+// paths this launch takes; the others are read at run time.
 fn has(f: u32) -> bool {
+    if (f & SPECIALIZED) != 0u {
+        return (FLAGS & f) != 0u;
+    }
     return (params.flags & f) != 0u;
 }
 

@@ -25,6 +25,7 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
     shape: Shape::Flat,
     includes: &[],
     wgsl_flags: &[],
+    flags: 0,
 };
 
 /// `output = input` for `rows x dim` f32 (or any data of that many 32-bit words): the

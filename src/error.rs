@@ -86,7 +86,7 @@ impl Operand {
     }
 
     /// Its bit in the kernels' flags, set when it is present (WGSL: `HAS_<WGSL NAME>`).
-    pub fn flag(self) -> u32 {
+    pub const fn flag(self) -> u32 {
         1 << self as u32
     }
 }

@@ -161,7 +161,7 @@ impl Opt {
     ];
 
     /// Above the presence bits of every [`Operand`].
-    pub fn flag(self) -> u32 {
+    pub const fn flag(self) -> u32 {
         1 << (16 + self as u32)
     }
 
@@ -175,6 +175,23 @@ impl Opt {
         }
     }
 }
+
+/// The flag bits compiled into a kernel's pipeline ([`crate::shaders::Variant::flags`], WGSL
+/// `FLAGS`) instead of read from `Params::flags` at run time: those that change the work on
+/// every element. A run-time test keeps the code of every path in one pipeline, and with it
+/// the registers of the widest (a fused residual's second row of loads in flight) in the plain
+/// norm; compiled in, the compiler drops the paths a launch does not take. The per-row
+/// statistics and the options tested once a row or column stay run-time bits: they cost
+/// nothing there, and each bit compiled in doubles the pipelines a program may compile.
+pub const SPECIALIZED: u32 = Operand::Weight.flag()
+    | Operand::Bias.flag()
+    | Operand::Residual.flag()
+    | Operand::ResidualOut.flag()
+    | Operand::GradWeight.flag()
+    | Operand::GradBias.flag()
+    | Opt::GemmaOffset.flag()
+    | Opt::LlamaRounding.flag()
+    | Opt::AccumulateDx.flag();
 
 const _: () = assert!(
     Operand::ALL.len() <= 16,
@@ -216,6 +233,25 @@ pub struct KernelDef {
     pub includes: &'static [(&'static str, &'static str)],
     /// `//#if` names that are true for this kernel.
     pub wgsl_flags: &'static [&'static str],
+    /// The `HAS_*`/`OPT_*` bits its WGSL tests with `has()` (a test reads them off the text):
+    /// of these, the [`SPECIALIZED`] ones a launch sets are compiled into its pipeline.
+    pub flags: u32,
+}
+
+/// The flag bits of operands and options, for the [`KernelDef::flags`] tables.
+pub const fn has(operands: &[Operand], opts: &[Opt]) -> u32 {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < operands.len() {
+        bits |= operands[i].flag();
+        i += 1;
+    }
+    let mut i = 0;
+    while i < opts.len() {
+        bits |= opts[i].flag();
+        i += 1;
+    }
+    bits
 }
 
 impl KernelDef {
@@ -340,6 +376,32 @@ mod tests {
                     assert!(k.stage2().is_some() || k == Kernel::ParamGrad, "{k:?}");
                 }
             }
+        }
+    }
+
+    /// Each table's `flags` are the bits its WGSL (its file and the shared files it includes)
+    /// tests with `has()`: a bit missing there would be compiled in as absent.
+    #[test]
+    fn flag_tables_are_what_the_wgsl_tests() {
+        let names: Vec<(String, u32)> = Operand::ALL
+            .iter()
+            .map(|o| (format!("HAS_{}", o.wgsl().to_uppercase()), o.flag()))
+            .chain(Opt::ALL.iter().map(|o| (o.wgsl().to_string(), o.flag())))
+            .collect();
+        for k in Kernel::ALL {
+            let def = k.def();
+            let mut tested = 0;
+            for text in std::iter::once(def.source).chain(def.includes.iter().map(|i| i.1)) {
+                for call in text.split("has(").skip(1) {
+                    let name = call.split(')').next().unwrap();
+                    let bit = names.iter().find(|(n, _)| n == name);
+                    tested |= bit.unwrap_or_else(|| panic!("{k:?}: has({name})")).1;
+                }
+            }
+            assert_eq!(
+                def.flags, tested,
+                "{k:?}: the table's flags against has() in its WGSL"
+            );
         }
     }
 

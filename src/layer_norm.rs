@@ -4,7 +4,9 @@
 use crate::builder::setters;
 use crate::dtype::DType;
 use crate::error::{Error, Operand, Result};
-use crate::kernel::{Access, KernelDef, Opt, ROW_PARTS, Shape, optional, param, per_row, rows};
+use crate::kernel::{
+    Access, KernelDef, Opt, ROW_PARTS, Shape, has, optional, param, per_row, rows,
+};
 use crate::layer_norm_backward::LayerNormBackward;
 use crate::op::{Launch, Operands, private::Describe, requires};
 use crate::tensor::TensorRef;
@@ -30,6 +32,17 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
     },
     includes: &[crate::shaders::SCALE, crate::shaders::RESIDUAL],
     wgsl_flags: &[],
+    flags: has(
+        &[
+            Operand::Weight,
+            Operand::Bias,
+            Operand::Mean,
+            Operand::Rstd,
+            Operand::Residual,
+            Operand::ResidualOut,
+        ],
+        &[Opt::EpsOutside],
+    ),
 };
 
 /// The same kernel for few long rows, each split over several workgroups (`split.wgsl`):

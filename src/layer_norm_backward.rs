@@ -5,7 +5,7 @@
 use crate::builder::setters;
 use crate::dtype::DType;
 use crate::error::{Error, Operand, Result};
-use crate::kernel::{Access, Kernel, KernelDef, PARTIALS, Shape, param, per_row, rows};
+use crate::kernel::{Access, Kernel, KernelDef, Opt, PARTIALS, Shape, has, param, per_row, rows};
 use crate::op::{Launch, Operands, private::Describe, requires};
 use crate::tensor::TensorRef;
 
@@ -33,6 +33,10 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
     includes: &[crate::shaders::SCALE],
     // Three sums in one reduction: wg_sum3_uniform in reduce.wgsl.
     wgsl_flags: &["triples"],
+    flags: has(
+        &[Operand::Weight, Operand::GradWeight, Operand::GradBias],
+        &[Opt::AccumulateDx],
+    ),
 };
 
 /// Gradients of [`crate::LayerNorm`]: with `xhat = (x - mean) * rstd` and `g = dy * weight`,

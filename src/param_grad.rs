@@ -3,7 +3,9 @@
 //! same input gives the same bits). Used by both backward ops; tested through them.
 
 use crate::error::{Error, Operand, Result};
-use crate::kernel::{Access, Extent, Kernel, KernelDef, Opt, PARTIALS, Shape, Slot, grad_param};
+use crate::kernel::{
+    Access, Extent, Kernel, KernelDef, Opt, PARTIALS, Shape, Slot, grad_param, has,
+};
 use crate::plan::{Bind, Caps, Checked, Step, bind_range};
 use crate::shaders::{
     MAX_PARTIAL_ROWS, MAX_PARTIAL_ROWS_PER_GROUP, PARTIAL_INVOCATIONS, Params, Variant,
@@ -24,6 +26,10 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
     shape: Shape::Columns,
     includes: &[],
     wgsl_flags: &[],
+    flags: has(
+        &[Operand::GradWeight, Operand::GradBias],
+        &[Opt::AccumulateParams],
+    ),
 };
 
 /// The option bits of a backward op's accumulation flags.
@@ -88,7 +94,8 @@ pub(crate) fn partials(
 /// The stage-2 dispatch after a row-kernel dispatch that wrote `part_rows` partial rows.
 /// Chunks after the first add to what the earlier ones wrote.
 pub(crate) fn step(caps: &Caps, c: &Checked, p: &Partials, part_rows: u32, chunk: usize) -> Step {
-    let variant = Variant::columns(Kernel::ParamGrad, part_rows, c.vec4, caps.max_wg);
+    let variant =
+        Variant::columns(Kernel::ParamGrad, part_rows, c.vec4, caps.max_wg).with_flags(c.flags);
     let mut params = Params {
         rows: part_rows,
         dim: c.dim,

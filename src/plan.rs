@@ -388,6 +388,7 @@ fn row_step(
     groups: u64,
     partials: Option<&crate::param_grad::Partials>,
 ) -> Step {
+    let variant = variant.with_flags(c.flags);
     let mut params = Params {
         rows: rows as u32,
         dim: c.dim,

@@ -4,7 +4,9 @@
 use crate::builder::setters;
 use crate::dtype::DType;
 use crate::error::{Error, Operand, Result};
-use crate::kernel::{Access, KernelDef, Opt, ROW_PARTS, Shape, optional, param, per_row, rows};
+use crate::kernel::{
+    Access, KernelDef, Opt, ROW_PARTS, Shape, has, optional, param, per_row, rows,
+};
 use crate::op::{Launch, Operands, private::Describe, requires};
 use crate::rms_norm_backward::RmsNormBackward;
 use crate::tensor::TensorRef;
@@ -28,6 +30,15 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
     },
     includes: &[crate::shaders::SCALE, crate::shaders::RESIDUAL],
     wgsl_flags: &[],
+    flags: has(
+        &[
+            Operand::Weight,
+            Operand::Rrms,
+            Operand::Residual,
+            Operand::ResidualOut,
+        ],
+        &[Opt::GemmaOffset, Opt::LlamaRounding],
+    ),
 };
 
 /// The same kernel for few long rows, each split over several workgroups (`split.wgsl`),

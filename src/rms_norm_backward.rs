@@ -5,7 +5,7 @@
 use crate::builder::setters;
 use crate::dtype::DType;
 use crate::error::{Error, Operand, Result};
-use crate::kernel::{Access, Kernel, KernelDef, Opt, PARTIALS, Shape, param, per_row, rows};
+use crate::kernel::{Access, Kernel, KernelDef, Opt, PARTIALS, Shape, has, param, per_row, rows};
 use crate::op::{Launch, Operands, private::Describe};
 use crate::tensor::TensorRef;
 
@@ -31,6 +31,10 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
     },
     includes: &[crate::shaders::SCALE],
     wgsl_flags: &[],
+    flags: has(
+        &[Operand::Weight, Operand::GradWeight],
+        &[Opt::AccumulateDx, Opt::GemmaOffset],
+    ),
 };
 
 /// Gradients of [`crate::RmsNorm`]: with `xhat = x * rrms` and `g = dy * weight`,

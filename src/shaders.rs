@@ -302,6 +302,11 @@ pub struct Variant {
     pub act: DType,
     /// Storage of weight and bias (norms and backward; f32 elsewhere).
     pub param: DType,
+    /// The launch's flag bits that are compiled in ([`crate::kernel::SPECIALIZED`]: the operands
+    /// and options that change the work on every element), the WGSL constant `FLAGS`; the
+    /// others are read from `Params::flags`. 0 where a variant is made without a launch
+    /// ([`Variant::for_row`], [`Variant::all`]): naga validates every path whatever the bits.
+    pub flags: u32,
 }
 
 impl Variant {
@@ -408,6 +413,7 @@ impl Variant {
             stats: false,
             act: DType::F32,
             param: DType::F32,
+            flags: 0,
         }
     }
 
@@ -479,7 +485,15 @@ impl Variant {
         self
     }
 
-    /// Every variant the host can ask for, for validation.
+    /// This variant for a launch with the flag bits `flags` (`Params::flags`): those its
+    /// kernel tests that are compiled in ([`Variant::flags`]).
+    pub fn with_flags(mut self, flags: u32) -> Self {
+        self.flags = flags & self.kernel.def().flags & crate::kernel::SPECIALIZED;
+        self
+    }
+
+    /// Every variant the host can ask for, for validation (with no flags compiled in:
+    /// [`Variant::flags`]).
     pub fn all() -> Vec<Variant> {
         let mut out = std::collections::BTreeSet::new();
         let pow2 =
@@ -535,6 +549,7 @@ impl Variant {
                                             stats: false,
                                             act,
                                             param,
+                                            flags: 0,
                                         });
                                     }
                                 }
@@ -568,6 +583,7 @@ impl Variant {
                                                 stats,
                                                 act,
                                                 param,
+                                                flags: 0,
                                             });
                                         }
                                     }
@@ -590,7 +606,7 @@ impl Variant {
     /// A label for wgpu objects and error messages.
     pub fn label(&self) -> String {
         format!(
-            "wgpu-norm {} {}/{} wg={}{} {} cache={}{}{}{}{}{}{}",
+            "wgpu-norm {} {}/{} wg={}{} {} cache={}{}{}{}{}{}{}{}",
             self.kernel.name(),
             self.act,
             self.param,
@@ -624,7 +640,21 @@ impl Variant {
             if self.shared { " shared" } else { "" },
             if self.saved { " saved" } else { "" },
             if self.stats { " stats" } else { "" },
+            self.flag_names(),
         )
+    }
+
+    /// The compiled-in flags ([`Variant::flags`]) by name, for the label: " +weight+bias".
+    fn flag_names(&self) -> String {
+        let operands = Operand::ALL
+            .iter()
+            .filter(|o| self.flags & o.flag() != 0)
+            .map(|o| o.wgsl().to_string());
+        let opts = Opt::ALL
+            .iter()
+            .filter(|o| self.flags & o.flag() != 0)
+            .map(|o| o.wgsl().trim_start_matches("OPT_").to_lowercase());
+        operands.chain(opts).map(|n| format!(" +{n}")).collect()
     }
 
     fn flag(&self, name: &str) -> Option<bool> {
@@ -678,6 +708,7 @@ impl Variant {
             self.wg.is_power_of_two() && self.row_wg.is_power_of_two() && self.row_wg <= self.wg,
             "{self:?}"
         );
+        assert_eq!(self.flags & !crate::kernel::SPECIALIZED, 0, "{self:?}");
         let v = if self.wide() { "vec4<f32>" } else { "f32" };
         // Elements per V where they are consecutive (vec4 binding offsets and indices).
         let vw = if self.vec4 { LANES } else { 1 };
@@ -694,7 +725,10 @@ impl Variant {
              const SPLIT: bool = {split};\n\
              const STATS: bool = {stats};\n\
              alias V = {v};\n\n\
-             // Bits of params.flags: an operand is present, an option is on.\n",
+             // Bits of params.flags: an operand is present, an option is on. Those in\n\
+             // SPECIALIZED are this pipeline's own, FLAGS (wgpu_norm::kernel::SPECIALIZED).\n\
+             const SPECIALIZED: u32 = {specialized}u;\n\
+             const FLAGS: u32 = {flags}u;\n",
             label = self.label(),
             wg = self.wg,
             row_wg = self.row_wg,
@@ -704,6 +738,8 @@ impl Variant {
             row_words = self.kernel.max_rows_per_group().div_ceil(32).max(1),
             split = self.kernel.is_split(),
             stats = self.stats,
+            specialized = crate::kernel::SPECIALIZED,
+            flags = self.flags,
         );
         for o in Operand::ALL {
             let name = o.wgsl().to_uppercase();

@@ -112,7 +112,19 @@ fn check_plan(what: &str, caps: &Caps, d: &Described, plan: &Plan) {
     for (n, step) in plan.steps.iter().enumerate() {
         let v = step.variant;
         let at = format!("{what}: step {n} ({})", v.label());
-        assert!(validated().contains(&v), "{at}: not a validated variant");
+        // The matrix is validated with no flags compiled in: naga checks every path whatever
+        // FLAGS says.
+        assert!(
+            validated().contains(&Variant { flags: 0, ..v }),
+            "{at}: not a validated variant"
+        );
+        // The launch's bits its kernel tests per element are the pipeline's own, and the same
+        // as the run-time ones.
+        assert_eq!(
+            v.flags,
+            step.params.flags & v.kernel.def().flags & wgpu_norm::kernel::SPECIALIZED,
+            "{at}: compiled-in flags"
+        );
         assert!(v.wg <= caps.max_wg, "{at}");
         assert!(v.subgroups <= caps.subgroups, "{at}");
         let def = v.kernel.def();
