@@ -1,7 +1,8 @@
 // Declarations shared by every kernel. The host prepends generated code: a prelude with WG
 // (workgroup size), CACHE (row elements each invocation keeps in registers, 0 = stream), VW
-// (consecutive elements per V), SLICES (param_grad), the alias V (f32 or vec4<f32>) and the flag
-// bits HAS_<operand> and OPT_<option>; then, after this file, the bindings of the kernel with
+// (consecutive elements per V), SLICES (param_grad), the alias V (f32 or vec4<f32>), the flag
+// bits HAS_<operand> and OPT_<option>, and FLAGS, those of them compiled into this pipeline
+// (see has()); then, after this file, the bindings of the kernel with
 // a typed accessor for each (ld_x(row, i), st_y(row, i, v), ...). The `//#if` blocks are
 // resolved by src/shaders.rs. No literal here repeats a host constant.
 

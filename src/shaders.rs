@@ -2,7 +2,8 @@
 //!
 //! Each kernel is one file under `shaders/`. A variant is that file plus the shared ones
 //! (`common.wgsl`, `reduce.wgsl`, ...) behind code generated here: a prelude of the Rust
-//! constants (workgroup size, cache length, vector width, flag bits) and the declarations and
+//! constants (workgroup size, cache length, vector width, flag bits and the launch's
+//! compiled-in ones, [`Variant::flags`]) and the declarations and
 //! typed accessors of every binding, from the kernel's table ([`crate::kernel`]). `//#if NAME`
 //! / `//#else` / `//#endif` blocks are resolved for the variant, and `//#unroll` blocks
 //! unrolled. `tests/shaders.rs` parses and validates every variant with naga, without a GPU,
