@@ -7,7 +7,9 @@
 # Build on the development machine (the GPU machine has no Rust), following
 # ../shared/gpu/README.md:
 #     examples/gpu_grid.sh --build        # binaries into .gpu/bin/
-# Then on the GPU machine, from the project root (the device tool's `run`, carry [".gpu"]):
+# Then on the GPU machine, from the project root (the device tool's `run`, with carry
+# [".gpu/bin", ".gpu/gl", ".gpu/gpu-env.sh"], about 58 MB: with gpu_bisect.sh's binaries all
+# of .gpu is over the tool's 64 MiB):
 #     examples/gpu_grid.sh "$OUT"         # [--quick] for a small rehearsal
 # GRID_SECONDS=N skips the steps that would start after N seconds, so that a call with a time
 # limit still ends with the merged files of what it measured (the steps it skipped are listed).
