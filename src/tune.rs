@@ -192,9 +192,11 @@ fn cache_key(info: &wgpu::AdapterInfo, caps: &crate::Caps) -> String {
 /// kernels (a development build, say) is measured again.
 fn kernels_fingerprint() -> u64 {
     use crate::shaders::{COMMON, HALF, REDUCE, Variant};
-    let mut text = format!("{COMMON}{REDUCE}{HALF}");
+    // The compiled-in flags too: which of them are is Rust's choice, not the WGSL's.
+    let mut text = format!("{COMMON}{REDUCE}{HALF}{}", crate::kernel::SPECIALIZED);
     for kernel in crate::Kernel::ALL {
         let def = kernel.def();
+        text.push_str(&def.flags.to_string());
         text.push_str(def.source);
         for (_, include) in def.includes {
             text.push_str(include);
