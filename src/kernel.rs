@@ -183,15 +183,17 @@ impl Opt {
 /// norm; compiled in, the compiler drops the paths a launch does not take. The per-row
 /// statistics and the options tested once a row or column stay run-time bits: they cost
 /// nothing there, and each bit compiled in doubles the pipelines a program may compile.
-pub const SPECIALIZED: u32 = Operand::Weight.flag()
-    | Operand::Bias.flag()
-    | Operand::Residual.flag()
-    | Operand::ResidualOut.flag()
-    | Operand::GradWeight.flag()
-    | Operand::GradBias.flag()
-    | Opt::GemmaOffset.flag()
-    | Opt::LlamaRounding.flag()
-    | Opt::AccumulateDx.flag();
+pub const SPECIALIZED: u32 = has(
+    &[
+        Operand::Weight,
+        Operand::Bias,
+        Operand::Residual,
+        Operand::ResidualOut,
+        Operand::GradWeight,
+        Operand::GradBias,
+    ],
+    &[Opt::GemmaOffset, Opt::LlamaRounding, Opt::AccumulateDx],
+);
 
 const _: () = assert!(
     Operand::ALL.len() <= 16,
