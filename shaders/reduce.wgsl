@@ -52,21 +52,6 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
     return t;
 }
 
-fn wg_sum_uniform(v: f32, lid: u32) -> f32 {
-    let s = subgroupAdd(v);
-    if sg_lane == 0u {
-        red[red_half + lid / sg_size] = s;
-    }
-    workgroupBarrier();
-    // The same additions in the same order as wg_sum.
-    let t = partials_total(red_half);
-    if lid == 0u {
-        total.x = t;
-    }
-    red_half = PARTS - red_half;
-    return workgroupUniformLoad(&total).x;
-}
-
 // The subgroups' partials at red[h..], summed: each subgroup adds them all itself, every lane
 // a strided share, then across its lanes, so that every invocation gets the same total. (A
 // loop over all of them in every invocation costs a CPU adapter's 8-lane subgroups 128 loads
@@ -89,14 +74,13 @@ fn wg_sum3_uniform(v: vec3<f32>, lid: u32) -> vec3<f32> {
         red3[lid / sg_size] = vec4<f32>(s, 0.0);
     }
     workgroupBarrier();
+    var t = vec3<f32>(0.0);
     if lid == 0u {
-        var t = vec3<f32>(0.0);
         for (var i = 0u; i < subgroups(); i++) {
             t += red3[i].xyz;
         }
-        total = vec4<f32>(t, 0.0);
     }
-    return workgroupUniformLoad(&total).xyz;
+    return hand_out(t, lid);
 }
 //#endif
 //#else
@@ -130,60 +114,47 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
     return red[h + lid - lane];
 }
 
+//#endif
+
 //#if side_by_side
 // (No *_uniform reductions: with several rows in a workgroup, no sum is the workgroup's.)
 //#else
-
-// The tree down to two partials, added by invocation 0 and handed out by
-// workgroupUniformLoad: the same additions in the same order as wg_sum.
-fn wg_sum_uniform(v: f32, lid: u32) -> f32 {
-    let h = red_half;
-    red[h + lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 1u; s >>= 1u) {
-        if lid < s {
-            red[h + lid] += red[h + lid + s];
-        }
-        workgroupBarrier();
-    }
+// `t` of invocation 0, handed out by workgroupUniformLoad: the result is uniform, so that a
+// kernel may branch on it around barriers. The sums below hold the same bits in every
+// invocation, or (wg_sum3_uniform's) in invocation 0 alone.
+fn hand_out(t: vec3<f32>, lid: u32) -> vec3<f32> {
     if lid == 0u {
-        total.x = red[h] + red[h + 1u];
-    }
-    red_half = WG - h;
-    return workgroupUniformLoad(&total).x;
-}
-//#endif
-
-//#if triples
-fn wg_sum3_uniform(v: vec3<f32>, lid: u32) -> vec3<f32> {
-    // Both halves may still be read by the wg_sum calls before this one.
-    workgroupBarrier();
-    red[lid] = v.x;
-    red[WG + lid] = v.y;
-    red[2u * WG + lid] = v.z;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 1u; s >>= 1u) {
-        if lid < s {
-            red[lid] += red[lid + s];
-            red[WG + lid] += red[WG + lid + s];
-            red[2u * WG + lid] += red[2u * WG + lid + s];
-        }
-        workgroupBarrier();
-    }
-    if lid == 0u {
-        let t = vec3<f32>(red[0] + red[1], red[WG] + red[WG + 1u], red[2u * WG] + red[2u * WG + 1u]);
         total = vec4<f32>(t, 0.0);
     }
     return workgroupUniformLoad(&total).xyz;
 }
-//#endif
+
+// wg_sum, uniform: the same additions in the same order.
+fn wg_sum_uniform(v: f32, lid: u32) -> f32 {
+    return hand_out(vec3<f32>(wg_sum(v, lid), 0.0, 0.0), lid).x;
+}
 //#endif
 
 //#if triples
-// The LayerNorm backward's three sums of a row: wg_sum3_uniform, or where short rows lie side
-// by side (no subgroups there) a tree over each row's RW invocations, as wg_sum.
+// The LayerNorm backward's three sums of a row, in one reduction; uniform where the row is
+// the workgroup's.
 fn row_sum3(v: vec3<f32>, lid: u32) -> vec3<f32> {
+//#if subgroups
+    return wg_sum3_uniform(v, lid);
+//#else
 //#if side_by_side
+    return tree_sum3(v, lid);
+//#else
+    return hand_out(tree_sum3(v, lid), lid);
+//#endif
+//#endif
+}
+
+//#if subgroups
+//#else
+// A tree over each row's RW invocations (all WG of them where the row is the workgroup's) in
+// the three thirds of `red`, as wg_sum's.
+fn tree_sum3(v: vec3<f32>, lid: u32) -> vec3<f32> {
     let lane = lid % RW;
     // Both halves may still be read by the wg_sum calls before this one.
     workgroupBarrier();
@@ -204,10 +175,8 @@ fn row_sum3(v: vec3<f32>, lid: u32) -> vec3<f32> {
     // The next wg_sum may write where other rows still read.
     workgroupBarrier();
     return t;
-//#else
-    return wg_sum3_uniform(v, lid);
-//#endif
 }
+//#endif
 //#endif
 
 //#if partials
