@@ -76,6 +76,11 @@ fn streamed_rows_keep_partial_sums_in_registers() {
 }
 
 #[test]
+fn several_long_rows_a_workgroup_add_to_its_partial_row_in_memory() {
+    common::backward::partial_rows_in_memory(Op::LayerNorm);
+}
+
+#[test]
 fn in_place_retry_of_a_first_row_starts_its_partial_row() {
     common::backward::in_place_retry_of_a_first_row(Op::LayerNorm);
 }

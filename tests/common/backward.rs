@@ -414,6 +414,31 @@ pub fn in_place_retry_of_a_first_row(op: Op) {
     }
 }
 
+/// Rows too long for registers even for the partial sums alone (D = 40000), several to a
+/// workgroup (a 1 MiB binding: six rows a dispatch, few partial rows), so that each adds its
+/// terms to the workgroup's partial row in memory, with rows out of f32's range second in a
+/// workgroup and first in one, retried after the others or, with dx written over dy, at once.
+/// (The other tests' long rows have a workgroup each.)
+pub fn partial_rows_in_memory(op: Op) {
+    let gpu = super::small_binding_gpu(1 << 20);
+    let (rows, dim) = (30, 40000);
+    for (i, (saved, in_place)) in [(true, false), (false, false), (true, true), (false, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 1600 + 10 * i as u64;
+        let mut c = BwdCase::new(op, rows, dim, seed);
+        for (k, row) in [2, 6].into_iter().enumerate() {
+            let (extreme, eps) = super::extreme_row(3, dim, seed + 1 + k as u64);
+            c.x[row * dim..(row + 1) * dim].copy_from_slice(&extreme);
+            c.eps = eps;
+        }
+        c.saved = saved;
+        c.in_place = in_place;
+        check_backward(gpu, &c);
+    }
+}
+
 /// Work over many small bindings (several chunks, each reduced on its own).
 pub fn split(op: Op) {
     let gpu = super::small_binding_gpu(256 << 10);
