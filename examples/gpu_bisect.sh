@@ -8,11 +8,13 @@
 # artifacts under the same names and cargo then takes them as fresh, 2026-11-28; then the
 # working tree's own tool as "tree"; each binary stripped and gzipped, about 3 MB):
 #     examples/gpu_bisect.sh --build [COMMIT ...]     # into .gpu/bisect/
+#     examples/gpu_bisect.sh --build tree             # the experiments and the tree only
 # Then on the GPU machine, from the project root (the device tool's `run`, with carry
 # [".gpu/bisect", ".gpu/gl", ".gpu/gpu-env.sh"], about 24 MB: all of .gpu, the grid's
 # binaries included, is over the tool's 64 MiB):
 #     examples/gpu_bisect.sh "$OUT"                   # bisect.txt and bisect.tgz
-# Rehearse it here on lavapipe:  BISECT_ARGS="--dims 4096 --mib 8" examples/gpu_bisect.sh /tmp/b
+# Rehearse it here on lavapipe:
+#     BISECT_ARGS="--dims 4096 --mib 8" BISECT_EXP_MIB=8 examples/gpu_bisect.sh /tmp/b
 #
 # Each binary runs `bench --dims 4096 --mib 256` (BISECT_ARGS replaces that; the commits'
 # tools all take it; about 10 s a run on an H200, 18 runs), which checks both norms against
@@ -21,6 +23,12 @@
 # the two rounds. The tree's tool runs last (first in the second round), and again with
 # --v-per-invocation 16 (if the plain LayerNorm rises with more bytes in flight per
 # invocation, the loss is in registers).
+#
+# Then the experiments: each examples/experiments/NAME.patch (a kernel change not on main, for
+# want of a GPU to measure it) is applied to HEAD in a worktree by --build and packed as
+# "exp-NAME"; the run times it against the tree at the shape its first line names
+# ("# bench: ARGS"), in turns (tree, exp, exp, tree), after the bisect's rounds.
+# BISECT_EXPERIMENTS=0 skips them (about 4 minutes on an H200 for the two there are).
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,6 +45,8 @@ if [[ "${1:-}" == "--build" ]]; then
     shift
     commits=("$@")
     [[ ${#commits[@]} -gt 0 ]] || commits=("${default_commits[@]}")
+    # `--build tree`: the commits' tools as they are, only the experiments and the tree again.
+    [[ "${commits[*]}" == tree ]] && commits=()
     target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
     trees=$(mktemp -d)
     # A failed build leaves no worktree behind.
@@ -48,7 +58,7 @@ if [[ "${1:-}" == "--build" ]]; then
         strip ".gpu/bisect/wgpu-norm-$1"
         gzip -9f ".gpu/bisect/wgpu-norm-$1"
     }
-    for c in "${commits[@]}"; do
+    for c in ${commits[@]+"${commits[@]}"}; do
         sha=$(git rev-parse --short=7 "$c^{commit}")
         git worktree add --detach -q "$trees/$sha" "$sha"
         # Before examples/wgpu-norm/ the tool was the one file examples/wgpu-norm.rs: the same
@@ -57,6 +67,21 @@ if [[ "${1:-}" == "--build" ]]; then
             --example wgpu-norm)
         pack "$sha" "$target/bisect/release/examples/wgpu-norm"
         git worktree remove --force "$trees/$sha"
+    done
+    # The experiments, each on HEAD (a patch that no longer applies is skipped, said so).
+    rm -f .gpu/bisect/wgpu-norm-exp-*.gz
+    for patch in examples/experiments/*.patch; do
+        [[ -e $patch ]] || continue
+        name=$(basename "$patch" .patch)
+        git worktree add --detach -q "$trees/exp-$name" HEAD
+        if (cd "$trees/exp-$name" && git apply "$here/$patch"); then
+            (cd "$trees/exp-$name" && CARGO_TARGET_DIR="$target/bisect" cargo build --release \
+                --locked --example wgpu-norm)
+            pack "exp-$name" "$target/bisect/release/examples/wgpu-norm"
+        else
+            echo "gpu_bisect: $patch does not apply to HEAD: skipped" >&2
+        fi
+        git worktree remove --force "$trees/exp-$name"
     done
     # The tree itself, as it is (uncommitted changes included), in its own target folder.
     CARGO_TARGET_DIR="$target" cargo build --release --example wgpu-norm
@@ -95,7 +120,7 @@ for c in "${default_commits[@]}"; do
     for n in "${names[@]}"; do [[ $n == "$c"* ]] && order+=("$n"); done
 done
 for n in "${names[@]}"; do
-    [[ $n == tree || " ${order[*]} " == *" $n "* ]] || order+=("$n")
+    [[ $n == tree || $n == exp-* || " ${order[*]} " == *" $n "* ]] || order+=("$n")
 done
 if [[ -n ${exe[tree]:-} ]]; then
     order+=(tree tree-v16)
@@ -130,5 +155,30 @@ for round in 1 2; do
         tar -C "$out" -czf "$dest/bisect.tgz" --exclude='wgpu-norm-*' .
     done
 done
+
+# The experiments against the tree, each at its own shape.
+if [[ ${BISECT_EXPERIMENTS:-1} != 0 && -n ${exe[tree]:-} ]]; then
+    echo "# experiments: tree against exp-NAME at the patch's shape, in turns; the table rows" >>"$summary"
+    for n in "${names[@]}"; do
+        [[ $n == exp-* ]] || continue
+        patch=examples/experiments/${n#exp-}.patch
+        read -r -a eargs <<<"$(sed -n 's/^# bench: //p' "$patch" | head -1 |
+            sed -E "${BISECT_EXP_MIB:+s/--mib [0-9]+/--mib $BISECT_EXP_MIB/}")"
+        [[ ${#eargs[@]} -gt 0 ]] || eargs=("${args[@]}")
+        echo "## $n: bench ${eargs[*]}" >>"$summary"
+        i=0
+        for m in tree "$n" "$n" tree; do
+            i=$((i + 1))
+            log="$out/exp-$n-$i-$m.txt"
+            echo "[experiment $n] $m: bench ${eargs[*]}" >&2
+            if ! "${exe[$m]}" bench "${eargs[@]}" >"$log" 2>&1; then
+                status=1
+                echo "$m FAILED (see bisect.tgz)" >>"$summary"
+            fi
+            grep -E '^ +(f32|f16|bf16) +[0-9]+ ' "$log" | sed "s/^/$(printf '%-26s' "$m")/" >>"$summary"
+            tar -C "$out" -czf "$dest/bisect.tgz" --exclude='wgpu-norm-*' .
+        done
+    done
+fi
 cat "$summary"
 exit $status
