@@ -10,8 +10,8 @@
 #     examples/gpu_bisect.sh --build [COMMIT ...]     # into .gpu/bisect/
 #     examples/gpu_bisect.sh --build tree             # the experiments and the tree only
 # Then on the GPU machine, from the project root (the device tool's `run`, with carry
-# [".gpu/bisect", ".gpu/gl", ".gpu/gpu-env.sh"], about 30 MB with the experiments: all of .gpu, the grid's
-# binaries included, is over the tool's 64 MiB):
+# [".gpu/bisect", ".gpu/gl", ".gpu/gpu-env.sh"], about 30 MB with the experiments: all of
+# .gpu, the grid's binaries included, is over the tool's 64 MiB):
 #     examples/gpu_bisect.sh "$OUT"                   # bisect.txt and bisect.tgz
 # Rehearse it here on lavapipe:
 #     BISECT_ARGS="--dims 4096 --mib 8" BISECT_EXP_MIB=8 examples/gpu_bisect.sh /tmp/b
