@@ -120,7 +120,7 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
 // (No *_uniform reductions: with several rows in a workgroup, no sum is the workgroup's.)
 //#else
 // `t` of invocation 0, handed out by workgroupUniformLoad: the result is uniform, so that a
-// kernel may branch on it around barriers. The sums below hold the same bits in every
+// kernel may branch on it around barriers. The sums handed out hold the same bits in every
 // invocation, or (wg_sum3_uniform's) in invocation 0 alone.
 fn hand_out(t: vec3<f32>, lid: u32) -> vec3<f32> {
     if lid == 0u {

@@ -31,7 +31,7 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
         stage2: Kernel::ParamGrad,
     },
     includes: &[crate::shaders::SCALE],
-    // Three sums in one reduction: wg_sum3_uniform in reduce.wgsl.
+    // Three sums in one reduction: row_sum3 in reduce.wgsl.
     wgsl_flags: &["triples"],
     flags: has(
         &[Operand::Weight, Operand::GradWeight, Operand::GradBias],

@@ -416,7 +416,7 @@ pub fn in_place_retry_of_a_first_row(op: Op) {
 
 /// Rows too long for registers even for the partial sums alone (D = 40000), several to a
 /// workgroup (a 1 MiB binding: six rows a dispatch, few partial rows), so that each adds its
-/// terms to the workgroup's partial row in memory, with rows out of f32's range second in a
+/// terms to the workgroup's partial row in memory, with rows out of f32's range third in a
 /// workgroup and first in one, retried after the others or, with dx written over dy, at once.
 /// (The other tests' long rows have a workgroup each.)
 pub fn partial_rows_in_memory(op: Op) {
