@@ -143,7 +143,11 @@ fn row_sum3(v: vec3<f32>, lid: u32) -> vec3<f32> {
     return wg_sum3_uniform(v, lid);
 //#else
 //#if side_by_side
-    return tree_sum3(v, lid);
+    let t = tree_sum3(v, lid);
+    // The next wg_sum may write where other rows still read (handed out, the hand-out's
+    // barrier keeps them apart).
+    workgroupBarrier();
+    return t;
 //#else
     return hand_out(tree_sum3(v, lid), lid);
 //#endif
@@ -171,10 +175,7 @@ fn tree_sum3(v: vec3<f32>, lid: u32) -> vec3<f32> {
         workgroupBarrier();
     }
     let b = lid - lane;
-    let t = vec3<f32>(red[b], red[WG + b], red[2u * WG + b]);
-    // The next wg_sum may write where other rows still read.
-    workgroupBarrier();
-    return t;
+    return vec3<f32>(red[b], red[WG + b], red[2u * WG + b]);
 }
 //#endif
 //#endif
