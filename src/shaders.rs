@@ -461,24 +461,6 @@ impl Variant {
             && matches!(self.kernel.def().shape, Shape::Rows { .. })
     }
 
-    /// Whether a backward's strided `V`s stored in 16 bits write dx in whole words (the WGSL
-    /// flag `words`): the two halves of a word are neighbouring invocations' (lane `l` of
-    /// invocation `t` holds element `... + l·RW + t`), and where those are neighbouring lanes
-    /// of one subgroup, the one holding the low half takes the other's value by a subgroup
-    /// shuffle and stores the word with one plain store, instead of each storing its half
-    /// with two atomics. The halves at a subgroup's or the row's ends keep the atomics. The
-    /// backward cannot pair its loads as the forward does ([`Variant::pairs`]): its lanes stay
-    /// on one column from row to row. Needs the subgroups and a workgroup on one row (no rows
-    /// side by side), where every call of the store is made by all of the row's invocations
-    /// alike (n and the loops' bounds are multiples of `RW`).
-    pub fn word_stores(&self) -> bool {
-        self.strided()
-            && self.act != DType::F32
-            && self.subgroups
-            && self.row_wg == self.wg
-            && matches!(self.kernel.def().shape, Shape::RowsWithPartials { .. })
-    }
-
     /// Whether a forward norm's row (or part) runs past its register cache: the first
     /// `cache * row_wg` `V`s stay in registers, the rest is streamed ([`Variant::streamed`]).
     pub fn tail(&self) -> bool {
@@ -966,8 +948,6 @@ fn bindings_code(v: &Variant) -> String {
         // Paired V's of this row tensor (16-bit, see Variant::pairs): whole words, its rows
         // starting where the output's do within a word.
         let paired = v.paired && s.extent == Extent::Rows;
-        // dx of a backward in whole words (see Variant::word_stores).
-        let words = v.word_stores() && s.extent == Extent::Rows;
         // The first element of the operand's row (or of the parameter), in the strided path.
         let start = match s.extent {
             Extent::Rows => format!("off_f({b}u) + row * params.dim"),
@@ -1021,38 +1001,6 @@ fn bindings_code(v: &Variant) -> String {
                          put_pair_{arr}(w, s, e.xy, v.xy);\n    \
                          put_pair_{arr}(w + RW, s, e.zw, v.zw);"
                     )
-                }
-                (_, false, true) if words => {
-                    fns.push_str(&format!(
-                        "// Lane l of this V: the word holding its element and the next, where the \
-                         next is the next subgroup lane's (`next`) and in the row; nothing where \
-                         the element is a word's high half and the previous lane stores the word; \
-                         else the half alone.\n\
-                         fn put_word_{arr}(a: u32, e: u32, v: f32, next: f32, bond_next: bool, bond_prev: bool) {{\n    \
-                         if e >= params.dim {{\n        return;\n    }}\n    \
-                         let low = ((a + e) & 1u) == 0u;\n    \
-                         if low && bond_next && e + 1u < params.dim {{\n        \
-                         atomicStore(&{arr}[(a + e) >> 1u], {pack}(vec2<f32>(v, next)));\n    \
-                         }} else if low || !bond_prev {{\n        put_{arr}(a + e, v);\n    }}\n}}\n\n"
-                    ));
-                    // The same `i` in every invocation of the call but for `lane`, so the next
-                    // subgroup lane holds the next element of each lane iff its `i` is `i + 1`
-                    // (a subgroup's lanes need not follow local_invocation_index, and at the
-                    // row's last invocation there is no next). Every invocation of the
-                    // subgroup makes the call (see Variant::word_stores): the shuffles read
-                    // only active lanes.
-                    let mut body = format!(
-                        "let e = row_elems(i);\n    let a = {start};\n    \
-                         let next = subgroupShuffleDown(v, 1u);\n    \
-                         let bond_next = sg_lane + 1u < sg_size && subgroupShuffleDown(i, 1u) == i + 1u;\n    \
-                         let bond_prev = sg_lane > 0u && subgroupShuffleUp(i, 1u) + 1u == i;"
-                    );
-                    for l in ["x", "y", "z", "w"] {
-                        body.push_str(&format!(
-                            "\n    put_word_{arr}(a, e.{l}, v.{l}, next.{l}, bond_next, bond_prev);"
-                        ));
-                    }
-                    body
                 }
                 (_, false, true) => {
                     let mut body = format!("let e = row_elems(i);\n    let a = {start};");
