@@ -59,14 +59,19 @@ fn row_part(row: u32, part: u32) -> vec2<u32> {
 //#endif
 }
 
-// V's of a row. Strided V's (whole rows where D % 4 != 0, see row_elems) come in
-// groups of RW, one per invocation of the row, each group 4 * RW elements; the last group's
-// lanes past the row are masked.
+// V's of a row. Strided V's (whole rows where D % 4 != 0, see row_elems) are a quarter of
+// the row each lane, rounded up: the last lane's few elements past the row are masked. Paired
+// V's come in groups of RW, one per invocation of the row, each group 2 * RW words; the last
+// group's lanes past the row are masked.
 fn row_vs() -> u32 {
-//#if strided
+//#if paired
     return (params.dim + 4u * RW - 1u) / (4u * RW) * RW;
 //#else
+//#if strided
+    return (params.dim + 3u) / 4u;
+//#else
     return params.dim / VW;
+//#endif
 //#endif
 }
 
@@ -84,19 +89,18 @@ fn pair_word(i: u32) -> u32 {
     return (i / RW) * 2u * RW + i % RW;
 }
 
-// The row elements of the lanes of the row's i-th V: consecutive, or strided over the row's
-// RW invocations, so that each of an invocation's four loads is consecutive across them
+// The row elements of the lanes of the row's i-th V: consecutive, or one from each quarter of
+// the row, so that each of an invocation's four loads is consecutive across the invocations
 // (`wgpu_norm::shaders::Variant::strided`), or strided in pairs of 16-bit elements that share
-// a 32-bit word (`Variant::pairs`). A lane before the row (paired, odd phase) wraps past it, and is masked with
-// the lanes past the row.
+// a 32-bit word (`Variant::pairs`). A lane before the row (paired, odd phase) wraps past it,
+// and is masked with the lanes past the row.
 fn row_elems(i: u32) -> vec4<u32> {
 //#if paired
     let w = pair_word(i);
     return vec4<u32>(2u * w, 2u * w + 1u, 2u * (w + RW), 2u * (w + RW) + 1u) - vec4<u32>(row_phase);
 //#else
 //#if strided
-    let g = (i / RW) * 4u * RW + i % RW;
-    return vec4<u32>(g) + vec4<u32>(0u, RW, 2u * RW, 3u * RW);
+    return vec4<u32>(i) + vec4<u32>(0u, 1u, 2u, 3u) * row_vs();
 //#else
     return vec4<u32>(i * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
 //#endif

@@ -435,10 +435,13 @@ impl Variant {
     /// Whether a `V` is four elements strided over the row's invocations rather than
     /// consecutive: the norms' whole rows, forward and backward, where vec4 access is not
     /// possible (D % 4 != 0, or an operand not 16-byte aligned). Lane l of the i-th `V` is element
-    /// `(i / RW) * 4 * RW + l * RW + i % RW` of the row, so each of its four loads is
-    /// consecutive across the invocations (coalesced) and an invocation has four elements in
-    /// flight per `V`, as the vec4 path has, at any alignment. Lanes past the row read as 0
-    /// and are not written.
+    /// `l * Q + i` of the row, Q = ceil(D / 4) (one quarter of the row a lane), so each of its
+    /// four loads is consecutive across the invocations (coalesced), an invocation has four
+    /// elements in flight per `V`, as the vec4 path has, at any alignment, and a row has
+    /// ceil(D / 4) `V`s, as many as a vec4 row of D rounded up. (Groups of `4 * RW` elements,
+    /// lane l of the i-th `V` at `(i / RW) * 4 * RW + l * RW + i % RW` as paired `V`s still
+    /// are, gave D = 4097 over 512 invocations 1536 `V`s, half of them masked.) Lanes past the
+    /// row read as 0 and are not written.
     pub fn strided(&self) -> bool {
         is_strided(self.kernel, self.vec4)
     }
