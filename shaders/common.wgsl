@@ -60,7 +60,8 @@ fn row_part(row: u32, part: u32) -> vec2<u32> {
 }
 
 // V's of a row. Strided V's (whole rows where D % 4 != 0, see row_elems) are a quarter of
-// the row each lane, rounded up: the last lane's few elements past the row are masked. Paired
+// the row each lane, rounded up: the at most three slots past the row (the last V's upper
+// lanes) are masked. Paired
 // V's come in groups of RW, one per invocation of the row, each group 2 * RW words; the last
 // group's lanes past the row are masked.
 fn row_vs() -> u32 {
@@ -108,14 +109,15 @@ fn row_elems(i: u32) -> vec4<u32> {
 }
 
 // Whether a forward row's i-th V past its register cache (its `tail`) holds an element of
-// the row: strided V's past the row's end hold none, and skipping them spares their masked
-// loads (a lane before the row, paired, wraps to a large index, and its pair's other element
-// is in the row). True in a row streamed whole, whose loops stay as short as they were:
+// the row: paired V's past the row's end hold none, and skipping them spares their masked
+// loads (a lane before the row wraps to a large index, and its pair's other element is in the
+// row). Strided V's (a quarter of the row a lane) hold one up to the row's V count, the
+// loops' bound. True in a row streamed whole, whose loops stay as short as they were:
 // OpenGL's compiler (llvmpipe) took tests/half_precision.rs from 39 s to over 8 minutes with
 // the check in every streamed loop (2026-11-27).
 fn tail_in_row(i: u32) -> bool {
 //#if tail
-//#if strided
+//#if paired
     let e = row_elems(i);
     return min(e.x, e.y) < params.dim;
 //#else

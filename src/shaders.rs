@@ -440,8 +440,9 @@ impl Variant {
     /// elements in flight per `V`, as the vec4 path has, at any alignment, and a row has
     /// ceil(D / 4) `V`s, as many as a vec4 row of D rounded up. (Groups of `4 * RW` elements,
     /// lane l of the i-th `V` at `(i / RW) * 4 * RW + l * RW + i % RW` as paired `V`s still
-    /// are, gave D = 4097 over 512 invocations 1536 `V`s, half of them masked.) Lanes past the
-    /// row read as 0 and are not written.
+    /// are, gave D = 4097 over 512 invocations 1536 `V`s, a third of them wholly past the row.)
+    /// The at most three element slots past the row (the last `V`s' upper lanes) read as 0
+    /// and are not written.
     pub fn strided(&self) -> bool {
         is_strided(self.kernel, self.vec4)
     }

@@ -353,8 +353,8 @@ fn bf16_rows_whose_squares_leave_f32() {
         .into_iter()
         .enumerate()
         {
-            // D = 4097: strided V's, and the backward's dx in whole words (scale.wgsl's retry
-            // stores them too), dx apart and over dy (retried at once).
+            // D = 4097: strided V's, the backward's retry (*_backward.wgsl, scale.wgsl) with
+            // dx apart and over dy (retried at once, in `shared` variants).
             for dim in [7, 4096, 4097] {
                 let extreme = quantize(DType::Bf16, Rng::new(k as u64).data(dim, center, spread));
                 let mut f = AnyCase::new(op, DType::Bf16, 3, dim, 70 + k as u64);
@@ -364,7 +364,7 @@ fn bf16_rows_whose_squares_leave_f32() {
                 check_any(tree_gpu(), &f);
                 let mut runs = vec![(true, false), (false, false)];
                 if dim == 4097 {
-                    runs.push((false, true));
+                    runs.extend([(true, true), (false, true)]);
                 }
                 for (saved, in_place) in runs {
                     let mut b = Bwd16::new(op, DType::Bf16, 3, dim, 0, 80 + k as u64);
