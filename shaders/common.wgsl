@@ -60,19 +60,14 @@ fn row_part(row: u32, part: u32) -> vec2<u32> {
 }
 
 // V's of a row. Strided V's (whole rows where D % 4 != 0, see row_elems) are a quarter of
-// the row each lane, rounded up: the at most three slots past the row (the last V's upper
-// lanes) are masked. Paired
-// V's come in groups of RW, one per invocation of the row, each group 2 * RW words; the last
-// group's lanes past the row are masked.
+// the row each lane, rounded up, and paired V's a half of its words each lane pair: ceil(D/4)
+// either way. Their few slots past the row (the last V's upper lanes, and with paired V's a
+// lane before it) are masked.
 fn row_vs() -> u32 {
-//#if paired
-    return (params.dim + 4u * RW - 1u) / (4u * RW) * RW;
-//#else
 //#if strided
     return (params.dim + 3u) / 4u;
 //#else
     return params.dim / VW;
-//#endif
 //#endif
 }
 
@@ -84,21 +79,16 @@ fn row_vs() -> u32 {
 var<private> row_phase: u32;
 //#endif
 
-// The word (from the row's first) of lanes 0 and 1 of the row's i-th paired V; lanes 2 and 3
-// are the word RW further.
-fn pair_word(i: u32) -> u32 {
-    return (i / RW) * 2u * RW + i % RW;
-}
-
 // The row elements of the lanes of the row's i-th V: consecutive, or one from each quarter of
 // the row, so that each of an invocation's four loads is consecutive across the invocations
-// (`wgpu_norm::shaders::Variant::strided`), or strided in pairs of 16-bit elements that share
-// a 32-bit word (`Variant::pairs`). A lane before the row (paired, odd phase) wraps past it,
-// and is masked with the lanes past the row.
+// (`wgpu_norm::shaders::Variant::strided`), or pairs of 16-bit elements that share a 32-bit
+// word, word i of the row (from the word holding its first element) and word i of its second
+// half (`Variant::pairs`). A lane before the row (paired, odd phase) wraps past it, and is
+// masked with the lanes past the row.
 fn row_elems(i: u32) -> vec4<u32> {
 //#if paired
-    let w = pair_word(i);
-    return vec4<u32>(2u * w, 2u * w + 1u, 2u * (w + RW), 2u * (w + RW) + 1u) - vec4<u32>(row_phase);
+    let h = row_vs();
+    return vec4<u32>(2u * i, 2u * i + 1u, 2u * (h + i), 2u * (h + i) + 1u) - vec4<u32>(row_phase);
 //#else
 //#if strided
     return vec4<u32>(i) + vec4<u32>(0u, 1u, 2u, 3u) * row_vs();

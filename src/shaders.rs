@@ -439,8 +439,9 @@ impl Variant {
     /// four loads is consecutive across the invocations (coalesced), an invocation has four
     /// elements in flight per `V`, as the vec4 path has, at any alignment, and a row has
     /// ceil(D / 4) `V`s, as many as a vec4 row of D rounded up. (Groups of `4 * RW` elements,
-    /// lane l of the i-th `V` at `(i / RW) * 4 * RW + l * RW + i % RW` as paired `V`s still
-    /// are, gave D = 4097 over 512 invocations 1536 `V`s, a third of them wholly past the row.)
+    /// lane l of the i-th `V` at `(i / RW) * 4 * RW + l * RW + i % RW`, as they were until
+    /// 2026-11-28, gave D = 4097 over 512 invocations 1536 `V`s, a third of them wholly past
+    /// the row.)
     /// The at most three element slots past the row (the last `V`s' upper lanes) read as 0
     /// and are not written.
     pub fn strided(&self) -> bool {
@@ -449,16 +450,17 @@ impl Variant {
 
     /// Whether this variant may take strided `V`s in pairs of 16-bit elements that share a
     /// 32-bit word (the field `paired`, the WGSL flag of that name): a forward norm's whole rows,
-    /// strided, stored in 16 bits. Lanes (0, 1) of the i-th `V` are one word of the row and
-    /// lanes (2, 3) the word `RW` further, so the invocation loads whole words and stores them
+    /// strided, stored in 16 bits. Lanes (0, 1) of the i-th `V` are word i of the row and
+    /// lanes (2, 3) word `ceil(D / 4) + i` (a half of the row's words a lane pair, counted
+    /// from the word holding its first element), so the invocation loads whole words and stores them
     /// with one plain store, where strided `V`s of single elements put the two halves of a
     /// word in neighbouring invocations and store each half with two atomics. The words follow
     /// the row start of the output, whose parity alternates from row to row at odd D (the
     /// row's first lane is then the previous row's last element, masked). The plan pairs only
     /// where every row tensor's rows start on the same half of a word (equal offset parities),
-    /// and, at D % 4 == 0, on a word boundary: an odd start there needs one `V` more than the
-    /// row has where D is a multiple of 4·RW (the plan does not know RW when it decides). Not the backward: its partial sums keep each lane on one column from row
-    /// to row.
+    /// and, at D % 4 == 0, on a word boundary: an odd start there touches D / 2 + 1 words, one
+    /// more than two halves of ceil(D / 4). Not the backward: its partial sums keep each lane
+    /// on one column from row to row.
     pub fn pairs(&self) -> bool {
         self.strided()
             && self.act != DType::F32
@@ -969,10 +971,10 @@ fn bindings_code(v: &Variant) -> String {
                 (_, false, true) if paired => format!(
                     "set_row(row);\n    let s = {start};\n    \
                      let last = (s + params.dim - 1u) >> 1u;\n    \
-                     let w = (s >> 1u) + pair_word(i);\n    \
+                     let w = (s >> 1u) + i;\n    \
                      return in_row(i, vec4<f32>({unpack}({}), {unpack}({})));",
                     word_at("min(w, last)"),
-                    word_at("min(w + RW, last)"),
+                    word_at("min(w + row_vs(), last)"),
                 ),
                 // Lanes past the row read its last element (in bounds) and return 0.
                 (_, false, true) => format!(
@@ -1001,9 +1003,9 @@ fn bindings_code(v: &Variant) -> String {
                     ));
                     format!(
                         "set_row(row);\n    let s = {start};\n    let e = row_elems(i);\n    \
-                         let w = (s >> 1u) + pair_word(i);\n    \
+                         let w = (s >> 1u) + i;\n    \
                          put_pair_{arr}(w, s, e.xy, v.xy);\n    \
-                         put_pair_{arr}(w + RW, s, e.zw, v.zw);"
+                         put_pair_{arr}(w + row_vs(), s, e.zw, v.zw);"
                     )
                 }
                 (_, false, true) => {
