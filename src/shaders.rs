@@ -441,9 +441,8 @@ impl Variant {
     /// ceil(D / 4) `V`s, as many as a vec4 row of D rounded up. (Groups of `4 * RW` elements,
     /// lane l of the i-th `V` at `(i / RW) * 4 * RW + l * RW + i % RW`, as they were until
     /// 2026-11-28, gave D = 4097 over 512 invocations 1536 `V`s, a third of them wholly past
-    /// the row.)
-    /// The at most three element slots past the row (the last `V`s' upper lanes) read as 0
-    /// and are not written.
+    /// the row.) The at most three element slots past the row (the last `V`s' upper lanes)
+    /// read as 0 and are not written.
     pub fn strided(&self) -> bool {
         is_strided(self.kernel, self.vec4)
     }
