@@ -10,6 +10,15 @@ fn ld_in(row: u32, i: u32) -> V {
     return ld_x(row, i);
 }
 
+// ld_in as the row cache holds it (the storage words of 16-bit rows: `Cached`). With a
+// residual, s rounded to the storage type packs back exactly.
+fn ld_in_cached(row: u32, i: u32) -> Cached {
+    if has(HAS_RESIDUAL) {
+        return to_cache(ld_in(row, i));
+    }
+    return ld_cached_x(row, i);
+}
+
 // ld_in again, in a later streamed pass. Once s is written back it is read from there:
 // residual_out may replace x or the residual in place (as vLLM's fused add does), and
 // x + residual would then no longer be there to add. The same invocation wrote it. (A split

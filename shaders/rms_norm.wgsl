@@ -68,16 +68,17 @@ fn rms_norm_row(row: u32, lid: u32, part: u32) -> bool {
 //#if cached
     // The row stays in registers: x is read once, all loads in flight together. A row a
     // little longer than CACHE V's an invocation (`tail`) keeps its first CACHE * RW there.
-    var c: array<V, CACHE>;
+    // A 16-bit row's cache holds its storage words (`Cached`), converted at each pass.
+    var c: array<Cached, CACHE>;
 //#unroll k
     if lane + k * RW < n {
-        c[k] = ld_in(row, base + lane + k * RW);
+        c[k] = ld_in_cached(row, base + lane + k * RW);
     }
 //#endunroll
     if has(HAS_RESIDUAL_OUT) && !STATS {
 //#unroll k
         if lane + k * RW < n {
-            st_residual_out(row, base + lane + k * RW, c[k]);
+            st_residual_out(row, base + lane + k * RW, from_cache(c[k]));
         }
 //#endunroll
     }
@@ -86,11 +87,17 @@ fn rms_norm_row(row: u32, lid: u32, part: u32) -> bool {
 //#if cached
     if prefix {
 //#unroll k
-        q += in_prefix(base + lane + k * RW, c[k] * c[k]);
+        {
+            let x = from_cache(c[k]);
+            q += in_prefix(base + lane + k * RW, x * x);
+        }
 //#endunroll
     } else {
 //#unroll k
-        q += c[k] * c[k];
+        {
+            let x = from_cache(c[k]);
+            q += x * x;
+        }
 //#endunroll
     }
 //#endif
@@ -118,7 +125,7 @@ fn rms_norm_row(row: u32, lid: u32, part: u32) -> bool {
 //#if cached
 //#unroll k
     if lane + k * RW < n {
-        st_y(row, base + lane + k * RW, scale(c[k] * rrms, base + lane + k * RW));
+        st_y(row, base + lane + k * RW, scale(from_cache(c[k]) * rrms, base + lane + k * RW));
     }
 //#endunroll
 //#endif

@@ -472,6 +472,17 @@ impl Variant {
         self.streamed && matches!(self.kernel.def().shape, Shape::Rows { .. })
     }
 
+    /// Whether the row cache in registers holds the storage words of 16-bit rows (the WGSL
+    /// alias `Cached` is `vec2<u32>`, converted to f32 at each pass) rather than their f32
+    /// values: 16-bit rows of four consecutive elements a `V`. A cached `V` then takes two
+    /// registers instead of four, so an invocation keeps as many bytes of the row in flight
+    /// at half the registers (RADV's compiler, 2026-11-28: bf16 LayerNorm at D = 4096,
+    /// 88 → 48 VGPRs). Strided and paired `V`s are assembled from single elements or words
+    /// and masked, and keep their f32 values.
+    pub fn packed_cache(&self) -> bool {
+        self.vec4 && self.act != DType::F32
+    }
+
     /// Whether `V` is a `vec4<f32>`, of consecutive or strided elements (the WGSL flag `wide`).
     pub fn wide(&self) -> bool {
         self.vec4 || self.strided()
@@ -716,6 +727,11 @@ impl Variant {
         );
         assert_eq!(self.flags & !crate::kernel::SPECIALIZED, 0, "{self:?}");
         let v = if self.wide() { "vec4<f32>" } else { "f32" };
+        let cached = if self.packed_cache() {
+            "vec2<u32>"
+        } else {
+            "V"
+        };
         // Elements per V where they are consecutive (vec4 binding offsets and indices).
         let vw = if self.vec4 { LANES } else { 1 };
         let mut out = format!(
@@ -730,7 +746,9 @@ impl Variant {
              const SERIAL: u32 = {SERIAL_UNROLL}u;\n\
              const SPLIT: bool = {split};\n\
              const STATS: bool = {stats};\n\
-             alias V = {v};\n\n\
+             alias V = {v};\n\
+             // A V as the row cache in registers holds it (Variant::packed_cache).\n\
+             alias Cached = {cached};\n\n\
              // Bits of params.flags: an operand is present, an option is on. Those in\n\
              // SPECIALIZED are this pipeline's own, FLAGS (wgpu_norm::kernel::SPECIALIZED).\n\
              const SPECIALIZED: u32 = {specialized}u;\n\
@@ -983,6 +1001,18 @@ fn bindings_code(v: &Variant) -> String {
                 (_, false, false) => format!("return el_{arr}({at_e});"),
             };
             fns.push_str(&format!("fn ld_{arr}({args}) -> V {{\n    {body}\n}}\n\n"));
+            // The rows a kernel keeps in registers, as the cache holds them.
+            if s.extent == Extent::Rows && matches!(s.operand, Operand::Input | Operand::GradOutput)
+            {
+                let body = if v.packed_cache() {
+                    format!("{arr}[{at_v}]")
+                } else {
+                    format!("ld_{arr}(row, i)")
+                };
+                fns.push_str(&format!(
+                    "fn ld_cached_{arr}({args}) -> Cached {{\n    return {body};\n}}\n\n"
+                ));
+            }
         }
         if writes {
             let body = match (dtype, v.vec4, v.strided()) {
@@ -1032,9 +1062,24 @@ fn bindings_code(v: &Variant) -> String {
         (DType::F16, false) => "unpack2x16float(f16_bits(v)).x",
         (DType::Bf16, false) => "bf16_lo(bf16_bits(v))",
     };
+    let (from_cache, to_cache) = if v.packed_cache() {
+        let (pack, unpack) = match v.act {
+            DType::Bf16 => ("bf16_pack", "bf16_unpack"),
+            _ => ("pack2x16float", "unpack2x16float"),
+        };
+        (
+            format!("vec4<f32>({unpack}(c.x), {unpack}(c.y))"),
+            format!("vec2<u32>({pack}(v.xy), {pack}(v.zw))"),
+        )
+    } else {
+        ("c".to_string(), "v".to_string())
+    };
     format!(
         "{decls}\n{fns}// v rounded to the activation storage type.\n\
-         fn round_act(v: V) -> V {{\n    return {round};\n}}\n"
+         fn round_act(v: V) -> V {{\n    return {round};\n}}\n\n\
+         // A cached V's value, and a V (of the activation storage type) as the cache holds it.\n\
+         fn from_cache(c: Cached) -> V {{\n    return {from_cache};\n}}\n\n\
+         fn to_cache(v: V) -> Cached {{\n    return {to_cache};\n}}\n"
     )
 }
 
