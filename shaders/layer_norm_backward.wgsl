@@ -54,14 +54,18 @@ fn main(g: Group, ids: Ids) {
         var t = vec2<f32>(0.0);
         var retry = false;
 //#if cached
-        var c: array<V, CACHE>;
-        var d: array<V, CACHE>;
+        // x and dy stay in registers (a 16-bit row's as its storage words, `Cached`). Each
+        // pass takes x - p and xhat from the cache again rather than writing them back: an
+        // update in place under the row's bound keeps two copies of each V live.
+        var c: array<Cached, CACHE>;
+        var d: array<Cached, CACHE>;
 //#unroll k
         if lane + k * RW < n {
-            c[k] = ld_x(row, lane + k * RW);
-            d[k] = ld_dy(row, lane + k * RW);
+            c[k] = ld_cached_x(row, lane + k * RW);
+            d[k] = ld_cached_dy(row, lane + k * RW);
         }
 //#endunroll
+        var mu = 0.0;
 //#if saved
         {
             if n > 0u {
@@ -70,17 +74,15 @@ fn main(g: Group, ids: Ids) {
             var s = vec3<f32>(0.0);
 //#unroll k
             if lane + k * RW < n {
-                c[k] = in_row(lane + k * RW, c[k] - V(p));
-                let g = grad_g(d[k], lane + k * RW);
-                s += vec3<f32>(hsum(c[k]), hsum(g), hsum(g * c[k]));
+                let u = in_row(lane + k * RW, from_cache(c[k]) - V(p));
+                let g = grad_g(from_cache(d[k]), lane + k * RW);
+                s += vec3<f32>(hsum(u), hsum(g), hsum(g * u));
             }
 //#endunroll
             let sums = row_sum3(s, lid) * inv_dim;
             retry = !(finite(sums.x) && finite(sums.z)) && n > 0u;
+            mu = sums.x;
             t = vec2<f32>(sums.y, rstd * (sums.z - sums.x * sums.y));
-//#unroll k
-            c[k] = (c[k] - V(sums.x)) * rstd;
-//#endunroll
         }
 //#else
         {
@@ -88,16 +90,15 @@ fn main(g: Group, ids: Ids) {
             var s = V(0.0);
 //#unroll k
             if lane + k * RW < n {
-                c[k] = in_row(lane + k * RW, c[k] - V(p));
-                s += c[k];
+                s += in_row(lane + k * RW, from_cache(c[k]) - V(p));
             }
 //#endunroll
-            let mu = wg_sum(hsum(s), lid) * inv_dim;
+            mu = wg_sum(hsum(s), lid) * inv_dim;
             var q = V(0.0);
 //#unroll k
             if lane + k * RW < n {
-                c[k] = in_row(lane + k * RW, c[k] - V(mu));
-                q += c[k] * c[k];
+                let u = in_row(lane + k * RW, (from_cache(c[k]) - V(p)) - V(mu));
+                q += u * u;
             }
 //#endunroll
             let v = wg_sum_decide(hsum(q), lid) * inv_dim;
@@ -106,9 +107,9 @@ fn main(g: Group, ids: Ids) {
             var s2 = vec3<f32>(0.0);
 //#unroll k
             if lane + k * RW < n {
-                c[k] *= rstd;
-                let g = grad_g(d[k], lane + k * RW);
-                s2 += vec3<f32>(hsum(g), hsum(g * c[k]), 0.0);
+                let xh = in_row(lane + k * RW, (from_cache(c[k]) - V(p)) - V(mu)) * rstd;
+                let g = grad_g(from_cache(d[k]), lane + k * RW);
+                s2 += vec3<f32>(hsum(g), hsum(g * xh), 0.0);
             }
 //#endunroll
             t = row_sum3(s2, lid).xy * inv_dim;
@@ -120,19 +121,22 @@ fn main(g: Group, ids: Ids) {
             continue;
         }
 //#endif
-        // c holds xhat now. A row to be retried writes nothing yet: dx may be accumulated.
+        // xhat as streamed_dx takes it (lanes past the row have dy = 0). A row to be retried
+        // writes nothing yet: dx may be accumulated.
 //#unroll k
         if lane + k * RW < n {
             let i = lane + k * RW;
-            var v = rstd * (grad_g(d[k], i) - V(t.x) - c[k] * t.y);
+            let dy = from_cache(d[k]);
+            let xh = ((from_cache(c[k]) - V(p)) - V(mu)) * rstd;
+            var v = rstd * (grad_g(dy, i) - V(t.x) - xh * t.y);
             if has(OPT_ACCUMULATE_DX) {
                 v += ld_dx(row, i);
             }
             if !retry {
                 st_dx(row, i, v);
             }
-            pw[k] += select(d[k] * c[k], V(0.0), retry);
-            pb[k] += select(d[k], V(0.0), retry);
+            pw[k] += select(dy * xh, V(0.0), retry);
+            pb[k] += select(dy, V(0.0), retry);
         }
 //#endunroll
 //#else

@@ -47,12 +47,15 @@ fn main(g: Group, ids: Ids) {
         }
 //#endif
 //#if cached
-        var c: array<V, CACHE>;
-        var d: array<V, CACHE>;
+        // x and dy stay in registers (a 16-bit row's as its storage words, `Cached`), and
+        // each pass takes x * rrms from the cache again rather than writing it back: an
+        // update in place under the row's bound keeps two copies of each V live.
+        var c: array<Cached, CACHE>;
+        var d: array<Cached, CACHE>;
 //#unroll k
         if lane + k * RW < n {
-            c[k] = ld_x(row, lane + k * RW);
-            d[k] = ld_dy(row, lane + k * RW);
+            c[k] = ld_cached_x(row, lane + k * RW);
+            d[k] = ld_cached_dy(row, lane + k * RW);
         }
 //#endunroll
 //#if saved
@@ -60,7 +63,10 @@ fn main(g: Group, ids: Ids) {
         {
             var q = V(0.0);
 //#unroll k
-            q += in_prefix(lane + k * RW, c[k] * c[k]);
+            {
+                let x = from_cache(c[k]);
+                q += in_prefix(lane + k * RW, x * x);
+            }
 //#endunroll
             let ms = wg_sum_decide(hsum(q), lid) * inv_len;
             retry = out_of_range(ms) && n > 0u;
@@ -76,8 +82,7 @@ fn main(g: Group, ids: Ids) {
         var s = V(0.0);
 //#unroll k
         if lane + k * RW < n {
-            c[k] *= rrms;
-            s += grad_g(d[k], lane + k * RW) * c[k];
+            s += grad_g(from_cache(d[k]), lane + k * RW) * (from_cache(c[k]) * rrms);
         }
 //#endunroll
         let t = wg_sum(hsum(s), lid) * inv_len;
@@ -85,14 +90,16 @@ fn main(g: Group, ids: Ids) {
 //#unroll k
         if lane + k * RW < n {
             let i = lane + k * RW;
-            var v = rrms * (grad_g(d[k], i) - in_prefix(i, c[k] * t));
+            let dy = from_cache(d[k]);
+            let xr = from_cache(c[k]) * rrms;
+            var v = rrms * (grad_g(dy, i) - in_prefix(i, xr * t));
             if has(OPT_ACCUMULATE_DX) {
                 v += ld_dx(row, i);
             }
             if !retry {
                 st_dx(row, i, v);
             }
-            pw[k] += select(d[k] * c[k], V(0.0), retry);
+            pw[k] += select(dy * xr, V(0.0), retry);
         }
 //#endunroll
 //#else
