@@ -182,7 +182,7 @@ fn main(g: Group, ids: Ids) {
 //#endif
 //#if shared
         if retry {
-//#if held_partials
+//#if retry_held
             layer_norm_backward_retry(row, lane, group, &pw, &pb);
 //#else
             layer_norm_backward_retry(row, lane, group, r == 0u);
@@ -226,11 +226,14 @@ fn main(g: Group, ids: Ids) {
     }
 //#if shared
 //#else
+//#if partials_first
+    store_held_partials(first, lid, slot, lane, group, &pw, &pb);
+//#endif
     // Rows whose sums left f32's range, again (scale.wgsl).
     if retry_any {
         for (var r = 0u; r < params.rows_per_group; r++) {
             if marked(r) {
-//#if held_partials
+//#if retry_held
                 layer_norm_backward_retry(first + r * SLOTS + slot, lane, group, &pw, &pb);
 //#else
                 layer_norm_backward_retry(first + r * SLOTS + slot, lane, group, false);
@@ -239,7 +242,23 @@ fn main(g: Group, ids: Ids) {
         }
     }
 //#endif
+//#if retry_held
+    store_held_partials(first, lid, slot, lane, group, &pw, &pb);
+//#endif
+}
+
 //#if held_partials
+// This workgroup's partial row from the sums held in registers (where short rows lie side by
+// side, every slot's added to slot 0's in slot order).
+fn store_held_partials(
+    first: u32,
+    lid: u32,
+    slot: u32,
+    lane: u32,
+    group: u32,
+    pw: ptr<function, array<V, CACHE>>,
+    pb: ptr<function, array<V, CACHE>>,
+) {
     // The grid can hold more workgroups than there are groups of rows: those write nothing.
     if first >= params.rows {
         return;
@@ -249,7 +268,7 @@ fn main(g: Group, ids: Ids) {
     if has(HAS_DWEIGHT) {
 //#unroll k
         {
-            let w = slots_sum(pw[k], lid);
+            let w = slots_sum((*pw)[k], lid);
             if slot == 0u && lane + k * RW < n {
                 st_partials(group, lane + k * RW, w);
             }
@@ -259,20 +278,20 @@ fn main(g: Group, ids: Ids) {
     if has(HAS_DBIAS) {
 //#unroll k
         {
-            let b = slots_sum(pb[k], lid);
+            let b = slots_sum((*pb)[k], lid);
             if slot == 0u && lane + k * RW < n {
                 st_partials(kb, lane + k * RW, b);
             }
         }
 //#endunroll
     }
-//#endif
 }
+//#endif
 
 // The row again, scaled by 2^-e, its statistics taken by each invocation alone (scale.wgsl):
 // dx, and the row's contribution to this workgroup's partial sums (which the first attempt
 // left out). A row holding inf or NaN goes through unscaled and comes out NaN, as before.
-//#if held_partials
+//#if retry_held
 fn layer_norm_backward_retry(
     row: u32,
     lane: u32,
@@ -316,7 +335,7 @@ fn layer_norm_backward_retry(row: u32, lane: u32, group: u32, fresh: bool) {
 //#endif
     retry_barrier();
     let n = row_vs();
-//#if held_partials
+//#if retry_held
 //#unroll k
     if lane + k * RW < n {
         let i = lane + k * RW;

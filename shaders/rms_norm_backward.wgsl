@@ -118,7 +118,7 @@ fn main(g: Group, ids: Ids) {
 //#endif
 //#if shared
         if retry {
-//#if held_partials
+//#if retry_held
             rms_norm_backward_retry(row, lane, group, &pw);
 //#else
             rms_norm_backward_retry(row, lane, group, r == 0u);
@@ -157,11 +157,14 @@ fn main(g: Group, ids: Ids) {
     }
 //#if shared
 //#else
+//#if partials_first
+    store_held_partials(first, lid, slot, lane, group, &pw);
+//#endif
     // Rows whose sum of squares left f32's range, again (scale.wgsl).
     if retry_any {
         for (var r = 0u; r < params.rows_per_group; r++) {
             if marked(r) {
-//#if held_partials
+//#if retry_held
                 rms_norm_backward_retry(first + r * SLOTS + slot, lane, group, &pw);
 //#else
                 rms_norm_backward_retry(first + r * SLOTS + slot, lane, group, false);
@@ -170,7 +173,22 @@ fn main(g: Group, ids: Ids) {
         }
     }
 //#endif
+//#if retry_held
+    store_held_partials(first, lid, slot, lane, group, &pw);
+//#endif
+}
+
 //#if held_partials
+// This workgroup's partial row from the sums held in registers (where short rows lie side by
+// side, every slot's added to slot 0's in slot order).
+fn store_held_partials(
+    first: u32,
+    lid: u32,
+    slot: u32,
+    lane: u32,
+    group: u32,
+    pw: ptr<function, array<V, CACHE>>,
+) {
     // The grid can hold more workgroups than there are groups of rows: those write nothing.
     if first >= params.rows {
         return;
@@ -179,20 +197,20 @@ fn main(g: Group, ids: Ids) {
     if has(HAS_DWEIGHT) {
 //#unroll k
         {
-            let w = slots_sum(pw[k], lid);
+            let w = slots_sum((*pw)[k], lid);
             if slot == 0u && lane + k * RW < n {
                 st_partials(group, lane + k * RW, w);
             }
         }
 //#endunroll
     }
-//#endif
 }
+//#endif
 
 // The row again, rrms from the row scaled by 2^-e, taken by each invocation alone
 // (scale.wgsl): dx, and the row's contribution to this workgroup's partial sums (which the
 // first attempt left out). A row holding inf or NaN goes through unscaled, as before.
-//#if held_partials
+//#if retry_held
 fn rms_norm_backward_retry(row: u32, lane: u32, group: u32, pw: ptr<function, array<V, CACHE>>) {
 //#else
 // `fresh`: the workgroup's partial row is not started yet (the retried row is its first,
@@ -219,7 +237,7 @@ fn rms_norm_backward_retry(row: u32, lane: u32, group: u32, fresh: bool) {
     }
     let t = sum_of(st) / f32(params.stat_len);
     retry_barrier();
-//#if held_partials
+//#if retry_held
 //#unroll k
     if lane + k * RW < n {
         let i = lane + k * RW;

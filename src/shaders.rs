@@ -688,6 +688,15 @@ impl Variant {
             // its tail where the cache holds the rest (one loop per pass serves both).
             "streams" => Some(!self.cached() || self.tail()),
             "held_partials" => Some(self.cache > 0),
+            // The backward's retry of a row whose sums left f32's range adds its partial sums
+            // to those held in registers where rows lie side by side (slots share a partial
+            // row, summed at the end) or are retried at once (`shared`). Elsewhere the held
+            // sums are stored first, and the deferred retry adds to them in memory, each
+            // invocation to its own columns in the same order: inlined with the sums live, the
+            // retry set the kernel's registers (RADV, LayerNorm backward at D = 4096: 112
+            // VGPRs, 88 without it).
+            "retry_held" => Some(self.cache > 0 && (self.shared || self.row_wg < self.wg)),
+            "partials_first" => Some(self.cache > 0 && !self.shared && self.row_wg == self.wg),
             "subgroups" => Some(self.subgroups),
             "shared" => Some(self.shared),
             "saved" => Some(self.saved),
