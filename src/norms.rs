@@ -49,12 +49,14 @@ pub struct Tuning {
     /// power of two from 1 to 64.
     pub v_per_invocation: u32,
     /// The same where x and y are stored in 16 bits (f16, bf16). A 16-bit `V` moves half the
-    /// bytes of an f32 one, but the registers a cached `V` takes are the same (f32) either
-    /// way, which is why it is a knob of its own: the default takes as many as f32 rows (an
-    /// H200 read bf16 rows 1.4–1.6× faster than with twice as many); a CPU adapter wanted
-    /// twice as many (lavapipe, 1.3–1.5×), which the autotune's last stage measures. The
-    /// forward's strided rows scale it as
-    /// `v_per_invocation_strided` scales f32 rows'. A power of two from 1 to 64.
+    /// bytes of an f32 one; since 2026-11-28 the cache holds it in half the registers too
+    /// (its storage words, [`crate::shaders::Variant::packed_cache`]; strided and paired `V`s
+    /// still take f32's), which is why it is a knob of its own: the default takes as many as
+    /// f32 rows (an H200 read bf16 rows 1.4–1.6× faster than with twice as many, when a
+    /// cached 16-bit `V` took f32's registers); a CPU adapter wanted twice as many
+    /// (lavapipe, 1.3–1.5×), which the autotune's last stage measures. The forward's strided
+    /// rows scale it as `v_per_invocation_strided` scales f32 rows'. A power of two from 1
+    /// to 64.
     pub v_per_invocation_16bit: u32,
     /// The same for the forward's f32 rows that cannot be read four consecutive elements at
     /// a time (D % 4 != 0, or an operand off a 16-byte boundary): their `V`s are four
@@ -82,8 +84,8 @@ pub struct Tuning {
 
 impl Tuning {
     /// This tuning with `v` `V`s per forward invocation for rows of every storage type,
-    /// strided or not: a cached `V` takes four f32 registers whatever the storage, so `v`
-    /// sets the same register budget for all of them.
+    /// strided or not: the same number of cached `V`s (four registers each in f32 and for
+    /// strided rows, two for other 16-bit rows).
     pub fn with_v_per_invocation(self, v: u32) -> Self {
         Tuning {
             v_per_invocation: v,
