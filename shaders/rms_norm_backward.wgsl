@@ -160,18 +160,30 @@ fn main(g: Group, ids: Ids) {
 //#if partials_first
     store_held_partials(first, lid, slot, lane, group, &pw);
 //#endif
-    // Rows whose sum of squares left f32's range, again (scale.wgsl).
+    // Rows whose sum of squares left f32's range, again (scale.wgsl), added to the partial row in
+    // memory: by one slot at a time where short rows lie side by side (they share it).
+//#if side_by_side
+    if workgroup_retries(lid) {
+        for (var s = 0u; s < SLOTS; s++) {
+            if slot == s && retry_any {
+                for (var r = 0u; r < params.rows_per_group; r++) {
+                    if marked(r) {
+                        rms_norm_backward_retry(first + r * SLOTS + slot, lane, group, false);
+                    }
+                }
+            }
+            storageBarrier();
+        }
+    }
+//#else
     if retry_any {
         for (var r = 0u; r < params.rows_per_group; r++) {
             if marked(r) {
-//#if retry_held
-                rms_norm_backward_retry(first + r * SLOTS + slot, lane, group, &pw);
-//#else
                 rms_norm_backward_retry(first + r * SLOTS + slot, lane, group, false);
-//#endif
             }
         }
     }
+//#endif
 //#endif
 //#if retry_held
     store_held_partials(first, lid, slot, lane, group, &pw);

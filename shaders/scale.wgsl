@@ -30,6 +30,27 @@ fn marked(r: u32) -> bool {
     return ((retry_marks[r / 32u] >> (r % 32u)) & 1u) != 0u;
 }
 
+//#if partials
+//#if side_by_side
+var<workgroup> retry_seen: atomic<u32>;
+var<workgroup> retry_told: u32;
+
+// Whether any invocation of the workgroup marked a row, uniformly: where the backward's short
+// rows lie side by side, their slots share one partial row, and take their retries in turns
+// with a barrier between turns.
+fn workgroup_retries(lid: u32) -> bool {
+    if retry_any {
+        atomicOr(&retry_seen, 1u);
+    }
+    workgroupBarrier();
+    if lid == 0u {
+        retry_told = atomicLoad(&retry_seen);
+    }
+    return workgroupUniformLoad(&retry_told) != 0u;
+}
+//#endif
+//#endif
+
 // A mean of squares (plus eps) below 2^-96 may have lost terms to underflow by more than f32
 // rounding: a flushed square is off by at most 2^-126, 2^-30 of that.
 const TINY: f32 = 0x1p-96f;
@@ -111,11 +132,13 @@ fn inv_root(m2: f32, e: i32) -> f32 {
 
 // A serial sum of many V's, in blocks of 32 and 1024, so that its rounding error grows with
 // the block sizes rather than with the row (compilers are free to simplify a compensated
-// sum away).
+// sum away). The blocks' sums are scalars: the retry holds three of these beside its loads,
+// and it sets the registers of the whole kernel (RADV, the LayerNorm backward at D = 128:
+// 128 VGPRs with V's there).
 struct Sum {
     lo: V,
-    mid: V,
-    hi: V,
+    mid: f32,
+    hi: f32,
     count: u32,
 }
 
@@ -124,22 +147,22 @@ fn add(a: Sum, v: V) -> Sum {
     r.lo += v;
     r.count += 1u;
     if (r.count & 31u) == 0u {
-        r.mid += r.lo;
+        r.mid += hsum(r.lo);
         r.lo = V(0.0);
         if (r.count & 1023u) == 0u {
             r.hi += r.mid;
-            r.mid = V(0.0);
+            r.mid = 0.0;
         }
     }
     return r;
 }
 
 fn sum_of(a: Sum) -> f32 {
-    return hsum(a.hi + (a.mid + a.lo));
+    return a.hi + (a.mid + hsum(a.lo));
 }
 
 fn no_sum() -> Sum {
-    return Sum(V(0.0), V(0.0), V(0.0), 0u);
+    return Sum(V(0.0), 0.0, 0.0, 0u);
 }
 
 // The mean of squares of the first stat_len elements of the row scaled by 2^-e.

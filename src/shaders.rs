@@ -689,14 +689,14 @@ impl Variant {
             "streams" => Some(!self.cached() || self.tail()),
             "held_partials" => Some(self.cache > 0),
             // The backward's retry of a row whose sums left f32's range adds its partial sums
-            // to those held in registers where rows lie side by side (slots share a partial
-            // row, summed at the end) or are retried at once (`shared`). Elsewhere the held
-            // sums are stored first, and the deferred retry adds to them in memory, each
-            // invocation to its own columns in the same order: inlined with the sums live, the
-            // retry set the kernel's registers (RADV, LayerNorm backward at D = 4096: 112
-            // VGPRs, 88 without it).
-            "retry_held" => Some(self.cache > 0 && (self.shared || self.row_wg < self.wg)),
-            "partials_first" => Some(self.cache > 0 && !self.shared && self.row_wg == self.wg),
+            // to those held in registers where it is retried at once (`shared`). Elsewhere the
+            // held sums are stored first, and the deferred retry adds to them in memory, each
+            // invocation to its own columns (rows side by side, whose slots share the partial
+            // row, one slot at a time): inlined with the sums live, the retry set the kernel's
+            // registers (RADV, LayerNorm backward at D = 4096: 112 VGPRs, 88 without it; at
+            // D = 128, side by side, 128 and 96).
+            "retry_held" => Some(self.cache > 0 && self.shared),
+            "partials_first" => Some(self.cache > 0 && !self.shared),
             "subgroups" => Some(self.subgroups),
             "shared" => Some(self.shared),
             "saved" => Some(self.saved),
