@@ -1,7 +1,8 @@
 // LayerNorm backward, stage 1: dx for every row, and per-workgroup column partial sums of
 // dy * xhat and dy, which param_grad.wgsl reduces to dweight and dbias in a fixed order.
 // Strided V's (D % 4 != 0) have lanes past the row, which load 0: dy there is 0, so every
-// product with it is, and only sums of x - p need in_row.
+// product with it is (NaN where that lane's xhat overflows: a lane whose dx and partial sums
+// are never stored), and only sums of x - p need in_row.
 // CPU mirror: `wgpu_norm::reference::layer_norm_backward`.
 //
 // With xhat = (x - mean) * rstd and g = dy * weight:

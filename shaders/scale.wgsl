@@ -9,7 +9,9 @@
 // over the whole row (ld_all, defined by each kernel), SERIAL V's an iteration, summing in
 // blocks so that the serial order costs no accuracy. That needs no barrier, so a workgroup
 // retries its marked rows after all its rows (mark_retry), and the loop over rows carries
-// none of the retry's weight (inside it, the retry slowed a CPU adapter by a tenth). In
+// none of the retry's weight (inside it, the retry slowed a CPU adapter by a tenth); only the
+// backward's short rows side by side, whose slots add to one partial row, take their
+// retries in turns behind barriers (workgroup_retries). In
 // `shared` variants an output may be written over an input, which would then be gone: there
 // a row is retried at once, its test made uniform by wg_sum_decide, its reads of the whole
 // row bracketed by storage barriers. Rows holding inf or NaN are taken unscaled (NO_SCALE):

@@ -377,7 +377,8 @@ impl Variant {
                 // instead, forward and backward. Their reductions are trees over each row's
                 // invocations in workgroup memory (a subgroup may span several rows, and its
                 // size is not known here); the backward adds its slots' column sums into the
-                // workgroup's one partial row at the end. Where an output may overwrite an
+                // workgroup's one partial row after its rows (rows out of f32's range then add
+                // theirs, one slot at a time). Where an output may overwrite an
                 // input (`shared`), a row out of f32's range is retried at once behind
                 // workgroup-wide barriers, which needs the whole workgroup on one row. Longer
                 // rows, whose invocations all have work, keep the shape measured on GPUs.
@@ -691,10 +692,10 @@ impl Variant {
             // The backward's retry of a row whose sums left f32's range adds its partial sums
             // to those held in registers where it is retried at once (`shared`). Elsewhere the
             // held sums are stored first, and the deferred retry adds to them in memory, each
-            // invocation to its own columns (rows side by side, whose slots share the partial
-            // row, one slot at a time): inlined with the sums live, the retry set the kernel's
-            // registers (RADV, LayerNorm backward at D = 4096: 112 VGPRs, 88 without it; at
-            // D = 128, side by side, 128 and 96).
+            // invocation to its own columns (where short rows lie side by side, their slots
+            // share the columns and take turns): inlined with the sums live, the retry set the
+            // kernel's registers (RADV, LayerNorm backward at D = 4096: 112 VGPRs, 88 without
+            // it; at D = 128, side by side, 128 and 96).
             "retry_held" => Some(self.cache > 0 && self.shared),
             "partials_first" => Some(self.cache > 0 && !self.shared),
             "subgroups" => Some(self.subgroups),

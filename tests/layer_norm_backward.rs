@@ -220,3 +220,8 @@ fn saved_statistics_far_from_zero() {
 fn rows_whose_squares_leave_f32() {
     common::backward::extreme_magnitudes(Op::LayerNorm);
 }
+
+#[test]
+fn side_by_side_rows_retried_in_turns() {
+    common::backward::side_by_side_retries(Op::LayerNorm);
+}

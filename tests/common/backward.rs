@@ -378,9 +378,33 @@ pub fn deterministic(op: Op) {
     }
 }
 
+/// Short rows side by side with several rows out of f32's range in one workgroup: in five of
+/// its 64 slots (D = 7, one step), and at D = 33 (16 slots) in three slots of its first step
+/// and one of them again in its second (past 16384 rows a workgroup takes two steps, its
+/// partial rows capped at 1024). The slots share the workgroup's partial row, and take their
+/// retries in turns after its other rows' sums are stored (`partials_first`).
+pub fn side_by_side_retries(op: Op) {
+    for (dim, rows) in [(7, 40), (33, 16 * 1024 + 48)] {
+        for saved in [true, false] {
+            let mut c = BwdCase::new(op, rows, dim, 1500 + dim as u64);
+            let (extreme, eps) = super::extreme_row(0, dim, 1501);
+            for r in [0, 1, 5, 17, 33] {
+                c.x[r * dim..(r + 1) * dim].copy_from_slice(&extreme);
+            }
+            c.eps = eps;
+            c.saved = saved;
+            c.relative = true;
+            for gpu in [super::gpu(), super::tree_gpu()] {
+                check_backward(gpu, &c);
+            }
+        }
+    }
+}
+
 /// Rows too long to stay in registers whose partial sums do (`Variant::streamed`: D = 12288 on
 /// 1024 invocations), several rows a workgroup, saved statistics and recomputed, with one
-/// row whose squares leave f32 (retried, its terms added to the registers after the others').
+/// row whose squares leave f32 (retried, its terms added to the partial row in memory after
+/// the others' are stored).
 pub fn streamed(op: Op) {
     let (rows, dim) = (300, 12288);
     for saved in [true, false] {
