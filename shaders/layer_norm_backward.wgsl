@@ -230,30 +230,8 @@ fn main(g: Group, ids: Ids) {
 //#if partials_first
     store_held_partials(first, lid, slot, lane, group, &pw, &pb);
 //#endif
-    // Rows whose sums left f32's range, again (scale.wgsl), added to the partial row in
-    // memory: by one slot at a time where short rows lie side by side (they share it).
-//#if side_by_side
-    if workgroup_retries(lid) {
-        for (var s = 0u; s < SLOTS; s++) {
-            if slot == s && retry_any {
-                for (var r = 0u; r < params.rows_per_group; r++) {
-                    if marked(r) {
-                        layer_norm_backward_retry(first + r * SLOTS + slot, lane, group, false);
-                    }
-                }
-            }
-            storageBarrier();
-        }
-    }
-//#else
-    if retry_any {
-        for (var r = 0u; r < params.rows_per_group; r++) {
-            if marked(r) {
-                layer_norm_backward_retry(first + r * SLOTS + slot, lane, group, false);
-            }
-        }
-    }
-//#endif
+    // Rows whose sums left f32's range, again (scale.wgsl).
+    deferred_retries(first, slot, lane, group, lid);
 //#endif
 //#if retry_held
     store_held_partials(first, lid, slot, lane, group, &pw, &pb);
@@ -298,6 +276,15 @@ fn store_held_partials(
         }
 //#endunroll
     }
+}
+//#endif
+
+//#if shared
+//#else
+// What scale.wgsl's deferred_retries calls: a retried row's dx, and its terms added to the
+// workgroup's partial row in memory.
+fn retry_in_memory(row: u32, lane: u32, group: u32) {
+    layer_norm_backward_retry(row, lane, group, false);
 }
 //#endif
 

@@ -12,9 +12,9 @@
 //! (LayerNorm with weight, bias and saved statistics; RMSNorm with weight and rrms; both
 //! backward passes from saved statistics with dweight, and dbias), on a large device with
 //! subgroups (wgpu's no-op backend: nothing runs), with the default tuning. Each is
-//! translated to SPIR-V by naga and compiled by RADV at its own choice of wave size for compute
-//! (32 lanes on NAVI21 with Mesa 22.3, as an NVIDIA warp: up to 24 waves a SIMD are reported,
-//! more than wave64's register file holds; RADV_PERFTEST=cswave32 changes nothing there).
+//! translated to SPIR-V by naga and compiled by RADV in 32-lane waves, as NVIDIA's warps
+//! (`RADV_PERFTEST=cswave32`; Mesa 22.3 takes them for kernels with subgroup operations
+//! anyway, and 64 lanes for the others without it).
 //!
 //! Needs Debian's `mesa-vulkan-drivers` (RADV). From the repository root:
 //!     cargo run --release --manifest-path examples/experiments/radv_stats/Cargo.toml \
@@ -366,8 +366,17 @@ fn main() {
         "VK_ICD_FILENAMES",
         "/usr/share/vulkan/icd.d/radeon_icd.x86_64.json",
     );
-    // --family wins over an inherited RADV_FORCE_FAMILY.
+    // --family wins over an inherited RADV_FORCE_FAMILY; compute in 32-lane waves, as NVIDIA's
+    // warps, whatever else RADV_PERFTEST holds.
     std::env::set_var("RADV_FORCE_FAMILY", &a.family);
+    let mut perftest: Vec<String> = std::env::var("RADV_PERFTEST")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|o| !o.is_empty() && *o != "cswave32")
+        .map(String::from)
+        .collect();
+    perftest.push("cswave32".into());
+    std::env::set_var("RADV_PERFTEST", perftest.join(","));
     let device = noop_device();
     let big = wgpu::Limits {
         max_storage_buffer_binding_size: 2 << 30,
@@ -383,7 +392,7 @@ fn main() {
     let caps = Caps::new(&big, wgpu::Features::SUBGROUP, options).expect("caps");
     let radv = Radv::new();
     println!(
-        "# RADV {}, wgpu-norm {} kernels, {:?}",
+        "# RADV {} (wave32), wgpu-norm {} kernels, {:?}",
         a.family,
         if a.recomputed {
             "backward recomputing statistics"
