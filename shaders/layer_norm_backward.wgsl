@@ -227,7 +227,7 @@ fn main(g: Group, ids: Ids) {
     }
 //#if shared
 //#else
-//#if partials_first
+//#if held_partials
     store_held_partials(first, lid, slot, lane, group, &pw, &pb);
 //#endif
     // Rows whose sums left f32's range, again (scale.wgsl).
@@ -239,8 +239,8 @@ fn main(g: Group, ids: Ids) {
 }
 
 //#if held_partials
-// This workgroup's partial row from the sums held in registers (where short rows lie side by
-// side, every slot's added to slot 0's in slot order).
+// This workgroup's partial rows from the sums held in registers; dbias partial rows follow the
+// dweight ones when both are wanted.
 fn store_held_partials(
     first: u32,
     lid: u32,
@@ -250,31 +250,12 @@ fn store_held_partials(
     pw: ptr<function, array<V, CACHE>>,
     pb: ptr<function, array<V, CACHE>>,
 ) {
-    // The grid can hold more workgroups than there are groups of rows: those write nothing.
-    if first >= params.rows {
-        return;
-    }
-    let n = row_vs();
-    let kb = select(0u, params.part_rows, has(HAS_DWEIGHT)) + group;
     if has(HAS_DWEIGHT) {
-//#unroll k
-        {
-            let w = slots_sum((*pw)[k], lid);
-            if slot == 0u && lane + k * RW < n {
-                st_partials(group, lane + k * RW, w);
-            }
-        }
-//#endunroll
+        store_held_row(first, lid, slot, lane, group, pw);
     }
     if has(HAS_DBIAS) {
-//#unroll k
-        {
-            let b = slots_sum((*pb)[k], lid);
-            if slot == 0u && lane + k * RW < n {
-                st_partials(kb, lane + k * RW, b);
-            }
-        }
-//#endunroll
+        let kb = select(0u, params.part_rows, has(HAS_DWEIGHT)) + group;
+        store_held_row(first, lid, slot, lane, kb, pb);
     }
 }
 //#endif

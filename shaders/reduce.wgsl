@@ -209,4 +209,32 @@ fn slots_sum(v: V, lid: u32) -> V {
     return v;
 }
 //#endif
+
+//#if held_partials
+// Partial row `k` of this workgroup from one array of sums held in registers (every slot's
+// added to slot 0's in slot order where short rows lie side by side), in workgroup-uniform
+// control flow. The grid can hold more workgroups than there are groups of rows: those
+// write nothing.
+fn store_held_row(
+    first: u32,
+    lid: u32,
+    slot: u32,
+    lane: u32,
+    k: u32,
+    sums: ptr<function, array<V, CACHE>>,
+) {
+    if first >= params.rows {
+        return;
+    }
+    let n = row_vs();
+//#unroll j
+    {
+        let t = slots_sum((*sums)[j], lid);
+        if slot == 0u && lane + j * RW < n {
+            st_partials(k, lane + j * RW, t);
+        }
+    }
+//#endunroll
+}
+//#endif
 //#endif

@@ -157,7 +157,7 @@ fn main(g: Group, ids: Ids) {
     }
 //#if shared
 //#else
-//#if partials_first
+//#if held_partials
     store_held_partials(first, lid, slot, lane, group, &pw);
 //#endif
     // Rows whose sum of squares left f32's range, again (scale.wgsl).
@@ -169,8 +169,7 @@ fn main(g: Group, ids: Ids) {
 }
 
 //#if held_partials
-// This workgroup's partial row from the sums held in registers (where short rows lie side by
-// side, every slot's added to slot 0's in slot order).
+// This workgroup's partial row from the sums held in registers.
 fn store_held_partials(
     first: u32,
     lid: u32,
@@ -179,20 +178,8 @@ fn store_held_partials(
     group: u32,
     pw: ptr<function, array<V, CACHE>>,
 ) {
-    // The grid can hold more workgroups than there are groups of rows: those write nothing.
-    if first >= params.rows {
-        return;
-    }
-    let n = row_vs();
     if has(HAS_DWEIGHT) {
-//#unroll k
-        {
-            let w = slots_sum((*pw)[k], lid);
-            if slot == 0u && lane + k * RW < n {
-                st_partials(group, lane + k * RW, w);
-            }
-        }
-//#endunroll
+        store_held_row(first, lid, slot, lane, group, pw);
     }
 }
 //#endif

@@ -697,7 +697,6 @@ impl Variant {
             // kernel's registers (RADV, LayerNorm backward at D = 4096: 112 VGPRs, 88 without
             // it; at D = 128, side by side, 128 and 96).
             "retry_held" => Some(self.cache > 0 && self.shared),
-            "partials_first" => Some(self.cache > 0 && !self.shared),
             "subgroups" => Some(self.subgroups),
             "shared" => Some(self.shared),
             "saved" => Some(self.saved),
