@@ -59,6 +59,21 @@ fn row_part(row: u32, part: u32) -> vec2<u32> {
 //#endif
 }
 
+// The row a backward workgroup takes at step r in slot `slot` (SLOTS rows side by side a
+// step, rows_per_group steps). Paired V's: the workgroups go in pairs over blocks of twice
+// their rows, one taking the block's even rows and the other its odd ones, so that at odd D,
+// where a row's phase alternates, every row of a workgroup is on one phase and each lane on
+// the same columns of its partial sums (`wgpu_norm::shaders::row_groups`). Consecutive rows
+// elsewhere.
+fn step_row(group: u32, r: u32, slot: u32) -> u32 {
+    let j = r * SLOTS + slot;
+//#if paired
+    return (group >> 1u) * 2u * params.rows_per_group * SLOTS + 2u * j + (group & 1u);
+//#else
+    return group * params.rows_per_group * SLOTS + j;
+//#endif
+}
+
 // V's of a row. Strided V's (whole rows where D % 4 != 0, see row_elems) are a quarter of
 // the row each lane, rounded up, and paired V's a half of its words each lane pair: ceil(D/4)
 // either way. Their few slots past the row (the last V's upper lanes, and with paired V's a

@@ -32,17 +32,21 @@ fn main(g: Group, ids: Ids) {
     let lane = lid;
 //#endif
     let group = group_index(g);
-    let first = group * params.rows_per_group * SLOTS;
+    let first = step_row(group, 0u, 0u);
+//#if paired
+    // Every row of this workgroup starts on this phase (step_row).
+    set_row(first);
+//#endif
     // Column partial sums in registers across this workgroup's rows (where they fit).
 //#if held_partials
     var pw: array<V, CACHE>;
     var pb: array<V, CACHE>;
 //#endif
     for (var r = 0u; r < params.rows_per_group; r++) {
-        if first + r * SLOTS >= params.rows {
+        if step_row(group, r, 0u) >= params.rows {
             break;
         }
-        let row = first + r * SLOTS + slot;
+        let row = step_row(group, r, slot);
         // None for a slot past the last row, which still takes part in every barrier.
         let n = select(0u, row_vs(), row < params.rows);
         let inv_dim = 1.0 / f32(params.dim);
@@ -231,7 +235,7 @@ fn main(g: Group, ids: Ids) {
     store_held_partials(first, lid, slot, lane, group, &pw, &pb);
 //#endif
     // Rows whose sums left f32's range, again (scale.wgsl).
-    deferred_retries(first, slot, lane, group, lid);
+    deferred_retries(slot, lane, group, lid);
 //#endif
 //#if retry_held
     store_held_partials(first, lid, slot, lane, group, &pw, &pb);

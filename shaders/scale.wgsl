@@ -57,26 +57,26 @@ fn workgroup_retries(lid: u32) -> bool {
 // The backward's marked rows, after all its rows, each added to the workgroup's partial row in
 // memory (retry_in_memory, the kernel's own): by one slot at a time where short rows lie side
 // by side (they share it).
-fn deferred_retries(first: u32, slot: u32, lane: u32, group: u32, lid: u32) {
+fn deferred_retries(slot: u32, lane: u32, group: u32, lid: u32) {
 //#if side_by_side
     if workgroup_retries(lid) {
         for (var s = 0u; s < SLOTS; s++) {
             if slot == s {
-                retry_marked(first, slot, lane, group);
+                retry_marked(slot, lane, group);
             }
             storageBarrier();
         }
     }
 //#else
-    retry_marked(first, slot, lane, group);
+    retry_marked(slot, lane, group);
 //#endif
 }
 
-fn retry_marked(first: u32, slot: u32, lane: u32, group: u32) {
+fn retry_marked(slot: u32, lane: u32, group: u32) {
     if retry_any {
         for (var r = 0u; r < params.rows_per_group; r++) {
             if marked(r) {
-                retry_in_memory(first + r * SLOTS + slot, lane, group);
+                retry_in_memory(step_row(group, r, slot), lane, group);
             }
         }
     }

@@ -8,7 +8,7 @@ use crate::kernel::{
 };
 use crate::plan::{Bind, Caps, Checked, Step, bind_range};
 use crate::shaders::{
-    MAX_PARTIAL_ROWS, MAX_PARTIAL_ROWS_PER_GROUP, PARTIAL_INVOCATIONS, Params, Variant,
+    MAX_PARTIAL_ROWS, MAX_PARTIAL_ROWS_PER_GROUP, PARTIAL_INVOCATIONS, Params, Variant, row_groups,
 };
 
 /// The kernel's bindings, in binding order (1, 2, ...).
@@ -52,19 +52,24 @@ pub(crate) struct Partials {
     /// Steps each workgroup of the row kernel takes, `slots` rows each (one partial row per
     /// workgroup).
     pub rows_per_group: u32,
+    /// The row kernel takes paired `V`s, its workgroups in pairs ([`row_groups`]).
+    pub paired: bool,
 }
 
 /// Partial rows: one per workgroup of the row kernel, a count fixed by the shape alone, so
 /// the order of every sum is too. Aimed at `PARTIAL_INVOCATIONS / workgroup size` (enough
 /// workgroups to fill a large GPU, few enough that the partial sums are a small fraction of
 /// the traffic); each chunk's partial rows fit one binding. A workgroup of `slots` short rows
-/// side by side takes `slots` rows a step.
+/// side by side takes `slots` rows a step. Paired `V`s (`paired`) take their workgroups in
+/// pairs ([`crate::shaders::row_groups`]): at most one more partial row, and never paired
+/// where a binding holds fewer than two.
 pub(crate) fn partials(
     caps: &Caps,
     c: &Checked,
     arrays: u32,
     wg: u32,
     slots: u32,
+    paired: bool,
 ) -> Result<Partials> {
     // Partial sums are f32 whatever the storage.
     let part_row = u64::from(c.dim) * 4;
@@ -82,12 +87,17 @@ pub(crate) fn partials(
         .rows
         .div_ceil(target.min(by_size) * slots)
         .clamp(1, u64::from(MAX_PARTIAL_ROWS_PER_GROUP));
-    // Each dispatch's partial rows fit one binding (at most a few steps a workgroup for that).
-    let per_group = per_group.max(c.chunk_rows.div_ceil(by_size * slots));
+    // Each dispatch's partial rows fit one binding (at most a few steps a workgroup for that);
+    // paired workgroups may take one row more than ceil(rows / per_group).
+    let paired = paired && by_size >= 2;
+    let fit = if paired { by_size - 1 } else { by_size };
+    let per_group = per_group.max(c.chunk_rows.div_ceil(fit * slots));
     debug_assert!(per_group <= u64::from(MAX_PARTIAL_ROWS_PER_GROUP));
+    debug_assert!(row_groups(c.chunk_rows, per_group * slots, paired) <= by_size);
     Ok(Partials {
         arrays,
         rows_per_group: per_group as u32,
+        paired,
     })
 }
 

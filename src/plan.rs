@@ -12,7 +12,9 @@ use crate::error::{Error, Operand, Result};
 use crate::kernel::{Class, Extent, Kernel, Shape, Slot};
 use crate::norms::{NormsOptions, Tuning};
 use crate::op::{Launch, Op, Operands};
-use crate::shaders::{LANES, MIN_WORKGROUP_SIZE, Params, Variant, rows_per_group, split_parts};
+use crate::shaders::{
+    LANES, MIN_WORKGROUP_SIZE, Params, Variant, row_groups, rows_per_group, split_parts,
+};
 use crate::tensor::TensorRef;
 
 /// Largest binding we make, whatever the device allows: keeps every element index in u32.
@@ -155,7 +157,7 @@ pub(crate) struct Checked<'a> {
     pub dim: u32,
     pub vec4: bool,
     /// Every row tensor's rows start on the same half of a 32-bit word, and at D % 4 == 0 on
-    /// a word boundary: 16-bit strided forward rows may take paired `V`s
+    /// a word boundary: 16-bit strided rows may take paired `V`s
     /// ([`Variant::pairs`]).
     pub pairs: bool,
     /// Presence bits of the operands and the launch's options.
@@ -290,14 +292,15 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
                 .filter(|s| c.operand(s.operand).is_some())
                 .count() as u32;
             let slots = v.rows_side_by_side();
-            let p = crate::param_grad::partials(caps, &c, arrays, v.wg, slots)?;
+            let p = crate::param_grad::partials(caps, &c, arrays, v.wg, slots, v.paired)?;
+            v.paired = p.paired;
             if c.rows == 0 && arrays > 0 {
                 // No partials: the sums over nothing are 0 (or what is there, when
                 // accumulating).
                 steps.push(crate::param_grad::step(caps, &c, &p, 0, 0));
             }
             for (chunk, (r0, rows)) in chunks(&c).enumerate() {
-                let groups = rows.div_ceil(u64::from(p.rows_per_group * slots));
+                let groups = row_groups(rows, u64::from(p.rows_per_group * slots), v.paired);
                 let row = row_step(caps, l, &c, v, r0, rows, p.rows_per_group, groups, Some(&p));
                 steps.push(row);
                 if arrays > 0 {

@@ -133,6 +133,20 @@ pub fn rows_per_group(dim: u32, elem_size: u32, bytes_per_group: u32) -> u32 {
     (bytes_per_group / dim.saturating_mul(elem_size).max(1)).clamp(1, MAX_ROWS_PER_GROUP)
 }
 
+/// Workgroups of a backward row kernel over `rows` rows, `per_group` a workgroup (steps
+/// times rows side by side). With paired `V`s ([`Variant::pairs`]) they go in pairs over
+/// blocks of `2 * per_group` rows, one taking the even rows of its block and the other the odd
+/// (`step_row` in common.wgsl), so that at odd D every row of a workgroup starts on the same
+/// half of a word and its lanes stay on their columns; the last block's odd workgroup is left
+/// out where the block has one row. No workgroup is empty: each writes its partial row.
+pub fn row_groups(rows: u64, per_group: u64, paired: bool) -> u64 {
+    if !paired {
+        return rows.div_ceil(per_group);
+    }
+    let block = 2 * per_group;
+    2 * rows.div_ceil(block) - u64::from(rows % block == 1)
+}
+
 /// Parts of each row where `rows` rows of `per_row` `V`s leave workgroups idle: enough for
 /// about `split_groups` workgroups in all (0: never split), none shorter than [`MIN_PART`],
 /// at most [`MAX_PARTS`]; every part but the last the same length, none empty. 1: no split.
@@ -449,8 +463,8 @@ impl Variant {
     }
 
     /// Whether this variant may take strided `V`s in pairs of 16-bit elements that share a
-    /// 32-bit word (the field `paired`, the WGSL flag of that name): a forward norm's whole rows,
-    /// strided, stored in 16 bits. Lanes (0, 1) of the i-th `V` are word i of the row and
+    /// 32-bit word (the field `paired`, the WGSL flag of that name): a norm's whole rows,
+    /// forward or backward, strided, stored in 16 bits. Lanes (0, 1) of the i-th `V` are word i of the row and
     /// lanes (2, 3) word `ceil(D / 4) + i` (a half of the row's words a lane pair, counted
     /// from the word holding its first element), so the invocation loads whole words and
     /// stores them with one plain store, where strided `V`s of single elements put the two
@@ -459,12 +473,13 @@ impl Variant {
     /// odd D (the row's first lane is then the previous row's last element, masked). The plan
     /// pairs only where every row tensor's rows start on the same half of a word (equal offset
     /// parities), and, at D % 4 == 0, on a word boundary: an odd start there touches
-    /// D / 2 + 1 words, one more than two halves of ceil(D / 4). Not the backward: its partial
-    /// sums keep each lane on one column from row to row.
+    /// D / 2 + 1 words, one more than two halves of ceil(D / 4). The backward's column
+    /// partial sums need each lane on one column in every row of a workgroup, so there the
+    /// workgroups go in pairs, one taking the even rows of a block and the other the odd
+    /// ([`row_groups`], `step_row` in common.wgsl): at odd D all rows of a workgroup are then
+    /// on one phase.
     pub fn pairs(&self) -> bool {
-        self.strided()
-            && self.act != DType::F32
-            && matches!(self.kernel.def().shape, Shape::Rows { .. })
+        self.strided() && self.act != DType::F32
     }
 
     /// Whether a forward norm's row (or part) runs past its register cache: the first
@@ -862,11 +877,13 @@ fn bindings_code(v: &Variant) -> String {
     let mut decls = String::new();
     let mut fns = String::new();
     if v.paired {
+        // The row tensor written (y, or dx): the plan pairs where every row tensor's rows
+        // start on the same half of a word, so its phase is theirs.
         let y = 1 + def
             .slots
             .iter()
-            .position(|s| s.operand == Operand::Output)
-            .expect("a forward norm writes y");
+            .position(|s| s.extent == Extent::Rows && s.access.writes())
+            .expect("a norm writes a row tensor");
         fns.push_str(&format!(
             "// Every accessor of a row's tensors sets the row's phase first (see row_elems).\n\
              fn set_row(row: u32) {{\n    \

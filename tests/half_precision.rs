@@ -178,6 +178,8 @@ struct Bwd16 {
     relative: bool,
     /// dx written over dy (the `shared` variants).
     in_place: bool,
+    /// dx at this element offset rather than `off` (apart from dy).
+    dx_off: Option<usize>,
 }
 
 impl Bwd16 {
@@ -196,6 +198,7 @@ impl Bwd16 {
             eps: 1e-5,
             relative: false,
             in_place: false,
+            dx_off: None,
         }
     }
 
@@ -211,10 +214,11 @@ impl Bwd16 {
         let w = quantize(par, Rng::new(n as u64).data(dim, 1.0, 0.5));
         let xb = stage(gpu, dtype, Some(&self.x), n, off);
         let dyb = stage(gpu, dtype, Some(&self.dy), n, off);
+        let dx_off = self.dx_off.unwrap_or(off);
         let dxb = if self.in_place {
             dyb.clone()
         } else {
-            stage(gpu, dtype, None, n, off)
+            stage(gpu, dtype, None, n, dx_off)
         };
         let yb = stage(gpu, dtype, None, n, off);
         let wb = stage(gpu, par, Some(&w), dim, off);
@@ -228,7 +232,7 @@ impl Bwd16 {
         let (xt, yt) = (at(&xb, off, dtype, n), at(&yb, off, dtype, n));
         let (dyt, dxt, wt) = (
             at(&dyb, off, dtype, n),
-            at(&dxb, off, dtype, n),
+            at(&dxb, dx_off, dtype, n),
             at(&wb, off, par, dim),
         );
         let layer = self.op == Op::LayerNorm;
@@ -265,14 +269,15 @@ impl Bwd16 {
         let words = (dxb.size() / 4) as usize;
         let out =
             pollster::block_on(gpu.read_async(&[(&dxb, words), (&dw, dim), (&db, dim)])).unwrap();
-        let dx = unstage(&out[0], dtype, n, off, "dx");
+        let dx = unstage(&out[0], dtype, n, dx_off, "dx");
         let r = if layer {
             reference::layer_norm_backward(&self.x, &self.dy, dim, Some(&w), self.eps)
         } else {
             reference::rms_norm_backward(&self.x, &self.dy, dim, Some(&w), self.eps)
         };
         let what = format!(
-            "{:?} {dtype}/{par} rows={rows} dim={dim} offset={off} saved={} in_place={}",
+            "{:?} {dtype}/{par} rows={rows} dim={dim} offset={off} dx offset={dx_off} saved={} \
+             in_place={}",
             self.op, self.saved, self.in_place
         );
         for (i, ((&g, &e), &s)) in dx.iter().zip(&r.dx).zip(&r.dx_scale).enumerate() {
@@ -317,6 +322,34 @@ fn backward_in_16_bit_storage() {
                 let mut c = Bwd16::new(op, dtype, rows, dim, off, (rows * dim + off) as u64);
                 c.saved = saved;
                 c.mixed = mixed;
+                c.check(gpu());
+            }
+        }
+    }
+}
+
+/// The 16-bit backward at odd D, where each row starts on the other half of a word: paired
+/// `V`s (whole words of x, dy and dx) with the workgroups in pairs, one taking the even rows of
+/// a block and one the odd (`step_row`), several rows a workgroup (601 at D = 4097: the last
+/// block's odd workgroup left out), side by side (D = 7), partial sums in memory (D = 20001);
+/// and dx on other halves than x and dy, which is not paired (each half stored alone).
+#[test]
+fn backward_16_bit_rows_in_parity_pairs() {
+    // (rows, dim, offset, dx offset, saved)
+    let cases = [
+        (601, 4097, 1, 1, true),
+        (600, 4097, 0, 0, false),
+        (3001, 7, 1, 1, false),
+        (3, 20001, 1, 1, false),
+        (9, 1025, 1, 0, true),
+        (40, 7, 0, 1, false),
+    ];
+    for op in [Op::LayerNorm, Op::RmsNorm] {
+        for dtype in HALVES {
+            for &(rows, dim, off, dx_off, saved) in &cases {
+                let mut c = Bwd16::new(op, dtype, rows, dim, off, (rows + dim) as u64);
+                c.saved = saved;
+                c.dx_off = Some(dx_off);
                 c.check(gpu());
             }
         }

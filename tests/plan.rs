@@ -179,10 +179,13 @@ fn check_plan(what: &str, caps: &Caps, d: &Described, plan: &Plan) {
             let needed = match v.kernel {
                 Kernel::Copy => (u64::from(p.rows) * d.dim / if v.vec4 { 4 } else { 1 })
                     .div_ceil(u64::from(v.wg * v.cache)),
-                // Norms (forward and backward) may take short rows side by side, each step.
-                _ => {
-                    u64::from(p.rows).div_ceil(u64::from(p.rows_per_group * v.rows_side_by_side()))
-                }
+                // Norms (forward and backward) may take short rows side by side, each step;
+                // the backward's paired workgroups go in pairs.
+                _ => wgpu_norm::shaders::row_groups(
+                    u64::from(p.rows),
+                    u64::from(p.rows_per_group * v.rows_side_by_side()),
+                    v.paired && v.kernel.stage2().is_some(),
+                ),
             };
             // A 2-D grid may hold a few workgroups more than needed, never fewer.
             assert!(
@@ -1142,11 +1145,13 @@ fn sixteen_bit_strided_rows_pair_where_their_words_agree() {
             .dtype(dtype)
             .residual(at(&t.r, off));
         let fwd = plan(&caps, &op).unwrap().steps[0].variant;
+        // The backward's dy and dx where the forward's y is: the same halves, the same answer.
         let bwd = RmsNorm::new(r, d, at(&t.x, off), at(&t.y, out_off))
             .dtype(dtype)
-            .backward(at(&t.s, off), at(&t.r, off))
+            .backward(at(&t.s, out_off), at(&t.r, out_off))
             .unwrap();
-        assert!(!plan(&caps, &bwd).unwrap().steps[0].variant.paired);
+        let bwd = plan(&caps, &bwd).unwrap().steps[0].variant;
+        assert_eq!(bwd.paired, fwd.paired, "{dtype} D = {dim}: {}", bwd.label());
         fwd.paired
     };
     for dtype in [DType::Bf16, DType::F16] {
@@ -1164,4 +1169,41 @@ fn sixteen_bit_strided_rows_pair_where_their_words_agree() {
         assert!(!paired(dtype, 64, 0, 4));
     }
     assert!(!paired(DType::F32, 4097, 0, 0), "f32 has no words to share");
+}
+
+/// The backward's workgroups over paired rows (`wgpu_norm::shaders::row_groups` and its WGSL
+/// twin `step_row`, mirrored here): every row taken once, every workgroup given a row, and all
+/// rows of a workgroup of one parity (at odd D, of one phase).
+#[test]
+fn paired_backward_workgroups_take_rows_of_one_parity() {
+    use wgpu_norm::shaders::row_groups;
+    for per in 1..6u64 {
+        for rows in 0..40u64 {
+            let groups = row_groups(rows, per, true);
+            let mut seen = vec![0u32; rows as usize];
+            for g in 0..groups {
+                let taken: Vec<u64> = (0..per)
+                    .map(|j| (g / 2) * 2 * per + 2 * j + g % 2)
+                    .filter(|&row| row < rows)
+                    .collect();
+                assert!(
+                    !taken.is_empty(),
+                    "rows {rows}, {per} a group: group {g} empty"
+                );
+                assert!(
+                    taken.iter().all(|row| row % 2 == g % 2),
+                    "rows {rows}, group {g}"
+                );
+                for row in taken {
+                    seen[row as usize] += 1;
+                }
+            }
+            assert!(
+                seen.iter().all(|&n| n == 1),
+                "rows {rows}, {per} a group: {seen:?}"
+            );
+            assert!(groups <= rows.div_ceil(per) + 1);
+            assert_eq!(row_groups(rows, per, false), rows.div_ceil(per));
+        }
+    }
 }
