@@ -28,10 +28,11 @@
 # want of a GPU to measure it) is applied to HEAD in a worktree by --build and packed as
 # "exp-NAME"; the run times it against the tree at the shape its first line names
 # ("# bench: ARGS"), in turns (tree, exp, exp, tree), after the bisect's rounds.
-# BISECT_EXPERIMENTS=0 skips them. They run in the patches' name order: cache-in-place (the
-# reverse of main's register diet, two D in f32 and bf16, forward and backward at 64 MiB:
-# about a minute, estimated), paired-param-words and partial-batch (about 4 minutes
-# together), word-stores (one D in two 16-bit types at 64 MiB: about a minute). The whole
+# BISECT_EXPERIMENTS=0 skips them. They run in the patches' name order: backward-unpaired
+# (the reverse of main's paired 16-bit backward at odd D, one D in two 16-bit types at
+# 64 MiB: about a minute), cache-in-place (the reverse of main's register diet, two D in f32
+# and bf16, forward and backward at 64 MiB: about a minute, estimated), paired-param-words and
+# partial-batch (about 4 minutes together). The whole
 # call should stay under the device tool's 10 minutes; each run's figures are packed as it
 # ends, so a call cut short still returns what it measured.
 set -uo pipefail
