@@ -28,7 +28,9 @@
 # want of a GPU to measure it) is applied to HEAD in a worktree by --build and packed as
 # "exp-NAME"; the run times it against the tree at the shape its first line names
 # ("# bench: ARGS"), in turns (tree, exp, exp, tree), after the bisect's rounds.
-# BISECT_EXPERIMENTS=0 skips them. They run in the patches' name order: backward-unpaired
+# BISECT_EXPERIMENTS=0 skips them; BISECT_EXPERIMENTS="NAME ..." runs those, in that order
+# (BISECT_ROUNDS=0 skips the bisect's rounds before them). By default they run in the
+# patches' name order: backward-unpaired
 # (the reverse of main's paired 16-bit backward at odd D, one D in two 16-bit types at
 # 64 MiB: about a minute), cache-in-place (the reverse of main's register diet, two D in f32
 # and bf16, forward and backward at 64 MiB: about a minute, estimated), paired-param-words and
@@ -142,7 +144,9 @@ summary="$dest/bisect.txt"
 } >"$summary"
 reversed=()
 for ((i = ${#order[@]} - 1; i >= 0; i--)); do reversed+=("${order[i]}"); done
-for round in 1 2; do
+rounds=(1 2)
+[[ ${BISECT_ROUNDS:-2} == 0 ]] && rounds=()
+for round in ${rounds[@]+"${rounds[@]}"}; do
     if [[ $round == 1 ]]; then list=("${order[@]}"); else list=("${reversed[@]}"); fi
     for n in "${list[@]}"; do
         log="$out/round$round-$n.txt"
@@ -165,8 +169,14 @@ done
 # The experiments against the tree, each at its own shape.
 if [[ ${BISECT_EXPERIMENTS:-1} != 0 && -n ${exe[tree]:-} ]]; then
     echo "# experiments: tree against exp-NAME at the patch's shape, in turns; the table rows" >>"$summary"
-    for n in "${names[@]}"; do
+    experiments=("${names[@]}")
+    if [[ ${BISECT_EXPERIMENTS:-1} != 1 ]]; then
+        read -r -a experiments <<<"$BISECT_EXPERIMENTS"
+        experiments=("${experiments[@]/#/exp-}")
+    fi
+    for n in "${experiments[@]}"; do
         [[ $n == exp-* ]] || continue
+        [[ -n ${exe[$n]:-} ]] || { echo "gpu_bisect: no $n built" >&2; continue; }
         patch=examples/experiments/${n#exp-}.patch
         read -r -a eargs <<<"$(sed -n 's/^# bench: //p' "$patch" | head -1 |
             sed -E "${BISECT_EXP_MIB:+s/--mib [0-9]+/--mib $BISECT_EXP_MIB/}")"

@@ -44,9 +44,10 @@ pub struct NormsOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tuning {
     /// Row elements (`V`s) each forward invocation aims to handle where rows are stored in f32
-    /// (the backward half as many): the workgroup grows with D until there are this many per
-    /// invocation. The forward's strided rows take `v_per_invocation_strided` instead. A
-    /// power of two from 1 to 64.
+    /// (the backward half as many): the workgroup grows with D while each invocation keeps at
+    /// least this many (fewer than twice as many; [`crate::shaders::workgroup_size`]). The
+    /// forward's strided rows take `v_per_invocation_strided` instead. A power of two from 1
+    /// to 64.
     pub v_per_invocation: u32,
     /// The same where x and y are stored in 16 bits (f16, bf16). A 16-bit `V` moves half the
     /// bytes of an f32 one; since 2026-11-28 the cache holds it in half the registers too

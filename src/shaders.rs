@@ -32,9 +32,10 @@ pub const MIN_WORKGROUP_SIZE: u32 = 64;
 /// Largest workgroup the kernels use, where the device allows it.
 pub const MAX_WORKGROUP_SIZE: u32 = 1024;
 
-/// Row elements (`V`s of four elements) each invocation aims to handle: the workgroup grows
-/// with D until it reaches the largest size, so short rows are not spread thinly over idle
-/// invocations and every invocation has several loads in flight. Where D % 4 != 0 a `V` is
+/// Row elements (`V`s of four elements) each invocation aims to handle, at least (fewer than
+/// twice as many, [`workgroup_size`]): the workgroup grows with D until it reaches the
+/// largest size, so short rows are not spread thinly over idle invocations and every
+/// invocation has several loads in flight. Where D % 4 != 0 a `V` is
 /// four elements still, strided over the row's invocations ([`Variant::strided`]); only a
 /// split row's parts take one element per `V` ([`LANES`] times as many, up to [`MAX_CACHE`]).
 pub const V_PER_INVOCATION: u32 = 8;
@@ -119,12 +120,24 @@ const _: () = assert!(LANES.is_power_of_two());
 
 /// The workgroup size for a row of `lanes`-wide elements on a device that allows `max_wg`
 /// invocations (a power of two). The one source of truth for the WGSL constant `WG`.
+///
+/// The largest power of two that gives each invocation at least `per_invocation` `V`s (fewer
+/// than twice as many), unless that is more than [`MAX_CACHE`] (or `per_invocation`, where
+/// it is larger): the register cache is then the row's share exactly, not rounded up
+/// ([`cache_len`]). A row of a power of two of `V`s takes `per_invocation` either way. Until
+/// 2026-11-28 the workgroup was the smallest power of two with at most `per_invocation`
+/// each, and the cache that rounded up to a power of two: at D = 4097 (1025 `V`s) 256
+/// invocations each with room for 8 `V`s and about 4 to hold, where a register cache bounds
+/// how many rows a multiprocessor keeps in flight (RADV's compiler: 1.75 rows a SIMD against
+/// 4 at D = 4096; now 128 invocations of 9, 3.5 rows).
 pub fn workgroup_size(dim: u32, lanes: u32, per_invocation: u32, max_wg: u32) -> u32 {
     let per_row = dim.div_ceil(lanes);
-    per_row
-        .div_ceil(per_invocation)
-        .next_power_of_two()
-        .clamp(MIN_WORKGROUP_SIZE, max_wg.min(MAX_WORKGROUP_SIZE))
+    let hi = max_wg.min(MAX_WORKGROUP_SIZE);
+    let mut wg = 1u32 << (per_row / per_invocation).max(1).ilog2();
+    while per_row.div_ceil(wg) > MAX_CACHE.max(per_invocation) && wg < hi {
+        wg *= 2;
+    }
+    wg.clamp(MIN_WORKGROUP_SIZE, hi)
 }
 
 /// Rows each norm workgroup handles for rows of `dim` elements of `elem_size` bytes, aiming
@@ -173,9 +186,10 @@ pub(crate) fn is_strided(kernel: Kernel, vec4: bool) -> bool {
 }
 
 /// The register cache length for `per_row` `V`s over `row_wg` invocations of a `wg`-invocation
-/// workgroup; 0 when it does not fit.
+/// workgroup: each invocation's share, any length up to [`MAX_CACHE`] (every entry is
+/// registers the compiler keeps for the whole row); 0 when it does not fit.
 fn cache_len(per_row: u32, row_wg: u32, wg: u32, arrays: u32) -> u32 {
-    let per_invocation = per_row.div_ceil(row_wg).next_power_of_two();
+    let per_invocation = per_row.div_ceil(row_wg);
     if per_invocation <= MAX_CACHE && per_invocation * wg * arrays <= CACHE_BUDGET.max(wg) {
         per_invocation
     } else {
@@ -543,10 +557,10 @@ impl Variant {
                         pow2(1, wg / MIN_COLUMNS).map(|s| (0, false, s)).collect()
                     }
                     Shape::Flat | Shape::Columns => vec![],
-                    // (One V more than each cache: a forward row's tail.)
-                    shape @ (Shape::Rows { .. } | Shape::RowsWithPartials { .. }) => (0
-                        ..=MAX_CACHE.trailing_zeros())
-                        .flat_map(|b| [1 << b, (1 << b) + 1])
+                    // Every cache length, and rows past the longest that keep it with a
+                    // tail (TAIL_SHARE).
+                    shape @ (Shape::Rows { .. } | Shape::RowsWithPartials { .. }) => (1
+                        ..=MAX_CACHE + MAX_CACHE / TAIL_SHARE)
                         .map(|per_invocation| {
                             let (cache, streamed) = row_cache(shape, per_invocation * wg, wg, wg);
                             (cache, streamed, 1)
@@ -563,8 +577,8 @@ impl Variant {
                         && !kernel.is_split()
                     {
                         for row_wg in pow2(1, wg / 2) {
-                            for b in 0..=MAX_CACHE.trailing_zeros() {
-                                let cache = cache_len((1 << b) * row_wg, row_wg, wg, arrays);
+                            for per_invocation in 1..=MAX_CACHE {
+                                let cache = cache_len(per_invocation * row_wg, row_wg, wg, arrays);
                                 for saved in [false, kernel.stage2().is_some()] {
                                     for (act, param) in storage_pairs(kernel) {
                                         out.insert(Variant {

@@ -1088,21 +1088,21 @@ fn strided_rows_take_their_own_v_per_invocation() {
         },
         ..caps.clone()
     };
-    // D = 4097 f32: 1025 strided V's, 8 an invocation by default (256 invocations of 5),
-    // 32 tuned (64 of 17: 16 in registers, the tail streamed). The backward keeps half of
-    // v_per_invocation (512 of 3).
+    // D = 4097 f32: 1025 strided V's, at least 8 an invocation by default (128 invocations
+    // of 9, a cache of exactly 9), 32 tuned (64 of 17: 16 in registers, the tail streamed).
+    // The backward keeps half of v_per_invocation (256 of 5).
     assert_eq!(
         shape(&caps, DType::F32, 1024, 4097),
-        [(true, 256, 8, false), (true, 512, 4, false)]
+        [(true, 128, 9, false), (true, 256, 5, false)]
     );
     assert_eq!(
         shape(&wide, DType::F32, 1024, 4097),
-        [(true, 64, 16, true), (true, 512, 4, false)]
+        [(true, 64, 16, true), (true, 256, 5, false)]
     );
     // 16-bit strided rows scale by the same factor: 8 V's by default, 32 tuned.
     assert_eq!(
         shape(&caps, DType::Bf16, 1024, 4097)[0],
-        (true, 256, 8, false)
+        (true, 128, 9, false)
     );
     assert_eq!(
         shape(&wide, DType::Bf16, 1024, 4097)[0],
