@@ -15,8 +15,8 @@ struct Params {
     eps: f32,
     // HAS_* and OPT_* bits.
     flags: u32,
-    // Steps of consecutive rows each workgroup takes, one after another: SLOTS rows side by
-    // side each (short rows; 1 elsewhere).
+    // Steps each workgroup takes, one after another: SLOTS rows side by side each (short
+    // rows; 1 elsewhere); consecutive rows, but in the paired backward (step_row).
     rows_per_group: u32,
     // Backward: partial-sum rows of this dispatch (where the dbias rows start).
     part_rows: u32,

@@ -5,7 +5,7 @@
 mod common;
 
 use common::storage::{AnyCase, check_any, quantize};
-use common::{Op, Rng, gpu, tree_gpu};
+use common::{Op, Rng, gpu, small_binding_gpu, tree_gpu};
 use wgpu_norm::DType;
 
 const HALVES: [DType; 2] = [DType::F16, DType::Bf16];
@@ -180,6 +180,8 @@ struct Bwd16 {
     in_place: bool,
     /// dx at this element offset rather than `off` (apart from dy).
     dx_off: Option<usize>,
+    /// dx added to what dx holds (seeded values, in `dtype`).
+    accumulate: bool,
 }
 
 impl Bwd16 {
@@ -199,6 +201,7 @@ impl Bwd16 {
             relative: false,
             in_place: false,
             dx_off: None,
+            accumulate: false,
         }
     }
 
@@ -215,10 +218,11 @@ impl Bwd16 {
         let xb = stage(gpu, dtype, Some(&self.x), n, off);
         let dyb = stage(gpu, dtype, Some(&self.dy), n, off);
         let dx_off = self.dx_off.unwrap_or(off);
+        let prior = quantize(dtype, Rng::new(n as u64 + 1).data(n, 0.0, 1.0));
         let dxb = if self.in_place {
             dyb.clone()
         } else {
-            stage(gpu, dtype, None, n, dx_off)
+            stage(gpu, dtype, self.accumulate.then_some(&prior[..]), n, dx_off)
         };
         let yb = stage(gpu, dtype, None, n, off);
         let wb = stage(gpu, par, Some(&w), dim, off);
@@ -250,7 +254,8 @@ impl Bwd16 {
                 .backward(dyt, dxt)
                 .unwrap()
                 .grad_weight(&dw)
-                .grad_bias(&db);
+                .grad_bias(&db)
+                .accumulate_grad_input(self.accumulate);
             gpu.norms.record(&mut e, &b).unwrap();
         } else {
             let mut f = RmsNorm::new(rows, dim, xt, yt)
@@ -262,7 +267,11 @@ impl Bwd16 {
                 f = f.rrms(rstd);
                 gpu.norms.record(&mut e, &f).unwrap();
             }
-            let b = f.backward(dyt, dxt).unwrap().grad_weight(&dw);
+            let b = f
+                .backward(dyt, dxt)
+                .unwrap()
+                .grad_weight(&dw)
+                .accumulate_grad_input(self.accumulate);
             gpu.norms.record(&mut e, &b).unwrap();
         }
         gpu.queue.submit([e.finish()]);
@@ -277,10 +286,16 @@ impl Bwd16 {
         };
         let what = format!(
             "{:?} {dtype}/{par} rows={rows} dim={dim} offset={off} dx offset={dx_off} saved={} \
-             in_place={}",
-            self.op, self.saved, self.in_place
+             in_place={} accumulate={}",
+            self.op, self.saved, self.in_place, self.accumulate
         );
         for (i, ((&g, &e), &s)) in dx.iter().zip(&r.dx).zip(&r.dx_scale).enumerate() {
+            // Accumulated: the sum in f32, rounded to the storage type once.
+            let e = if self.accumulate {
+                e + f64::from(prior[i])
+            } else {
+                e
+            };
             let err = (f64::from(g) - e).abs();
             let tol = if self.relative {
                 reference::relative_tolerance(dtype, e) + 1e-5 * s + f64::from(f32::MIN_POSITIVE)
@@ -330,28 +345,47 @@ fn backward_in_16_bit_storage() {
 
 /// The 16-bit backward at odd D, where each row starts on the other half of a word: paired
 /// `V`s (whole words of x, dy and dx) with the workgroups in pairs, one taking the even rows of
-/// a block and one the odd (`step_row`), several rows a workgroup (601 at D = 4097: the last
-/// block's odd workgroup left out), side by side (D = 7), partial sums in memory (D = 20001);
-/// and dx on other halves than x and dy, which is not paired (each half stored alone).
+/// a block and one the odd (`step_row`): several rows a workgroup at D = 4097 (601 rows: the
+/// last block's odd workgroup left out; 600), 3001 rows at D = 7 side by side, 260 rows at
+/// D = 20001 (LayerNorm's partial sums in memory, several rows a workgroup), dx added to what
+/// it holds, rows out of f32's range retried in later steps of a workgroup, many dispatches
+/// (small bindings); and dx on other halves than x and dy, which is not paired (each half
+/// stored alone).
 #[test]
 fn backward_16_bit_rows_in_parity_pairs() {
-    // (rows, dim, offset, dx offset, saved)
+    // (rows, dim, offset, dx offset, saved, accumulate)
     let cases = [
-        (601, 4097, 1, 1, true),
-        (600, 4097, 0, 0, false),
-        (3001, 7, 1, 1, false),
-        (3, 20001, 1, 1, false),
-        (9, 1025, 1, 0, true),
-        (40, 7, 0, 1, false),
+        (601, 4097, 1, 1, true, false),
+        (600, 4097, 0, 0, false, true),
+        (3001, 7, 1, 1, false, false),
+        (3001, 7, 0, 0, true, true),
+        (260, 20001, 1, 1, false, false),
+        (9, 1025, 1, 0, true, false),
+        (40, 7, 0, 1, false, false),
     ];
     for op in [Op::LayerNorm, Op::RmsNorm] {
         for dtype in HALVES {
-            for &(rows, dim, off, dx_off, saved) in &cases {
+            for &(rows, dim, off, dx_off, saved, accumulate) in &cases {
                 let mut c = Bwd16::new(op, dtype, rows, dim, off, (rows + dim) as u64);
                 c.saved = saved;
                 c.dx_off = Some(dx_off);
+                c.accumulate = accumulate;
                 c.check(gpu());
             }
+            // 61 rows in bindings of 128 KiB: 15 rows a dispatch, each with its own phase.
+            let mut c = Bwd16::new(op, dtype, 61, 4097, 1, 61);
+            c.saved = true;
+            c.check(small_binding_gpu(128 << 10));
+        }
+        // bf16 has f32's range: rows whose squares leave it, in a workgroup's later steps and
+        // in both workgroups of a pair, retried after the workgroup's other rows.
+        for saved in [true, false] {
+            let mut c = Bwd16::new(op, DType::Bf16, 601, 4097, 1, 5);
+            let extreme = quantize(DType::Bf16, Rng::new(6).data(4 * 4097, 0.3e20, 1e20));
+            c.x[300 * 4097..304 * 4097].copy_from_slice(&extreme);
+            c.saved = saved;
+            c.relative = true;
+            c.check(gpu());
         }
     }
 }
