@@ -478,12 +478,13 @@ impl Variant {
 
     /// Whether this variant may take strided `V`s in pairs of 16-bit elements that share a
     /// 32-bit word (the field `paired`, the WGSL flag of that name): a norm's whole rows,
-    /// forward or backward, strided, stored in 16 bits. Lanes (0, 1) of the i-th `V` are word i of the row and
-    /// lanes (2, 3) word `ceil(D / 4) + i` (a half of the row's words a lane pair, counted
-    /// from the word holding its first element), so the invocation loads whole words and
-    /// stores them with one plain store, where strided `V`s of single elements put the two
-    /// halves of a word in neighbouring invocations and store each half with two atomics. The
-    /// words follow the row start of the output, whose parity alternates from row to row at
+    /// forward or backward, strided, stored in 16 bits. Lanes (0, 1) of the i-th `V` are
+    /// word i of the row and lanes (2, 3) word `ceil(D / 4) + i` (a half of the row's words a
+    /// lane pair, counted from the word holding its first element), so the invocation loads
+    /// whole words and stores them with one plain store, where strided `V`s of single elements
+    /// put the two halves of a word in neighbouring invocations and store each half with two
+    /// atomics. The words follow the row start of the output, whose parity alternates from
+    /// row to row at
     /// odd D (the row's first lane is then the previous row's last element, masked). The plan
     /// pairs only where every row tensor's rows start on the same half of a word (equal offset
     /// parities), and, at D % 4 == 0, on a word boundary: an odd start there touches
