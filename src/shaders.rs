@@ -124,7 +124,7 @@ const _: () = assert!(LANES.is_power_of_two());
 /// The largest power of two that gives each invocation at least `per_invocation` `V`s (fewer
 /// than twice as many), unless that is more than [`MAX_CACHE`] (or `per_invocation`, where
 /// it is larger): the register cache is then the row's share exactly, not rounded up
-/// ([`cache_len`]). A row of a power of two of `V`s takes `per_invocation` either way. Until
+/// (`cache_len`). A row of a power of two of `V`s takes `per_invocation` either way. Until
 /// 2026-11-28 the workgroup was the smallest power of two with at most `per_invocation`
 /// each, and the cache that rounded up to a power of two: at D = 4097 (1025 `V`s) 256
 /// invocations each with room for 8 `V`s and about 4 to hold, where a register cache bounds
