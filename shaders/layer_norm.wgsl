@@ -13,8 +13,12 @@
 // zero (1e4 +- 1, say) the mean itself is not representable to better than half an ulp of 1e4
 // (5e-4), but the shifted values are exact (the difference of nearby floats is) and small, so
 // the shifted mean m and the centred values (x - p) - m keep f32 precision. The variance is
-// a second pass over those centred values, never E[x^2] - mean^2. A row whose squares leave
-// f32's range is normalized again, scaled by a power of two (scale.wgsl).
+// a second pass over centred values, never E[x^2] - mean^2: each invocation centres its own
+// elements on their own mean (no barrier between the passes), and one reduction combines the
+// invocations' counts, sums and sums of squared deviations (wg_moments in reduce.wgsl, the
+// two-pass formula over their means), where two reductions, the mean's and then the
+// variance's, each cost the row a workgroup barrier. A row whose squares leave f32's range is
+// normalized again, scaled by a power of two (scale.wgsl).
 
 @compute @workgroup_size(WG)
 fn main(g: Group, ids: Ids) {
@@ -101,11 +105,14 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
 //#endunroll
     }
 //#endif
+    // This invocation's sum of x - p and count of the row's elements.
     var s = V(0.0);
+    var count = V(0.0);
 //#if cached
 //#unroll k
     if lane + k * RW < n {
         s += in_row(base + lane + k * RW, from_cache(c[k]) - pv);
+        count += in_row(base + lane + k * RW, V(1.0));
     }
 //#endunroll
 //#endif
@@ -118,15 +125,17 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
             st_residual_out(row, i, x);
         }
         s += in_row(i, x - pv);
+        count += in_row(i, V(1.0));
     }
 //#endif
-    let sums = row_mean(row, hsum(s), lid, n);
-    let mv = V(sums.x);
+    // The centre of the second pass: this invocation's own mean (a split row's, the row's).
+    let sums = row_mean(row, hsum(s), hsum(count), lid, n);
+    let cv = V(sums.x);
     var q = V(0.0);
 //#if cached
 //#unroll k
     if lane + k * RW < n {
-        let d = in_row(base + lane + k * RW, (from_cache(c[k]) - pv) - mv);
+        let d = in_row(base + lane + k * RW, (from_cache(c[k]) - pv) - cv);
         q += d * d;
     }
 //#endunroll
@@ -135,11 +144,14 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
     // (A split row's second dispatch has its variance already: no pass for it.)
     let passes = STATS || !SPLIT;
     for (var i = base + lane + CACHE * RW; i < base + n && tail_in_row(i) && passes; i += RW) {
-        let d = in_row(i, (ld_again(row, i) - pv) - mv);
+        let d = in_row(i, (ld_again(row, i) - pv) - cv);
         q += d * d;
     }
 //#endif
-    let v = row_variance(row, hsum(q), lid, sums, part);
+    // The row's mean of x - p and its variance.
+    let mo = row_moments(row, vec3<f32>(hsum(count), hsum(s), hsum(q)), lid, sums, part);
+    let v = mo.y;
+    let mv = V(mo.x);
 //#if stats
 //#else
 //#if shared
@@ -167,15 +179,17 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
     return false;
 //#else
     if n > 0u {
-        save_stats(row, lane, p + sums.x, rstd);
+        save_stats(row, lane, p + mo.x, rstd);
     }
     return out_of_range(v) && n > 0u;
 //#endif
 }
 
-// The mean of x - p over the row, from this invocation's share `s` of the sum (the row's
-// `n` V's); and, for a split row's first dispatch (`stats`), the sum itself as y.
-fn row_mean(row: u32, s: f32, lid: u32, n: u32) -> vec2<f32> {
+// The centre of the second pass over x - p, from this invocation's sum `s` of its `count`
+// elements: its own mean (the reduction comes after that pass, row_moments). A split row's
+// parts take the row's (or, the first dispatch, `stats`, the part's) mean from the parts'
+// sums, as y the part's sum.
+fn row_mean(row: u32, s: f32, count: f32, lid: u32, n: u32) -> vec2<f32> {
 //#if split
 //#if stats
     let t = wg_sum(s, lid);
@@ -184,25 +198,27 @@ fn row_mean(row: u32, s: f32, lid: u32, n: u32) -> vec2<f32> {
     return split_moments(row);
 //#endif
 //#else
-    return vec2<f32>(wg_sum(s, lid) * (1.0 / f32(params.dim)), 0.0);
+    return vec2<f32>(s / max(count, 1.0), 0.0);
 //#endif
 }
 
-// The variance of the row from this invocation's share `q` of the sum of squared
-// deviations; a split row's first dispatch writes its part's two sums instead (split.wgsl).
-fn row_variance(row: u32, q: f32, lid: u32, sums: vec2<f32>, part: u32) -> f32 {
+// The row's mean of x - p and variance, from this invocation's count, sum and sum of squares
+// around its own mean `m`; a split row's first dispatch writes its part's sum and sum of
+// squares instead (split.wgsl), its second has them from row_mean.
+fn row_moments(row: u32, m: vec3<f32>, lid: u32, sums: vec2<f32>, part: u32) -> vec2<f32> {
 //#if split
 //#if stats
-    let m2 = wg_sum(q, lid);
+    let m2 = wg_sum(m.z, lid);
     if lid == 0u {
         st_partials(part_index(row, part), vec2<f32>(sums.y, m2));
     }
-    return 0.0;
+    return vec2<f32>(0.0);
 //#else
-    return sums.y;
+    return sums;
 //#endif
 //#else
-    return wg_sum_decide(q, lid) * (1.0 / f32(params.dim));
+    let t = wg_moments_decide(m, lid);
+    return vec2<f32>(t.y, t.z) * (1.0 / f32(params.dim));
 //#endif
 }
 

@@ -19,6 +19,31 @@ fn wg_sum_decide(v: f32, lid: u32) -> f32 {
 //#endif
 }
 
+//#if moments
+// A row's count, sum and sum of squared deviations from its mean (M2) from every
+// invocation's of its own elements (`m`; M2 around its own mean), in one reduction: the
+// LayerNorm forward's mean and variance after one barrier, not two. The combination is the
+// two-pass formula over the parts' means (Chan, Golub and LeVeque): M2 = sum of
+// (M2_j + n_j * (mean_j - mean)^2), every term non-negative, so nothing cancels. An
+// invocation without elements (0, 0, 0) adds nothing. As wg_sum_decide, uniform where the
+// kernel branches on it around barriers (`shared`). The tree variant below takes all of
+// `red`: a wg_sum right after it would need a barrier first (the LayerNorm forward calls one
+// or the other, split or not).
+fn wg_moments_decide(m: vec3<f32>, lid: u32) -> vec3<f32> {
+//#if shared
+    return hand_out(wg_moments(m, lid), lid);
+//#else
+    return wg_moments(m, lid);
+//#endif
+}
+
+// The term of a part (count, sum, M2) `p` in the M2 of a whole whose mean is `mean`.
+fn moment_term(p: vec3<f32>, mean: f32) -> f32 {
+    let d = p.y / max(p.x, 1.0) - mean;
+    return p.z + p.x * (d * d);
+}
+//#endif
+
 var<private> red_half: u32;
 
 //#if subgroups
@@ -64,6 +89,37 @@ fn partials_total(h: u32) -> f32 {
     return subgroupAdd(t);
 }
 
+//#if moments
+// Two halves used in turn, as red's.
+var<workgroup> red_m: array<vec4<f32>, 2u * PARTS>;
+var<private> red_m_half: u32;
+
+// Within each subgroup over its lanes, then across the subgroups over theirs, every subgroup
+// reading all of them in the same order (as partials_total), so that every invocation gets
+// the same bits; one barrier.
+fn wg_moments(m: vec3<f32>, lid: u32) -> vec3<f32> {
+    let ns = subgroupAdd(m.xy);
+    let sg = vec3<f32>(ns, subgroupAdd(moment_term(m, ns.y / max(ns.x, 1.0))));
+    let h = red_m_half;
+    if sg_lane == 0u {
+        red_m[h + lid / sg_size] = vec4<f32>(sg, 0.0);
+    }
+    workgroupBarrier();
+    var t = vec2<f32>(0.0);
+    for (var i = sg_lane; i < subgroups(); i += sg_size) {
+        t += red_m[h + i].xy;
+    }
+    let all = subgroupAdd(t);
+    let mean = all.y / max(all.x, 1.0);
+    var q = 0.0;
+    for (var i = sg_lane; i < subgroups(); i += sg_size) {
+        q += moment_term(red_m[h + i].xyz, mean);
+    }
+    red_m_half = PARTS - h;
+    return vec3<f32>(all, subgroupAdd(q));
+}
+//#endif
+
 //#if triples
 var<workgroup> red3: array<vec4<f32>, PARTS>;
 
@@ -89,7 +145,11 @@ fn wg_sum3_uniform(v: vec3<f32>, lid: u32) -> vec3<f32> {
 //#if triples
 var<workgroup> red: array<f32, 3u * WG>;
 //#else
+//#if moments
+var<workgroup> red: array<f32, 3u * WG>;
+//#else
 var<workgroup> red: array<f32, 2u * WG>;
+//#endif
 //#endif
 // What the *_uniform reductions hand out (workgroupUniformLoad needs a uniform pointer).
 var<workgroup> total: vec4<f32>;
@@ -114,6 +174,33 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
     return red[h + lid - lane];
 }
 
+//#if moments
+// A tree over each row's RW invocations in the three thirds of `red`, each step merging the
+// upper run into the lower (Chan, Golub and LeVeque's pairwise update, in this fixed order).
+fn wg_moments(m: vec3<f32>, lid: u32) -> vec3<f32> {
+    let lane = lid % RW;
+    // The last call's result may still be read.
+    workgroupBarrier();
+    red[lid] = m.x;
+    red[WG + lid] = m.y;
+    red[2u * WG + lid] = m.z;
+    workgroupBarrier();
+    for (var s = RW / 2u; s > 0u; s >>= 1u) {
+        if lane < s {
+            let a = vec3<f32>(red[lid], red[WG + lid], red[2u * WG + lid]);
+            let b = vec3<f32>(red[lid + s], red[WG + lid + s], red[2u * WG + lid + s]);
+            let n = a.x + b.x;
+            let d = b.y / max(b.x, 1.0) - a.y / max(a.x, 1.0);
+            red[lid] = n;
+            red[WG + lid] = a.y + b.y;
+            red[2u * WG + lid] = (a.z + b.z) + (d * d) * (a.x * b.x / max(n, 1.0));
+        }
+        workgroupBarrier();
+    }
+    let b = lid - lane;
+    return vec3<f32>(red[b], red[WG + b], red[2u * WG + b]);
+}
+//#endif
 //#endif
 
 //#if side_by_side

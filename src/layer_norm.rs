@@ -31,7 +31,9 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
         arrays: 1,
     },
     includes: &[crate::shaders::SCALE, crate::shaders::RESIDUAL],
-    wgsl_flags: &[],
+    // The row's mean and variance in one reduction: wg_moments in reduce.wgsl (the split
+    // kernel sums its parts with wg_sum).
+    wgsl_flags: &["moments"],
     flags: has(
         &[
             Operand::Weight,
