@@ -16,8 +16,9 @@
 // a second pass over centred values, never E[x^2] - mean^2: each invocation centres its own
 // elements on their own mean (no barrier between the passes), and one reduction combines the
 // invocations' counts, sums and sums of squared deviations (wg_moments in reduce.wgsl, the
-// two-pass formula over their means), where two reductions, the mean's and then the
-// variance's, each cost the row a workgroup barrier. A row whose squares leave f32's range is
+// two-pass formula over their means): with subgroups one workgroup barrier a row, where the
+// mean's reduction and then the variance's took two (a tree in workgroup memory: 2 + log2(RW)
+// barriers, against 2 + 2 log2(RW)). A row whose squares leave f32's range is
 // normalized again, scaled by a power of two (scale.wgsl).
 
 @compute @workgroup_size(WG)
@@ -128,7 +129,8 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
         count += in_row(i, V(1.0));
     }
 //#endif
-    // The centre of the second pass: this invocation's own mean (a split row's, the row's).
+    // The centre of the second pass: this invocation's own mean (a split row's: in the first
+    // dispatch its part's, in the second the row's).
     let sums = row_mean(row, hsum(s), hsum(count), lid, n);
     let cv = V(sums.x);
     var q = V(0.0);
@@ -187,8 +189,8 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
 
 // The centre of the second pass over x - p, from this invocation's sum `s` of its `count`
 // elements: its own mean (the reduction comes after that pass, row_moments). A split row's
-// parts take the row's (or, the first dispatch, `stats`, the part's) mean from the parts'
-// sums, as y the part's sum.
+// parts take in the first dispatch (`stats`) their part's mean, with the part's sum as y, and
+// in the second the row's mean and variance from the parts' sums (split_moments).
 fn row_mean(row: u32, s: f32, count: f32, lid: u32, n: u32) -> vec2<f32> {
 //#if split
 //#if stats

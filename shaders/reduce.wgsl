@@ -22,9 +22,10 @@ fn wg_sum_decide(v: f32, lid: u32) -> f32 {
 //#if moments
 // A row's count, sum and sum of squared deviations from its mean (M2) from every
 // invocation's of its own elements (`m`; M2 around its own mean), in one reduction: the
-// LayerNorm forward's mean and variance after one barrier, not two. The combination is the
-// two-pass formula over the parts' means (Chan, Golub and LeVeque): M2 = sum of
-// (M2_j + n_j * (mean_j - mean)^2), every term non-negative, so nothing cancels. An
+// LayerNorm forward's mean and variance after one barrier with subgroups, where a reduction
+// for each took two (the tree: 2 + log2(RW) barriers, against 2 + 2 log2(RW)). The
+// combination is the two-pass formula over the parts' means (Chan, Golub and LeVeque):
+// M2 = sum of (M2_j + n_j * (mean_j - mean)^2), every term non-negative, so nothing cancels. An
 // invocation without elements (0, 0, 0) adds nothing. As wg_sum_decide, uniform where the
 // kernel branches on it around barriers (`shared`). The tree variant below takes all of
 // `red`: a wg_sum right after it would need a barrier first (the LayerNorm forward calls one
@@ -140,8 +141,8 @@ fn wg_sum3_uniform(v: vec3<f32>, lid: u32) -> vec3<f32> {
 }
 //#endif
 //#else
-// Two halves for wg_sum; the LayerNorm backward's three sums use all three thirds, after a
-// barrier.
+// Two halves for wg_sum; the LayerNorm backward's three sums and the forward's moments use
+// all three thirds, after a barrier.
 //#if triples
 var<workgroup> red: array<f32, 3u * WG>;
 //#else

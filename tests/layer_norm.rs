@@ -64,37 +64,67 @@ fn data_offset_by_1e4_keeps_f32_accuracy() {
     common::offset_data(Op::LayerNorm);
 }
 
-/// Rows whose invocations' shares have far-apart means of their own: the variance is then
-/// mostly the spread of those means (the one reduction's between-share terms, wg_moments in
-/// reduce.wgsl), in runs of one V, of a few, and by halves; a row whose first element, the
-/// pivot, lies far from the rest (1e6 before values near 1, at the README's bound on the mean);
-/// and rows of two values only. With the subgroup reduction and the tree, whole rows and rows
-/// side by side, vec4 and strided.
+/// Six rows of `dim` whose invocations' shares have far-apart means of their own: the
+/// variance is then mostly the spread of those means (the one reduction's between-share terms,
+/// wg_moments in reduce.wgsl), in runs of one V, of a few, and by halves; a row whose first
+/// element, the pivot, lies far from the rest (1e6 before values near 1, at the README's bound
+/// on the mean); and rows of two values only.
+fn cluster_rows(dim: usize, seed: u64) -> Vec<f32> {
+    let mut rng = common::Rng::new(seed);
+    let mut x = vec![0.0; 6 * dim];
+    for (r, row) in x.chunks_mut(dim).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            let noise = 1e-3 * rng.normal();
+            *v = match r {
+                // Clusters 3 apart around 1e4, by V, by 64 elements, by halves.
+                0 => 1e4 + 3.0 * ((j / 4) % 2) as f64 + noise,
+                1 => 1e4 + 3.0 * ((j / 64) % 2) as f64 + noise,
+                2 => -5.0 + 10.0 * ((2 * j) / dim) as f64 + noise,
+                // The pivot 1e6 away from the rest.
+                3 if j == 0 => 1e6,
+                3 => 1.0 + rng.normal(),
+                // Two values.
+                4 => [0.25, -7.5][j % 2],
+                _ => [1e4, 1e4 + 1.0][(j * 7 / 3) % 2],
+            } as f32;
+        }
+    }
+    x
+}
+
+/// [`cluster_rows`] with the subgroup reduction and the tree, whole rows and rows side by side,
+/// vec4 and strided.
 #[test]
 fn rows_of_clusters_and_a_far_pivot() {
     for (i, dim) in [7, 100, 1024, 4096, 4097].into_iter().enumerate() {
-        let rows = 6;
-        let mut case = Case::new(Op::LayerNorm, rows, dim, 90 + i as u64);
-        let mut rng = common::Rng::new(500 + i as u64);
-        for (r, row) in case.x.chunks_mut(dim).enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                let noise = 1e-3 * rng.normal();
-                *v = match r {
-                    // Clusters 3 apart around 1e4, by V, by 64 elements, by halves.
-                    0 => 1e4 + 3.0 * ((j / 4) % 2) as f64 + noise,
-                    1 => 1e4 + 3.0 * ((j / 64) % 2) as f64 + noise,
-                    2 => -5.0 + 10.0 * ((2 * j) / dim) as f64 + noise,
-                    // The pivot 1e6 away from the rest.
-                    3 if j == 0 => 1e6,
-                    3 => 1.0 + rng.normal(),
-                    // Two values.
-                    4 => [0.25, -7.5][j % 2],
-                    _ => [1e4, 1e4 + 1.0][(j * 7 / 3) % 2],
-                } as f32;
-            }
-        }
+        let mut case = Case::new(Op::LayerNorm, 6, dim, 90 + i as u64);
+        case.x = cluster_rows(dim, 500 + i as u64);
         check(gpu(), &case);
         check(tree_gpu(), &case);
+    }
+}
+
+/// [`cluster_rows`] normalized in place: y over x makes the kernel's `shared` variant, whose
+/// reduction is handed out uniformly (wg_moments_decide) and whose rows take a whole
+/// workgroup each, so that at D = 7 and 100 most invocations hold no element. Subgroups and
+/// the tree.
+#[test]
+fn rows_of_clusters_in_place() {
+    for (i, dim) in [7, 100, 1000, 4097].into_iter().enumerate() {
+        let mut case = Case::new(Op::LayerNorm, 6, dim, 190 + i as u64);
+        case.x = cluster_rows(dim, 600 + i as u64);
+        case.bias = None;
+        let want = case.reference();
+        for gpu in [gpu(), tree_gpu()] {
+            let buf = gpu.upload("xy", &case.x);
+            let w = gpu.upload("w", case.weight.as_ref().unwrap());
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            let op = wgpu_norm::LayerNorm::new(6, dim, &buf, &buf).weight(&w);
+            gpu.norms.layer_norm(&mut encoder, &op).unwrap();
+            gpu.queue.submit([encoder.finish()]);
+            let y = pollster::block_on(gpu.read_async(&[(&buf, case.x.len())])).unwrap();
+            assert_close(&y[0], &want.y, &format!("D = {dim} in place"));
+        }
     }
 }
 
