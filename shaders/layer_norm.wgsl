@@ -108,12 +108,12 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
 //#endif
     // This invocation's sum of x - p and count of the row's elements.
     var s = V(0.0);
-    var count = V(0.0);
+    var count = 0.0;
 //#if cached
 //#unroll k
     if lane + k * RW < n {
         s += in_row(base + lane + k * RW, from_cache(c[k]) - pv);
-        count += in_row(base + lane + k * RW, V(1.0));
+        count += hsum(in_row(base + lane + k * RW, V(1.0)));
     }
 //#endunroll
 //#endif
@@ -126,12 +126,12 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
             st_residual_out(row, i, x);
         }
         s += in_row(i, x - pv);
-        count += in_row(i, V(1.0));
+        count += hsum(in_row(i, V(1.0)));
     }
 //#endif
     // The centre of the second pass: this invocation's own mean (a split row's: in the first
     // dispatch its part's, in the second the row's).
-    let sums = row_mean(row, hsum(s), hsum(count), lid, n);
+    let sums = row_mean(row, hsum(s), count, lid, n);
     let cv = V(sums.x);
     var q = V(0.0);
 //#if cached
@@ -151,7 +151,7 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
     }
 //#endif
     // The row's mean of x - p and its variance.
-    let mo = row_moments(row, vec3<f32>(hsum(count), hsum(s), hsum(q)), lid, sums, part);
+    let mo = row_moments(row, vec3<f32>(count, hsum(s), hsum(q)), lid, sums, part);
     let v = mo.y;
     let mv = V(mo.x);
 //#if stats
