@@ -143,14 +143,10 @@ fn wg_sum3_uniform(v: vec3<f32>, lid: u32) -> vec3<f32> {
 //#else
 // Two halves for wg_sum; the LayerNorm backward's three sums and the forward's moments use
 // all three thirds, after a barrier.
-//#if triples
-var<workgroup> red: array<f32, 3u * WG>;
-//#else
-//#if moments
+//#if thirds
 var<workgroup> red: array<f32, 3u * WG>;
 //#else
 var<workgroup> red: array<f32, 2u * WG>;
-//#endif
 //#endif
 // What the *_uniform reductions hand out (workgroupUniformLoad needs a uniform pointer).
 var<workgroup> total: vec4<f32>;
@@ -176,30 +172,8 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
 }
 
 //#if moments
-// A tree over each row's RW invocations in the three thirds of `red`, each step merging the
-// upper run into the lower (Chan, Golub and LeVeque's pairwise update, in this fixed order).
 fn wg_moments(m: vec3<f32>, lid: u32) -> vec3<f32> {
-    let lane = lid % RW;
-    // The last call's result may still be read.
-    workgroupBarrier();
-    red[lid] = m.x;
-    red[WG + lid] = m.y;
-    red[2u * WG + lid] = m.z;
-    workgroupBarrier();
-    for (var s = RW / 2u; s > 0u; s >>= 1u) {
-        if lane < s {
-            let a = vec3<f32>(red[lid], red[WG + lid], red[2u * WG + lid]);
-            let b = vec3<f32>(red[lid + s], red[WG + lid + s], red[2u * WG + lid + s]);
-            let n = a.x + b.x;
-            let d = b.y / max(b.x, 1.0) - a.y / max(a.x, 1.0);
-            red[lid] = n;
-            red[WG + lid] = a.y + b.y;
-            red[2u * WG + lid] = (a.z + b.z) + (d * d) * (a.x * b.x / max(n, 1.0));
-        }
-        workgroupBarrier();
-    }
-    let b = lid - lane;
-    return vec3<f32>(red[b], red[WG + b], red[2u * WG + b]);
+    return tree3(m, lid, true);
 }
 //#endif
 //#endif
@@ -231,24 +205,30 @@ fn row_sum3(v: vec3<f32>, lid: u32) -> vec3<f32> {
     return wg_sum3_uniform(v, lid);
 //#else
 //#if side_by_side
-    let t = tree_sum3(v, lid);
+    let t = tree3(v, lid, false);
     // The next wg_sum may write where other rows still read (handed out, the hand-out's
     // barrier keeps them apart).
     workgroupBarrier();
     return t;
 //#else
-    return hand_out(tree_sum3(v, lid), lid);
+    return hand_out(tree3(v, lid, false), lid);
 //#endif
 //#endif
 }
 
+//#endif
+
 //#if subgroups
 //#else
+//#if thirds
 // A tree over each row's RW invocations (all WG of them where the row is the workgroup's) in
-// the three thirds of `red`, as wg_sum's.
-fn tree_sum3(v: vec3<f32>, lid: u32) -> vec3<f32> {
+// the three thirds of `red`, as wg_sum's, each step merging the upper run into the lower: the
+// three sums added (the LayerNorm backward's), or with `moments` (count, sum, M2) by Chan,
+// Golub and LeVeque's pairwise update (wg_moments), in this fixed order.
+fn tree3(v: vec3<f32>, lid: u32, moments: bool) -> vec3<f32> {
     let lane = lid % RW;
-    // Both halves may still be read by the wg_sum calls before this one.
+    // Both halves may still be read by the wg_sum calls before this one, or the last call's
+    // result.
     workgroupBarrier();
     red[lid] = v.x;
     red[WG + lid] = v.y;
@@ -256,9 +236,16 @@ fn tree_sum3(v: vec3<f32>, lid: u32) -> vec3<f32> {
     workgroupBarrier();
     for (var s = RW / 2u; s > 0u; s >>= 1u) {
         if lane < s {
-            red[lid] += red[lid + s];
-            red[WG + lid] += red[WG + lid + s];
-            red[2u * WG + lid] += red[2u * WG + lid + s];
+            let a = vec3<f32>(red[lid], red[WG + lid], red[2u * WG + lid]);
+            let b = vec3<f32>(red[lid + s], red[WG + lid + s], red[2u * WG + lid + s]);
+            var m = a + b;
+            if moments {
+                let d = b.y / max(b.x, 1.0) - a.y / max(a.x, 1.0);
+                m.z += (d * d) * (a.x * b.x / max(m.x, 1.0));
+            }
+            red[lid] = m.x;
+            red[WG + lid] = m.y;
+            red[2u * WG + lid] = m.z;
         }
         workgroupBarrier();
     }

@@ -732,6 +732,10 @@ impl Variant {
             "saved" => Some(self.saved),
             "stats" => Some(self.stats),
             "side_by_side" => Some(self.row_wg < self.wg),
+            // `red` in three thirds for a tree of three values (reduce.wgsl's tree3).
+            "thirds" => {
+                Some(self.flag("triples") == Some(true) || self.flag("moments") == Some(true))
+            }
             "partials" => Some(matches!(
                 self.kernel.def().shape,
                 Shape::RowsWithPartials { .. }
