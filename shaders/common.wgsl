@@ -185,6 +185,16 @@ fn first_lane(v: V) -> f32 {
 //#endif
 }
 
+// The first element of the row's i-th V (an invocation's pivot: its first element of the
+// row): its first lane, but where first_lane takes the second.
+fn first_elem(v: V, i: u32) -> f32 {
+//#if paired
+    return select(v.x, first_lane(v), i == 0u);
+//#else
+    return first_lane(v);
+//#endif
+}
+
 // Built-in inputs every kernel takes, in two structs: WGSL's uniformity analysis takes a
 // struct as a whole, so one that held an invocation's index too would make the workgroup's
 // index non-uniform, and Chrome's compiler (Tint) rejects every barrier after a branch on it.

@@ -9,17 +9,16 @@
 // in src/layer_norm.rs, for the storage type: f32, or f16/bf16 packed in u32); all arithmetic
 // is f32.
 //
-// Accuracy: all sums run over x - p, where p is the row's first element. For data far from
-// zero (1e4 +- 1, say) the mean itself is not representable to better than half an ulp of 1e4
-// (5e-4), but the shifted values are exact (the difference of nearby floats is) and small, so
-// the shifted mean m and the centred values (x - p) - m keep f32 precision. The variance is
-// a second pass over centred values, never E[x^2] - mean^2: each invocation centres its own
-// elements on their own mean (no barrier between the passes), and one reduction combines the
-// invocations' counts, sums and sums of squared deviations (wg_moments in reduce.wgsl, the
-// two-pass formula over their means): with subgroups one workgroup barrier a row, where the
-// mean's reduction and then the variance's took two (a tree in workgroup memory: 2 + log2(RW)
-// barriers, against 2 + 2 log2(RW)). A row whose squares leave f32's range is
-// normalized again, scaled by a power of two (scale.wgsl).
+// Accuracy: each invocation sums x - p over its share of the row, p its own first element,
+// and then the squares of (x - p) less its share's mean, from the same registers (no barrier
+// between the passes). For data far from zero (1e4 +- 1, say) the shifted values are exact
+// (the difference of nearby floats is) and small, so the shares' means and deviations keep
+// f32 precision; the variance is a second pass over centred values, never E[x^2] - mean^2.
+// One reduction combines the shares (wg_moments in reduce.wgsl: one workgroup barrier a row
+// with subgroups, a tree in workgroup memory without) into the mean as r + c, r within a
+// rounding of it and c the rest, and y takes (x - r) - c: exact near the mean, whatever lies
+// far from it. A row whose squares leave f32's range is normalized again, scaled by a power
+// of two (scale.wgsl).
 
 @compute @workgroup_size(WG)
 fn main(g: Group, ids: Ids) {
@@ -73,16 +72,6 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
     let span = row_part(row, part);
     let base = span.x;
     let n = span.y;
-    var p = 0.0;
-    if n > 0u {
-        p = first_lane(ld_in(row, 0u));
-    }
-    let pv = V(p);
-    if has(HAS_RESIDUAL_OUT) {
-        // Every invocation has read the pivot before s (which may replace x or the
-        // residual in place) is written over it.
-        workgroupBarrier();
-    }
 
 //#if cached
     // The row stays in registers: one read of x, two exact passes over it. All loads are
@@ -106,7 +95,17 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
 //#endunroll
     }
 //#endif
-    // This invocation's sum of x - p and count of the row's elements.
+    // This invocation's pivot, its first element (none without elements: 0), its sum of
+    // x - p and its count of the row's elements.
+    var p = 0.0;
+    if lane < n {
+//#if cached
+        p = first_elem(from_cache(c[0]), base + lane);
+//#else
+        p = first_elem(ld_in(row, base + lane), base + lane);
+//#endif
+    }
+    let pv = V(p);
     var s = V(0.0);
     var count = 0.0;
 //#if cached
@@ -129,10 +128,8 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
         count += hsum(in_row(i, V(1.0)));
     }
 //#endif
-    // The centre of the second pass: this invocation's own mean (a split row's: in the first
-    // dispatch its part's, in the second the row's).
-    let sums = row_mean(row, hsum(s), count, lid, n);
-    let cv = V(sums.x);
+    // The centre of the second pass: this invocation's own mean.
+    let cv = V(hsum(s) / max(count, 1.0));
     var q = V(0.0);
 //#if cached
 //#unroll k
@@ -150,10 +147,11 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
         q += d * d;
     }
 //#endif
-    // The row's mean of x - p and its variance.
-    let mo = row_moments(row, vec3<f32>(count, hsum(s), hsum(q)), lid, sums, part);
-    let v = mo.y;
-    let mv = V(mo.x);
+    // The row's mean, as r + c, and its variance.
+    let mo = row_moments(row, vec4<f32>(count, p, hsum(s), hsum(q)), lid, part);
+    let v = mo.z;
+    let rv = V(mo.x);
+    let mv = V(mo.y);
 //#if stats
 //#else
 //#if shared
@@ -166,14 +164,14 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
 //#if cached
 //#unroll k
     if lane + k * RW < n {
-        let d = (from_cache(c[k]) - pv) - mv;
+        let d = (from_cache(c[k]) - rv) - mv;
         st_y(row, base + lane + k * RW, affine(d * rstd, base + lane + k * RW));
     }
 //#endunroll
 //#endif
 //#if streams
     for (var i = base + lane + CACHE * RW; i < base + n && tail_in_row(i); i += RW) {
-        st_y(row, i, affine(((ld_again(row, i) - pv) - mv) * rstd, i));
+        st_y(row, i, affine(((ld_again(row, i) - rv) - mv) * rstd, i));
     }
 //#endif
 //#endif
@@ -181,46 +179,29 @@ fn layer_norm_row(row: u32, lid: u32, part: u32) -> bool {
     return false;
 //#else
     if n > 0u {
-        save_stats(row, lane, p + mo.x, rstd);
+        save_stats(row, lane, mo.x + mo.y, rstd);
     }
     return out_of_range(v) && n > 0u;
 //#endif
 }
 
-// The centre of the second pass over x - p, from this invocation's sum `s` of its `count`
-// elements: its own mean (the reduction comes after that pass, row_moments). A split row's
-// parts take in the first dispatch (`stats`) their part's mean, with the part's sum as y, and
-// in the second the row's mean and variance from the parts' sums (split_moments).
-fn row_mean(row: u32, s: f32, count: f32, lid: u32, n: u32) -> vec2<f32> {
+// The row's mean as (r, c), r + c, and its variance, from this invocation's (count, pivot,
+// sum of x - pivot, sum of squares around its own mean); a split row's first dispatch writes
+// its part's instead (split.wgsl), and its second takes the row's from every part's.
+fn row_moments(row: u32, m: vec4<f32>, lid: u32, part: u32) -> vec3<f32> {
 //#if split
 //#if stats
-    let t = wg_sum(s, lid);
-    return vec2<f32>(t / f32(n * VW), t);
+    let t = wg_moments(m, lid);
+    if lid == 0u {
+        st_partials(part_index(row, part), vec4<f32>(t, 0.0));
+    }
+    return vec3<f32>(0.0);
 //#else
     return split_moments(row);
 //#endif
 //#else
-    return vec2<f32>(s / max(count, 1.0), 0.0);
-//#endif
-}
-
-// The row's mean of x - p and variance, from this invocation's count, sum and sum of squares
-// around its own mean `m`; a split row's first dispatch writes its part's sum and sum of
-// squares instead (split.wgsl), its second has them from row_mean.
-fn row_moments(row: u32, m: vec3<f32>, lid: u32, sums: vec2<f32>, part: u32) -> vec2<f32> {
-//#if split
-//#if stats
-    let m2 = wg_sum(m.z, lid);
-    if lid == 0u {
-        st_partials(part_index(row, part), vec2<f32>(sums.y, m2));
-    }
-    return vec2<f32>(0.0);
-//#else
-    return sums;
-//#endif
-//#else
     let t = wg_moments_decide(m, lid);
-    return vec2<f32>(t.y, t.z) * (1.0 / f32(params.dim));
+    return vec3<f32>(t.xy, t.z * (1.0 / f32(params.dim)));
 //#endif
 }
 

@@ -7,14 +7,16 @@
 //
 // With xhat = (x - mean) * rstd and g = dy * weight:
 //     dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
-// With rstd saved by the forward pass, one reduction gives everything: over u = x - p (p the
-// row's first element) it sums u, g and g * u, so that the mean is p + mean(u), exactly, and
-//     mean(g * xhat) = rstd * (mean(g * u) - mean(u) * mean(g)).
-// The saved mean is not read: correctly rounded to f32 it is off by up to half an ulp of the
-// data's offset (5e-4 at 1e4), a large error in x - mean when the spread is 1; its rstd's
-// rounding is relative, and harmless. Without saved statistics they are recomputed as
-// layer_norm.wgsl computes them (pivot, two passes). Either way a row whose sums leave f32's
-// range is taken again scaled by a power of two (scale.wgsl).
+// With the statistics saved by the forward pass, one reduction gives everything: over
+// u = x - p, p the saved mean, it sums u, g and g * u, so that the mean is p + mean(u)
+// exactly (the saved mean, correctly rounded to f32, is off by up to half an ulp of the
+// data's offset, 5e-4 at 1e4, a large error in x - mean when the spread is 1: here it is
+// only the pivot, near the mean, so u is exact and mean(u) small), and
+//     mean(g * xhat) = rstd * (mean(g * u) - mean(u) * mean(g)),
+// where mean(u) * mean(g) cancels nothing much. rstd's rounding is relative, and harmless.
+// Without saved statistics they are recomputed as layer_norm.wgsl computes them (each
+// invocation's pivot and two passes, then one reduction, wg_moments). Either way a row whose
+// sums leave f32's range is taken again scaled by a power of two (scale.wgsl).
 
 @compute @workgroup_size(WG)
 fn main(g: Group, ids: Ids) {
@@ -50,10 +52,14 @@ fn main(g: Group, ids: Ids) {
         // None for a slot past the last row, which still takes part in every barrier.
         let n = select(0u, row_vs(), row < params.rows);
         let inv_dim = 1.0 / f32(params.dim);
+        // xhat = ((x - p) - mu) * rstd, with p near the mean: the saved mean, or the
+        // recomputed one's reference (wg_moments).
         var p = 0.0;
+//#if saved
         if n > 0u {
-            p = first_lane(ld_x(row, 0u));
+            p = ld_mean(row);
         }
+//#endif
         // rstd, (mean(g), mean(g * xhat)), and whether the row's sums left f32's range.
         var rstd = 0.0;
         var t = vec2<f32>(0.0);
@@ -91,22 +97,32 @@ fn main(g: Group, ids: Ids) {
         }
 //#else
         {
-            // As the forward: sums over x - p, then a second pass for the variance.
+            // As the forward: each invocation's sum of x - lp (lp its first element) and of
+            // the squares around its own mean, then one reduction (wg_moments).
+            var lp = 0.0;
+            if lane < n {
+                lp = first_elem(from_cache(c[0]), lane);
+            }
             var s = V(0.0);
+            var count = 0.0;
 //#unroll k
             if lane + k * RW < n {
-                s += in_row(lane + k * RW, from_cache(c[k]) - V(p));
+                s += in_row(lane + k * RW, from_cache(c[k]) - V(lp));
+                count += hsum(in_row(lane + k * RW, V(1.0)));
             }
 //#endunroll
-            mu = wg_sum(hsum(s), lid) * inv_dim;
+            let o = V(hsum(s) / max(count, 1.0));
             var q = V(0.0);
 //#unroll k
             if lane + k * RW < n {
-                let u = in_row(lane + k * RW, (from_cache(c[k]) - V(p)) - V(mu));
+                let u = in_row(lane + k * RW, (from_cache(c[k]) - V(lp)) - o);
                 q += u * u;
             }
 //#endunroll
-            let v = wg_sum_decide(hsum(q), lid) * inv_dim;
+            let mo = wg_moments_decide(vec4<f32>(count, lp, hsum(s), hsum(q)), lid);
+            p = mo.x;
+            mu = mo.y;
+            let v = mo.z * inv_dim;
             retry = out_of_range(v) && n > 0u;
             rstd = inv_root(v, 0);
             var s2 = vec3<f32>(0.0);
@@ -163,17 +179,26 @@ fn main(g: Group, ids: Ids) {
         }
 //#else
         {
-            var s = V(0.0);
-            for (var i = lane; i < n; i += RW) {
-                s += in_row(i, ld_x(row, i) - V(p));
+            var lp = 0.0;
+            if lane < n {
+                lp = first_elem(ld_x(row, lane), lane);
             }
-            mu = wg_sum(hsum(s), lid) * inv_dim;
+            var s = V(0.0);
+            var count = 0.0;
+            for (var i = lane; i < n; i += RW) {
+                s += in_row(i, ld_x(row, i) - V(lp));
+                count += hsum(in_row(i, V(1.0)));
+            }
+            let o = V(hsum(s) / max(count, 1.0));
             var q = V(0.0);
             for (var i = lane; i < n; i += RW) {
-                let u = in_row(i, (ld_x(row, i) - V(p)) - V(mu));
+                let u = in_row(i, (ld_x(row, i) - V(lp)) - o);
                 q += u * u;
             }
-            let v = wg_sum_decide(hsum(q), lid) * inv_dim;
+            let mo = wg_moments_decide(vec4<f32>(count, lp, hsum(s), hsum(q)), lid);
+            p = mo.x;
+            mu = mo.y;
+            let v = mo.z * inv_dim;
             retry = out_of_range(v);
             rstd = inv_root(v, 0);
             var s2 = vec3<f32>(0.0);
@@ -294,15 +319,20 @@ fn layer_norm_backward_retry(row: u32, lane: u32, group: u32, fresh: bool) {
     if e == NO_SCALE {
         e = 0;
     }
-    // The pivot as scaled, the mean of the scaled x - ps, the rstd of the scaled row and the
-    // true one, and (mean(g), mean(g * xhat)).
-    let ps = first_lane(scale_v(ld_x(row, 0u), e));
+    // A pivot near the mean as scaled, the mean of the scaled x - ps, the rstd of the scaled
+    // row and the true one, and (mean(g), mean(g * xhat)).
+    var ps = 0.0;
     var mu = 0.0;
     var rs = 0.0;
     var rstd = 0.0;
     var t = vec2<f32>(0.0);
 //#if saved
     {
+        // The saved mean, scaled (the first element where that is not finite).
+        ps = times_pow2(ld_mean(row), -e);
+        if !finite(ps) {
+            ps = first_lane(scale_v(ld_x(row, 0u), e));
+        }
         rstd = ld_rstd(row);
         let sums = scaled_sums(row, e, ps);
         mu = sums.x;
@@ -312,6 +342,7 @@ fn layer_norm_backward_retry(row: u32, lane: u32, group: u32, fresh: bool) {
 //#else
     {
         let mo = scaled_moments(row, e);
+        ps = mo.pivot;
         mu = mo.mean;
         rs = inv_root(mo.var_, e);
         rstd = times_pow2(rs, -e);

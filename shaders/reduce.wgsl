@@ -20,17 +20,20 @@ fn wg_sum_decide(v: f32, lid: u32) -> f32 {
 }
 
 //#if moments
-// A row's count, sum and sum of squared deviations from its mean (M2) from every
-// invocation's of its own elements (`m`; M2 around its own mean), in one reduction: the
-// LayerNorm forward's mean and variance after one barrier with subgroups, where a reduction
-// for each took two (the tree: 2 + log2(RW) barriers, against 2 + 2 log2(RW)). The
-// combination is the two-pass formula over the parts' means (Chan, Golub and LeVeque):
-// M2 = sum of (M2_j + n_j * (mean_j - mean)^2), every term non-negative, so nothing cancels. An
-// invocation without elements (0, 0, 0) adds nothing. As wg_sum_decide, uniform where the
-// kernel branches on it around barriers (`shared`). The tree variant below takes all of
-// `red`: a wg_sum right after it would need a barrier first (the LayerNorm forward calls one
-// or the other, split or not).
-fn wg_moments_decide(m: vec3<f32>, lid: u32) -> vec3<f32> {
+// A row's mean and variance from every invocation's share of it, in one reduction: the
+// LayerNorm forward's (and the backward's where it recomputes them) after one barrier with
+// subgroups. Each invocation gives `m` = (count, pivot p, sum of x - p, M2 around its own
+// mean), p its own first element; the result is (r, c, M2) with the mean r + c: r within a
+// rounding of the mean, c what that rounding left (kernels take x - r, exact near the mean,
+// then c off it). No element is the row's pivot, so none far from the rest costs the others
+// their precision: each share's deviations are exact to its own spread, and the shares'
+// means are combined by the two-pass formula over their means (Chan, Golub and LeVeque),
+// M2 = sum of (M2_j + n_j * (mean_j - mean)^2), every term non-negative, with each mean
+// carried as a reference and an offset from it. An invocation without elements (count 0)
+// adds nothing. As wg_sum_decide, uniform where the kernel branches on it around barriers
+// (`shared`). The tree variant below takes all of `red`: a wg_sum right after it would need
+// a barrier first (the kernels call one or the other, or row_sum3, which starts with one).
+fn wg_moments_decide(m: vec4<f32>, lid: u32) -> vec3<f32> {
 //#if shared
     return hand_out(wg_moments(m, lid), lid);
 //#else
@@ -38,10 +41,21 @@ fn wg_moments_decide(m: vec3<f32>, lid: u32) -> vec3<f32> {
 //#endif
 }
 
-// The term of a part (count, sum, M2) `p` in the M2 of a whole whose mean is `mean`.
-fn moment_term(p: vec3<f32>, mean: f32) -> f32 {
-    let d = p.y / max(p.x, 1.0) - mean;
-    return p.z + p.x * (d * d);
+// Two parts (count, reference h, offset l, M2) of a row, the mean of each h + l, as one, `a`
+// the earlier: the offset of b's mean from a's (its rounding relative to that distance),
+// and the merged mean from whichever of the two references is nearer it, so that the
+// reference moves towards the mean and the offset stays small. A part without elements
+// changes nothing.
+fn merge(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    let n = a.x + b.x;
+    let g = b.y - a.y;
+    let d = g + (b.z - a.z);
+    let w = b.x / max(n, 1.0);
+    let la = a.z + d * w;
+    let lb = la - g;
+    let m2 = (a.w + b.w) + (d * d) * (a.x * w);
+    let m = select(vec4<f32>(n, a.y, la, m2), vec4<f32>(n, b.y, lb, m2), abs(lb) < abs(la));
+    return select(select(m, a, b.x == 0.0), b, a.x == 0.0);
 }
 //#endif
 
@@ -98,26 +112,36 @@ var<private> red_m_half: u32;
 // Within each subgroup over its lanes, then across the subgroups over theirs, every subgroup
 // reading all of them in the same order (as partials_total), so that every invocation gets
 // the same bits; one barrier.
-fn wg_moments(m: vec3<f32>, lid: u32) -> vec3<f32> {
-    let ns = subgroupAdd(m.xy);
-    let sg = vec3<f32>(ns, subgroupAdd(moment_term(m, ns.y / max(ns.x, 1.0))));
+fn wg_moments(m: vec4<f32>, lid: u32) -> vec3<f32> {
+    let sg = sg_moments(vec4<f32>(m.x, m.y, m.z / max(m.x, 1.0), m.w));
     let h = red_m_half;
     if sg_lane == 0u {
-        red_m[h + lid / sg_size] = vec4<f32>(sg, 0.0);
+        red_m[h + lid / sg_size] = sg;
     }
     workgroupBarrier();
-    var t = vec2<f32>(0.0);
+    // Subgroup 0's part first: it holds the row's first elements (the lanes with elements
+    // come first).
+    var t = vec4<f32>(0.0);
     for (var i = sg_lane; i < subgroups(); i += sg_size) {
-        t += red_m[h + i].xy;
-    }
-    let all = subgroupAdd(t);
-    let mean = all.y / max(all.x, 1.0);
-    var q = 0.0;
-    for (var i = sg_lane; i < subgroups(); i += sg_size) {
-        q += moment_term(red_m[h + i].xyz, mean);
+        t = merge(t, red_m[h + i]);
     }
     red_m_half = PARTS - h;
-    return vec3<f32>(all, subgroupAdd(q));
+    return sg_moments(t).yzw;
+}
+
+// The lanes' parts (count, reference, offset, M2) as one, in three sums over the subgroup: a
+// reference near the mean (r: the first lane's, moved by the others' mean offset from it,
+// whose rounding grows with their distance from it), the mean's offset from r, exact to
+// the data's spread, and M2 around r plus that.
+fn sg_moments(m: vec4<f32>) -> vec4<f32> {
+    let p0 = subgroupBroadcastFirst(m.y);
+    let a = subgroupAdd(vec2<f32>(m.x, m.x * ((m.y - p0) + m.z)));
+    let n = max(a.x, 1.0);
+    let r = p0 + a.y / n;
+    let e = (m.y - r) + m.z;
+    let c = subgroupAdd(m.x * e) / n;
+    let d = e - c;
+    return vec4<f32>(a.x, r, c, subgroupAdd(m.w + m.x * (d * d)));
 }
 //#endif
 
@@ -141,8 +165,8 @@ fn wg_sum3_uniform(v: vec3<f32>, lid: u32) -> vec3<f32> {
 }
 //#endif
 //#else
-// Two halves for wg_sum; the LayerNorm backward's three sums and the forward's moments use
-// all three thirds, after a barrier.
+// Two halves for wg_sum; the LayerNorm backward's three sums (tree3) and the moments' four
+// planes (wg_moments) use all of it, after a barrier.
 //#if thirds
 var<workgroup> red: array<f32, 3u * WG>;
 //#else
@@ -172,8 +196,53 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
 }
 
 //#if moments
-fn wg_moments(m: vec3<f32>, lid: u32) -> vec3<f32> {
-    return tree3(m, lid, true);
+// Each row's parts merged pairwise up a tree over its RW invocations (merge, the lower run
+// first, in this fixed order), each step's upper run handing its parts over in `red` (four
+// planes; each row has 3 RW / 4 slots a plane, two regions used in turn, so that a step
+// writes where no one reads any more: one barrier a step). The last merge's invocation
+// writes the result where it read, for the row's others.
+const PLANE: u32 = 3u * WG / 4u;
+
+fn put_moments(i: u32, v: vec4<f32>) {
+    red[i] = v.x;
+    red[PLANE + i] = v.y;
+    red[2u * PLANE + i] = v.z;
+    red[3u * PLANE + i] = v.w;
+}
+
+fn get_moments(i: u32) -> vec4<f32> {
+    return vec4<f32>(red[i], red[PLANE + i], red[2u * PLANE + i], red[3u * PLANE + i]);
+}
+
+fn wg_moments(m: vec4<f32>, lid: u32) -> vec3<f32> {
+    let lane = lid % RW;
+    let slot = lid / RW;
+    var t = vec4<f32>(m.x, m.y, m.z / max(m.x, 1.0), m.w);
+    // Both halves of `red` may still be read by the reduction before this one.
+    workgroupBarrier();
+    var at = slot * (RW / 2u + RW / 4u);
+    var other = at + RW / 2u;
+    for (var s = RW / 2u; s > 0u; s >>= 1u) {
+        if lane >= s && lane < 2u * s {
+            put_moments(at + lane - s, t);
+        }
+        workgroupBarrier();
+        if lane < s {
+            t = merge(t, get_moments(at + lane));
+        }
+        let was = at;
+        at = other;
+        other = was;
+    }
+    if RW > 1u {
+        // `other`: where the last step read.
+        if lane == 0u {
+            put_moments(other, t);
+        }
+        workgroupBarrier();
+        t = get_moments(other);
+    }
+    return t.yzw;
 }
 //#endif
 //#endif
@@ -205,13 +274,13 @@ fn row_sum3(v: vec3<f32>, lid: u32) -> vec3<f32> {
     return wg_sum3_uniform(v, lid);
 //#else
 //#if side_by_side
-    let t = tree3(v, lid, false);
+    let t = tree3(v, lid);
     // The next wg_sum may write where other rows still read (handed out, the hand-out's
     // barrier keeps them apart).
     workgroupBarrier();
     return t;
 //#else
-    return hand_out(tree3(v, lid, false), lid);
+    return hand_out(tree3(v, lid), lid);
 //#endif
 //#endif
 }
@@ -220,12 +289,11 @@ fn row_sum3(v: vec3<f32>, lid: u32) -> vec3<f32> {
 
 //#if subgroups
 //#else
-//#if thirds
+//#if triples
 // A tree over each row's RW invocations (all WG of them where the row is the workgroup's) in
-// the three thirds of `red`, as wg_sum's, each step merging the upper run into the lower: the
-// three sums added (the LayerNorm backward's), or with `moments` (count, sum, M2) by Chan,
-// Golub and LeVeque's pairwise update (wg_moments), in this fixed order.
-fn tree3(v: vec3<f32>, lid: u32, moments: bool) -> vec3<f32> {
+// the three thirds of `red`, as wg_sum's, each step adding the upper run into the lower, in
+// this fixed order.
+fn tree3(v: vec3<f32>, lid: u32) -> vec3<f32> {
     let lane = lid % RW;
     // Both halves may still be read by the wg_sum calls before this one, or the last call's
     // result.
@@ -236,16 +304,9 @@ fn tree3(v: vec3<f32>, lid: u32, moments: bool) -> vec3<f32> {
     workgroupBarrier();
     for (var s = RW / 2u; s > 0u; s >>= 1u) {
         if lane < s {
-            let a = vec3<f32>(red[lid], red[WG + lid], red[2u * WG + lid]);
-            let b = vec3<f32>(red[lid + s], red[WG + lid + s], red[2u * WG + lid + s]);
-            var m = a + b;
-            if moments {
-                let d = b.y / max(b.x, 1.0) - a.y / max(a.x, 1.0);
-                m.z += (d * d) * (a.x * b.x / max(m.x, 1.0));
-            }
-            red[lid] = m.x;
-            red[WG + lid] = m.y;
-            red[2u * WG + lid] = m.z;
+            red[lid] += red[lid + s];
+            red[WG + lid] += red[WG + lid + s];
+            red[2u * WG + lid] += red[2u * WG + lid + s];
         }
         workgroupBarrier();
     }

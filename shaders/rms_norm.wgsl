@@ -152,7 +152,7 @@ fn mean_square(row: u32, q: f32, lid: u32, part: u32) -> f32 {
 //#if stats
     let t = wg_sum(q, lid);
     if lid == 0u {
-        st_partials(part_index(row, part), vec2<f32>(t, 0.0));
+        st_partials(part_index(row, part), vec4<f32>(t, 0.0, 0.0, 0.0));
     }
     return 0.0;
 //#else

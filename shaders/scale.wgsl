@@ -213,8 +213,11 @@ fn scaled_mean_square(row: u32, e: i32) -> f32 {
     return sum_of(q) / f32(params.stat_len);
 }
 
-// The pivot (the first element), the mean of x - pivot and the variance of the row scaled
-// by 2^-e: two passes, as the kernels take them.
+// A pivot near the mean, the mean of x - pivot and the variance of the row scaled by 2^-e,
+// in three passes: the mean of x - x0 (x0 the first element) is exact only to the rounding
+// of the distance from x0 to the rest, so the pivot is x0 moved by it (x0 itself where that
+// is 0, a constant row), and the mean of x - pivot is then as exact as the data; the variance
+// is a pass over deviations from it.
 struct Moments {
     pivot: f32,
     mean: f32,
@@ -224,16 +227,9 @@ struct Moments {
 fn scaled_moments(row: u32, e: i32) -> Moments {
     let n = row_vs();
     let inv_dim = 1.0 / f32(params.dim);
-    let p = first_lane(scale_v(ld_all(row, 0u), e));
-    var s = no_sum();
-    for (var i0 = 0u; i0 < n; i0 += SERIAL) {
-//#unroll ui SERIAL
-        if i0 + ui < n {
-            s = add(s, in_row(i0 + ui, scale_v(ld_all(row, i0 + ui), e) - V(p)));
-        }
-//#endunroll
-    }
-    let m = sum_of(s) * inv_dim;
+    let x0 = first_lane(scale_v(ld_all(row, 0u), e));
+    let p = x0 + scaled_mean_from(row, e, x0);
+    let m = scaled_mean_from(row, e, p);
     var q = no_sum();
     for (var i0 = 0u; i0 < n; i0 += SERIAL) {
 //#unroll ui SERIAL
@@ -244,6 +240,20 @@ fn scaled_moments(row: u32, e: i32) -> Moments {
 //#endunroll
     }
     return Moments(p, m, sum_of(q) * inv_dim);
+}
+
+// The mean of x - p over the row scaled by 2^-e.
+fn scaled_mean_from(row: u32, e: i32, p: f32) -> f32 {
+    let n = row_vs();
+    var s = no_sum();
+    for (var i0 = 0u; i0 < n; i0 += SERIAL) {
+//#unroll ui SERIAL
+        if i0 + ui < n {
+            s = add(s, in_row(i0 + ui, scale_v(ld_all(row, i0 + ui), e) - V(p)));
+        }
+//#endunroll
+    }
+    return sum_of(s) / f32(params.dim);
 }
 
 // Where an output may be written over an input (`shared`), every invocation's writes so far

@@ -40,8 +40,8 @@ pub enum Extent {
     PerRow,
     /// The backward's partial column sums: rows of `dim`, in a buffer of the crate's own.
     Partials,
-    /// Two f32 per part of a row split over several workgroups (the forward's few-row path):
-    /// each part's sums, in a buffer of the crate's own.
+    /// [`ROW_PART_F32S`] f32 per part of a row split over several workgroups (the forward's
+    /// few-row path): each part's sums, in a buffer of the crate's own.
     RowParts,
 }
 
@@ -127,6 +127,11 @@ pub const PARTIALS: Slot = Slot {
     class: Class::F32,
     required: false,
 };
+
+/// f32 for each part of a forward row split over several workgroups (WGSL: one
+/// `vec4<f32>`): LayerNorm's mean as a reference and an offset and its sum of squared
+/// deviations (split.wgsl), RMSNorm's sum of squares.
+pub const ROW_PART_F32S: u32 = 4;
 
 /// The parts' sums of a forward row split over several workgroups, in the crate's own buffer:
 /// written by the first dispatch, read by the second.

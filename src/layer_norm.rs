@@ -32,7 +32,7 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
     },
     includes: &[crate::shaders::SCALE, crate::shaders::RESIDUAL],
     // The row's mean and variance in one reduction: wg_moments in reduce.wgsl (the split
-    // kernel sums its parts with wg_sum).
+    // kernel's for each part, merged in split.wgsl).
     wgsl_flags: &["moments"],
     flags: has(
         &[
@@ -66,7 +66,7 @@ pub(crate) const SPLIT: KernelDef = KernelDef {
         crate::shaders::RESIDUAL,
         crate::shaders::SPLIT,
     ],
-    wgsl_flags: &["split"],
+    wgsl_flags: &["split", "moments"],
     ..KERNEL
 };
 

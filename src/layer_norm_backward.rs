@@ -31,8 +31,9 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
         stage2: Kernel::ParamGrad,
     },
     includes: &[crate::shaders::SCALE],
-    // Three sums in one reduction: row_sum3 in reduce.wgsl.
-    wgsl_flags: &["triples"],
+    // Three sums in one reduction: row_sum3 in reduce.wgsl; the statistics, where they are
+    // recomputed, in another: wg_moments.
+    wgsl_flags: &["triples", "moments"],
     flags: has(
         &[Operand::Weight, Operand::GradWeight, Operand::GradBias],
         &[Opt::AccumulateDx],

@@ -424,8 +424,12 @@ fn row_step(
                         _ => Bind::Absent,
                     };
                 }
-                // Two f32 for each part of each row (`groups`: one workgroup per part).
-                Extent::RowParts => return Bind::Scratch { size: groups * 8 },
+                // For each part of each row (`groups`: one workgroup per part).
+                Extent::RowParts => {
+                    return Bind::Scratch {
+                        size: groups * u64::from(crate::kernel::ROW_PART_F32S) * 4,
+                    };
+                }
             };
             match c.operand(s.operand) {
                 Some(t) => {

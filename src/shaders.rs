@@ -14,7 +14,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::dtype::DType;
 use crate::error::Operand;
 pub use crate::kernel::Kernel;
-use crate::kernel::{Class, Extent, Opt, Shape};
+use crate::kernel::{Class, Extent, Opt, ROW_PART_F32S, Shape};
 
 /// A forward row longer than its register cache by at most 1 / TAIL_SHARE of the cache keeps
 /// the cache's worth in registers and streams only the rest, its tail ([`Variant::tail`]);
@@ -732,7 +732,8 @@ impl Variant {
             "saved" => Some(self.saved),
             "stats" => Some(self.stats),
             "side_by_side" => Some(self.row_wg < self.wg),
-            // `red` in three thirds for a tree of three values (reduce.wgsl's tree3).
+            // `red` at 3 WG floats: three thirds for the tree of three sums (reduce.wgsl's
+            // tree3), or four planes of 3 WG / 4 for the tree of moments (wg_moments).
             "thirds" => {
                 Some(self.flag("triples") == Some(true) || self.flag("moments") == Some(true))
             }
@@ -918,9 +919,10 @@ fn bindings_code(v: &Variant) -> String {
         };
         let arr = s.operand.wgsl();
         let writes = s.access.writes();
+        let parts_ty = format!("vec{ROW_PART_F32S}<f32>");
         let ty = match (s.extent, dtype, v.vec4, writes) {
             (Extent::PerRow, ..) => "f32",
-            (Extent::RowParts, ..) => "vec2<f32>",
+            (Extent::RowParts, ..) => parts_ty.as_str(),
             (_, DType::F32, true, _) => "vec4<f32>",
             (_, DType::F32, false, _) => "f32",
             (_, _, true, _) => "vec2<u32>",
@@ -950,8 +952,8 @@ fn bindings_code(v: &Variant) -> String {
             ),
             Extent::RowParts => {
                 fns.push_str(&format!(
-                    "fn ld_{arr}(j: u32) -> vec2<f32> {{\n    return {arr}[j];\n}}\n\n\
-                     fn st_{arr}(j: u32, v: vec2<f32>) {{\n    {arr}[j] = v;\n}}\n\n"
+                    "fn ld_{arr}(j: u32) -> {parts_ty} {{\n    return {arr}[j];\n}}\n\n\
+                     fn st_{arr}(j: u32, v: {parts_ty}) {{\n    {arr}[j] = v;\n}}\n\n"
                 ));
                 continue;
             }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::backward::{backward_grid, central};
+use common::backward::{BwdCase, backward_grid, central, check_backward};
 use common::{Op, Rng, gpu, tree_gpu};
 use wgpu_norm::reference;
 
@@ -209,6 +209,25 @@ fn gradient_descent_fits_a_target() {
 #[test]
 fn data_offset_by_1e4_with_recomputed_statistics() {
     common::backward::offset_data(Op::LayerNorm);
+}
+
+/// Rows of values near 1 with an element 1e6 away, at the start, in the middle and at the end,
+/// statistics saved and recomputed, both reductions: no element is the row's pivot (the saved
+/// mean is, or each invocation's own first element), so dx keeps the f32 bound.
+#[test]
+fn a_far_element_anywhere_keeps_f32_accuracy() {
+    for (i, dim) in [7, 1024, 4097, 12288].into_iter().enumerate() {
+        for saved in [true, false] {
+            let mut c = BwdCase::new(Op::LayerNorm, 3, dim, 1400 + i as u64);
+            c.x = Rng::new(1410 + i as u64).data(3 * dim, 1.0, 1.0);
+            c.x[0] = 1e6;
+            c.x[dim + dim / 2] = -1e6;
+            c.x[3 * dim - 1] = 1e6;
+            c.saved = saved;
+            check_backward(gpu(), &c);
+            check_backward(tree_gpu(), &c);
+        }
+    }
 }
 
 #[test]

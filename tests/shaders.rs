@@ -112,7 +112,7 @@ fn reflect(v: &Variant, module: &naga::Module) -> Result<(), String> {
         let writes = s.access.writes();
         let ty = match (s.extent, dtype, v.vec4, writes) {
             (Extent::PerRow, ..) => "f32",
-            (Extent::RowParts, ..) => "vec2<f32>",
+            (Extent::RowParts, ..) => "vec4<f32>",
             (_, DType::F32, true, _) => "vec4<f32>",
             (_, DType::F32, false, _) => "f32",
             (_, _, true, _) => "vec2<u32>",
