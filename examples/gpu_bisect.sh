@@ -33,13 +33,15 @@
 # patches' name order: backward-unpaired
 # (the reverse of main's paired 16-bit backward at odd D, one D in two 16-bit types at
 # 64 MiB: about a minute), cache-in-place (the reverse of main's register diet, two D in f32
-# and bf16, forward and backward at 64 MiB: about a minute, estimated), paired-param-words and
+# and bf16, forward and backward at 64 MiB: about a minute, estimated), first-element-pivot
+# (the reverse of main's per-invocation pivots, three D in f32 and bf16 at 64 MiB, forward
+# only: about a minute, estimated), paired-param-words and
 # partial-batch (about 4 minutes together), pow2-shapes (the reverse of main's workgroup
 # shape, three D in f32 and bf16 at 64 MiB: about 2 minutes, estimated), two-reductions (the
 # reverse of main's one-reduction LayerNorm forward, three D in f32 and bf16 at 64 MiB,
-# forward only: about a minute, estimated). With all six the call may pass 10 minutes:
-# BISECT_EXPERIMENTS="two-reductions pow2-shapes backward-unpaired cache-in-place" takes the
-# newest first. The whole
+# forward only: about a minute, estimated; since the per-invocation pivots it goes back past
+# them too). With all seven the call may pass 10 minutes: BISECT_EXPERIMENTS="first-element-pivot
+# two-reductions pow2-shapes backward-unpaired cache-in-place" takes the newest first. The whole
 # call should stay under the device tool's 10 minutes; each run's figures are packed as it
 # ends, so a call cut short still returns what it measured.
 set -uo pipefail

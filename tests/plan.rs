@@ -257,7 +257,7 @@ fn check_plan(what: &str, caps: &Caps, d: &Described, plan: &Plan) {
                 Bind::Scratch { size } => {
                     if slot.extent == Extent::RowParts {
                         let parts = u64::from(p.rows) * u64::from(p.parts);
-                        assert_eq!(size, parts * 8, "{at}: two sums a part");
+                        assert_eq!(size, parts * 16, "{at}: four f32 a part");
                     } else {
                         assert_eq!(slot.extent, Extent::Partials, "{at}");
                     }
@@ -984,7 +984,7 @@ fn few_long_rows_are_split_without_statistics() {
             (Kernel::RmsNormSplit, false, 8)
         ]
     );
-    assert_eq!(p.scratch, 8 * 8);
+    assert_eq!(p.scratch, 8 * 16);
     // Saving rrms, or in place: whole rows.
     let p = plan(&caps, &RmsNorm::new(1, 8192, x, y).rrms(t.stat(0))).unwrap();
     assert_eq!(kernels(&p), [(Kernel::RmsNorm, false, 1)]);
