@@ -129,19 +129,24 @@ fn wg_moments(m: vec4<f32>, lid: u32) -> vec3<f32> {
     return sg_moments(t).yzw;
 }
 
-// The lanes' parts (count, reference, offset, M2) as one, in three sums over the subgroup: a
-// reference near the mean (r: the first lane's, moved by the others' mean offset from it,
-// whose rounding grows with their distance from it), the mean's offset from r, exact to
-// the data's spread, and M2 around r plus that.
+// The lanes' parts (count, reference, offset, M2) as one, in two sums over the subgroup, as
+// many as a sum and then a sum of squares around it take: the first gives a reference near
+// the mean (r: the first lane's, moved by the others' mean offset from it, whose rounding
+// grows with their distance from it), the second the mean's offset from r, exact to the
+// data's spread, and the squares of the parts' offsets from r. M2 around r + c is then
+// sum of (M2_j + n_j * e_j^2) - n * c^2, e_j = mean_j - r: since r is off the mean by a
+// rounding of the parts' distances from the first lane's reference at most, c^2 is a tiny part
+// of that sum, and taking it off loses nothing much (nothing at all for a constant row, whose
+// r is exact).
 fn sg_moments(m: vec4<f32>) -> vec4<f32> {
     let p0 = subgroupBroadcastFirst(m.y);
     let a = subgroupAdd(vec2<f32>(m.x, m.x * ((m.y - p0) + m.z)));
     let n = max(a.x, 1.0);
     let r = p0 + a.y / n;
     let e = (m.y - r) + m.z;
-    let c = subgroupAdd(m.x * e) / n;
-    let d = e - c;
-    return vec4<f32>(a.x, r, c, subgroupAdd(m.w + m.x * (d * d)));
+    let b = subgroupAdd(vec2<f32>(m.x * e, m.w + m.x * (e * e)));
+    let c = b.x / n;
+    return vec4<f32>(a.x, r, c, b.y - a.x * (c * c));
 }
 //#endif
 
