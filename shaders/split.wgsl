@@ -33,8 +33,8 @@ fn part_index(row: u32, j: u32) -> u32 {
 //#if moments
 // LayerNorm: the row's mean as (r, c), r + c, and its variance, from the parts'.
 fn split_moments(row: u32) -> vec3<f32> {
-    var t = vec4<f32>(0.0);
-    for (var j = 0u; j < params.parts; j++) {
+    var t = vec4<f32>(part_elems(0u), ld_partials(part_index(row, 0u)).xyz);
+    for (var j = 1u; j < params.parts; j++) {
         let m = ld_partials(part_index(row, j));
         t = merge(t, vec4<f32>(part_elems(j), m.xyz));
     }
