@@ -47,7 +47,9 @@ pub(crate) const KERNEL: KernelDef = KernelDef {
 ///
 /// Build it from the forward op with [`crate::LayerNorm::backward`], which carries over x,
 /// eps, the weight, the storage and the saved statistics, or with
-/// [`LayerNormBackward::new`]. `mean` and `rstd` are the statistics the forward pass saved;
+/// [`LayerNormBackward::new`]. `mean` and `rstd` are the statistics the forward pass saved
+/// (the mean serves as the pivot of the row's sums, the exact mean being taken from the row
+/// again, so another value near it does as well; one far from the row costs precision);
 /// without them they are recomputed as the forward computes them, which needs the forward's
 /// eps (an error says so when it is not set). dweight and dbias are summed in a fixed order
 /// (per-workgroup partial sums, then a reduction kernel; no atomics), so they are bitwise
