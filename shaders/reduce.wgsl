@@ -54,9 +54,11 @@ fn merge(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     let g = b.y - a.y;
     let d = g + (b.z - a.z);
     let w = b.x / max(n, 1.0);
-    let la = a.z + d * w;
+    // (d * w first: an empty b's w is 0, and d * d may overflow where d does not.)
+    let dw = d * w;
+    let la = a.z + dw;
     let lb = la - g;
-    let m2 = (a.w + b.w) + (d * d) * (a.x * w);
+    let m2 = (a.w + b.w) + (dw * d) * a.x;
     let to_b = b.x > 0.0 && abs(lb) < abs(la);
     return vec4<f32>(n, select(a.y, b.y, to_b), select(la, lb, to_b), m2);
 }
@@ -162,7 +164,9 @@ fn about(q: vec4<f32>, p0: f32) -> vec2<f32> {
 // M2 plus its count times e^2.
 fn around(q: vec4<f32>, r: f32) -> vec2<f32> {
     let e = (q.y - r) + q.z;
-    return vec2<f32>(q.x * e, q.w + q.x * (e * e));
+    // (q.x * e first: an empty part's count is 0, and e * e may overflow where e does not.)
+    let ne = q.x * e;
+    return vec2<f32>(ne, q.w + ne * e);
 }
 //#endif
 

@@ -148,7 +148,7 @@ fn far_element_rows(dim: usize, seed: u64) -> Vec<f32> {
 /// and the shares' means are combined around a reference near the row's mean), so a row with
 /// an element far from the rest keeps the f32 bound on y, the mean and rstd wherever that
 /// element is: whole rows and rows side by side, both reductions, and rows split over
-/// workgroups. (With the row's first element as the pivot, y at D = 12288 was off by 4.5x
+/// workgroups. (With the row's first element as the pivot, y at D = 12288 was off by 4.1x
 /// the bound.) Also the scaled retry, whose pivot was the first element as well: a row whose
 /// squares leave f32's range with its first element far from the rest.
 #[test]
