@@ -15,9 +15,9 @@
 // (the difference of nearby floats is) and small, so the shares' means and deviations keep
 // f32 precision; the variance is a second pass over centred values, never E[x^2] - mean^2.
 // One reduction combines the shares (wg_moments in reduce.wgsl: one workgroup barrier a row
-// with subgroups, a tree in workgroup memory without) into the mean as r + c, r within a
-// rounding of it and c the rest, and y takes (x - r) - c: exact near the mean, whatever lies
-// far from it. A row whose squares leave f32's range is normalized again, scaled by a power
+// with subgroups, a tree in workgroup memory without) into the mean as r + c, r near it (a
+// rounding of it with subgroups, the pivot of the part nearest it in the tree) and c the
+// rest, and y takes (x - r) - c: exact near the mean, whatever lies far from it. A row whose squares leave f32's range is normalized again, scaled by a power
 // of two (scale.wgsl).
 
 @compute @workgroup_size(WG)

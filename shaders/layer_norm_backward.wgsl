@@ -389,8 +389,9 @@ fn layer_norm_backward_retry(row: u32, lane: u32, group: u32, fresh: bool) {
 //#endif
 }
 
-// A row's statistics as the last pass over a streamed row needs them: its pivot (first
-// element), the mean of x - pivot, rstd, and (mean(g), mean(g * xhat)).
+// A row's statistics as the last pass over a streamed row needs them: its pivot p (the
+// saved mean, or wg_moments' reference r), the mean of x - p, rstd, and
+// (mean(g), mean(g * xhat)).
 struct Stats {
     p: f32,
     mu: f32,

@@ -23,13 +23,14 @@ fn wg_sum_decide(v: f32, lid: u32) -> f32 {
 // A row's mean and variance from every invocation's share of it, in one reduction: the
 // LayerNorm forward's (and the backward's where it recomputes them) after one barrier with
 // subgroups. Each invocation gives `m` = (count, pivot p, sum of x - p, M2 around its own
-// mean), p its own first element; the result is (r, c, M2) with the mean r + c: r within a
-// rounding of the mean, c what that rounding left (kernels take x - r, exact near the mean,
-// then c off it). No element is the row's pivot, so none far from the rest costs the others
-// their precision: each share's deviations are exact to its own spread, and the shares'
-// means are combined by the two-pass formula over their means (Chan, Golub and LeVeque),
-// M2 = sum of (M2_j + n_j * (mean_j - mean)^2), every term non-negative, with each mean
-// carried as a reference and an offset from it. An invocation without elements (count 0)
+// mean), p its own first element; the result is (r, c, M2) with the mean r + c: r near the
+// mean (with subgroups within a rounding of it, in the tree the pivot of the part nearest
+// it), c the rest (kernels take x - r, exact near the mean, then c off it). No element is
+// the row's pivot, so none far from the rest costs the others their precision: each share's
+// deviations are exact to its own spread, and the shares' means are combined by the
+// two-pass formula over their means (Chan, Golub and LeVeque), M2 = sum of
+// (M2_j + n_j * (mean_j - mean)^2), every term non-negative, with each mean carried as a
+// reference and an offset from it. An invocation without elements (count 0)
 // adds nothing. As wg_sum_decide, uniform where the kernel branches on it around barriers
 // (`shared`). The tree variant below takes all of `red`: a wg_sum right after it would need
 // a barrier first (the kernels call one or the other, or row_sum3, which starts with one).

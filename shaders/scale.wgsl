@@ -13,7 +13,7 @@
 // backward's short rows side by side, whose slots add to one partial row, take their
 // retries in turns behind barriers (workgroup_retries). In
 // `shared` variants an output may be written over an input, which would then be gone: there
-// a row is retried at once, its test made uniform by wg_sum_decide, its reads of the whole
+// a row is retried at once, its test made uniform by wg_sum_decide (wg_moments_decide in LayerNorm), its reads of the whole
 // row bracketed by storage barriers. Rows holding inf or NaN are taken unscaled (NO_SCALE):
 // scaling cannot mend them.
 
