@@ -13,7 +13,8 @@ use crate::kernel::{Class, Extent, Kernel, Shape, Slot};
 use crate::norms::{NormsOptions, Tuning};
 use crate::op::{Launch, Op, Operands};
 use crate::shaders::{
-    LANES, MIN_WORKGROUP_SIZE, Params, Variant, row_groups, rows_per_group, split_parts,
+    LANES, MAX_WORKGROUP_BYTES, MIN_WORKGROUP_SIZE, Params, Variant, row_groups, rows_per_group,
+    split_parts,
 };
 use crate::tensor::TensorRef;
 
@@ -71,6 +72,12 @@ impl Caps {
             return Err(Error::UnsupportedDevice(format!(
                 "needs {needed} storage buffers per shader stage, the device allows {}",
                 limits.max_storage_buffers_per_shader_stage
+            )));
+        }
+        if limits.max_compute_workgroup_storage_size < MAX_WORKGROUP_BYTES {
+            return Err(Error::UnsupportedDevice(format!(
+                "needs {MAX_WORKGROUP_BYTES} bytes of workgroup memory, the device allows {}",
+                limits.max_compute_workgroup_storage_size
             )));
         }
         let t = options.tuning;

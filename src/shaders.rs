@@ -32,6 +32,17 @@ pub const MIN_WORKGROUP_SIZE: u32 = 64;
 /// Largest workgroup the kernels use, where the device allows it.
 pub const MAX_WORKGROUP_SIZE: u32 = 1024;
 
+/// Most bytes of workgroup memory any kernel declares for its entry point: wgpu's smallest
+/// compute limit (`Limits::downlevel_defaults().max_compute_workgroup_storage_size`, which
+/// every device with compute shaders meets), so that no workgroup size the plan may pick
+/// overruns a device. wgpu 30 does not check a pipeline's workgroup memory against the
+/// device's limit (a browser does), so tests/shaders.rs measures every variant with naga
+/// against this figure, and a device reporting less is refused ([`crate::Error::UnsupportedDevice`]).
+/// The largest, at 1024 invocations (2026-11-29): 12304 bytes, the LayerNorm kernels
+/// (with subgroups the backward's moments in two halves and its three sums; without, the
+/// tree's `red` of 3 · 1024 f32).
+pub const MAX_WORKGROUP_BYTES: u32 = 16352;
+
 /// Row elements (`V`s of four elements) each invocation aims to handle, at least (fewer than
 /// twice as many, [`workgroup_size`]): the workgroup grows with D until it reaches the
 /// largest size, so short rows are not spread thinly over idle invocations and every

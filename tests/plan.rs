@@ -832,6 +832,22 @@ fn devices_too_small_are_refused() {
         Caps::new(&limits, wgpu::Features::empty(), NormsOptions::default()),
         Err(Error::UnsupportedDevice(_))
     ));
+    // Less workgroup memory than the kernels may declare (tests/shaders.rs measures them);
+    // wgpu's smallest compute limit is enough.
+    let limits = wgpu::Limits {
+        max_compute_workgroup_storage_size: 8192,
+        ..wgpu::Limits::default()
+    };
+    assert!(matches!(
+        Caps::new(&limits, wgpu::Features::empty(), NormsOptions::default()),
+        Err(Error::UnsupportedDevice(ref m)) if m.contains("workgroup memory")
+    ));
+    let limits = wgpu::Limits {
+        max_compute_workgroup_storage_size: wgpu::Limits::downlevel_defaults()
+            .max_compute_workgroup_storage_size,
+        ..wgpu::Limits::default()
+    };
+    assert!(Caps::new(&limits, wgpu::Features::empty(), NormsOptions::default()).is_ok());
     let caps = Caps::new(
         &wgpu::Limits::default(),
         wgpu::Features::SUBGROUP,

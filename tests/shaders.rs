@@ -4,9 +4,15 @@
 
 use wgpu_norm::DType;
 use wgpu_norm::kernel::{Class, Extent};
-use wgpu_norm::shaders::{Kernel, Params, Variant};
+use wgpu_norm::shaders::{Kernel, MAX_WORKGROUP_BYTES, Params, Variant};
 
 fn validate(variant: &Variant) -> Result<naga::Module, String> {
+    validate_with_info(variant).map(|(module, _)| module)
+}
+
+fn validate_with_info(
+    variant: &Variant,
+) -> Result<(naga::Module, naga::valid::ModuleInfo), String> {
     let source = variant.source();
     let module = naga::front::wgsl::parse_str(&source)
         .map_err(|e| format!("{}:\n{}", variant.label(), e.emit_to_string(&source)))?;
@@ -18,12 +24,12 @@ fn validate(variant: &Variant) -> Result<naga::Module, String> {
     if variant.act != wgpu_norm::DType::F32 || variant.param != wgpu_norm::DType::F32 {
         caps |= naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
     }
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
         .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
         .subgroup_operations(naga::valid::SubgroupOperationSet::all())
         .validate(&module)
         .map_err(|e| format!("{}:\n{}", variant.label(), e.emit_to_string(&source)))?;
-    Ok(module)
+    Ok((module, info))
 }
 
 #[test]
@@ -42,7 +48,14 @@ fn every_variant_validates_and_binds_its_table() {
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .filter_map(|v| validate(v).and_then(|m| reflect(v, &m)).err())
+                        .filter_map(|v| {
+                            validate_with_info(v)
+                                .and_then(|(m, info)| {
+                                    reflect(v, &m)?;
+                                    fits_workgroup_memory(v, &m, &info)
+                                })
+                                .err()
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -53,6 +66,51 @@ fn every_variant_validates_and_binds_its_table() {
             .collect()
     });
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Bytes of workgroup memory the entry point uses (the variables it reaches, as a device
+/// counts them), as naga lays them out.
+fn workgroup_bytes(module: &naga::Module, info: &naga::valid::ModuleInfo) -> u32 {
+    let mut layouter = naga::proc::Layouter::default();
+    layouter.update(module.to_ctx()).unwrap();
+    let entry = info.get_entry_point(0);
+    module
+        .global_variables
+        .iter()
+        .filter(|&(h, g)| g.space == naga::AddressSpace::WorkGroup && !entry[h].is_empty())
+        .map(|(_, g)| layouter[g.ty].size)
+        .sum()
+}
+
+/// Within what every device allows (wgpu 30 does not check it; a driver may fail or
+/// misbehave past it).
+fn fits_workgroup_memory(
+    v: &Variant,
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+) -> Result<(), String> {
+    let bytes = workgroup_bytes(module, info);
+    if bytes > MAX_WORKGROUP_BYTES {
+        return Err(format!(
+            "{}: {bytes} bytes of workgroup memory, more than MAX_WORKGROUP_BYTES ({MAX_WORKGROUP_BYTES})",
+            v.label()
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn workgroup_memory_is_counted_as_a_device_counts_it() {
+    // The tree of moments at 1024 invocations: `red`, 3 · 1024 f32, and `total`, one vec4.
+    let tree = Variant::for_row(Kernel::LayerNorm, 1 << 16, true, false, false, 1024);
+    assert_eq!(tree.wg, 1024);
+    let (module, info) = validate_with_info(&tree).unwrap();
+    assert!(workgroup_bytes(&module, &info) >= 3 * 1024 * 4);
+    // The floor is wgpu's own, and nothing wgpu accepts for compute is below it.
+    assert_eq!(
+        MAX_WORKGROUP_BYTES,
+        wgpu::Limits::downlevel_defaults().max_compute_workgroup_storage_size
+    );
 }
 
 /// A naga type as WGSL spells it (the few the bindings use).
