@@ -305,7 +305,8 @@ pub struct Variant {
     /// Workgroup size (the WGSL constant `WG`), from [`workgroup_size`].
     pub wg: u32,
     /// Invocations per row (the WGSL constant `RW`): `wg`, or fewer where a norm's row (forward
-    /// or backward) is too short to keep [`MIN_WORKGROUP_SIZE`] invocations busy, and
+    /// or backward) is too short to keep [`MIN_WORKGROUP_SIZE`] invocations busy (the
+    /// forward's: to give them two `V`s each), and
     /// `wg / row_wg` rows are taken side by side ([`Variant::rows_side_by_side`]).
     pub row_wg: u32,
     /// `V = vec4<f32>` of four consecutive elements: D % 4 == 0 and every operand 16-byte
@@ -413,7 +414,11 @@ impl Variant {
                 let per_row = dim.div_ceil(lanes);
                 // A row of fewer V's than the smallest workgroup has invocations would leave
                 // the rest of it idle: the workgroup takes several such rows side by side
-                // instead, forward and backward. Their reductions are trees over each row's
+                // instead, forward and backward. The forward also takes rows of fewer than
+                // two V's an invocation so: on lavapipe (2026-11-29) one V an invocation at
+                // D = 256 ran 1.4-2.0× faster side by side, two at D = 512 from 0.96× to
+                // 1.26×, four at 1024 0.85-0.95×; the backward, which adds each slot's column
+                // sums after its rows, ran 0.75-0.93× side by side at D = 256. Their reductions are trees over each row's
                 // invocations in workgroup memory (a subgroup may span several rows, and its
                 // size is not known here); the backward adds its slots' column sums into the
                 // workgroup's one partial row after its rows (rows out of f32's range then add
@@ -421,7 +426,8 @@ impl Variant {
                 // input (`shared`), a row out of f32's range is retried at once behind
                 // workgroup-wide barriers, which needs the whole workgroup on one row. Longer
                 // rows, whose invocations all have work, keep the shape measured on GPUs.
-                let side_by_side = !shared && !kernel.is_split() && per_row < MIN_WORKGROUP_SIZE;
+                let short = if forward { 2 } else { 1 } * MIN_WORKGROUP_SIZE;
+                let side_by_side = !shared && !kernel.is_split() && per_row < short;
                 let row_wg = if side_by_side {
                     // At most MAX_CACHE V's each, so that the row stays in registers.
                     per_row
@@ -1298,7 +1304,10 @@ mod tests {
                                 v.wg == MIN_WORKGROUP_SIZE && v.cache > 0 && !v.subgroups,
                                 "{v:?}"
                             );
-                            assert!(dim.div_ceil(lanes) < MIN_WORKGROUP_SIZE, "{v:?}");
+                            // The forward's rows of fewer than two V's an invocation too.
+                            let forward = matches!(kernel.def().shape, Shape::Rows { .. });
+                            let short = if forward { 2 } else { 1 } * MIN_WORKGROUP_SIZE;
+                            assert!(dim.div_ceil(lanes) < short, "{v:?}");
                         }
                         let fits = |arrays: u32| MAX_CACHE.min(CACHE_BUDGET / v.wg / arrays);
                         if v.tail() {
@@ -1335,8 +1344,20 @@ mod tests {
         let v = Variant::for_row(Kernel::RmsNorm, 128, true, true, false, 1024);
         assert_eq!((v.wg, v.row_wg, v.rows_side_by_side()), (64, 4, 16));
         assert!(!v.subgroups && v.cache == V_PER_INVOCATION, "{v:?}");
-        // Every invocation of the smallest workgroup has work: one row, subgroups kept.
-        let v = Variant::for_row(Kernel::LayerNorm, 256, true, true, false, 1024);
+        // Fewer than two V's an invocation of the smallest workgroup: the forward takes 8
+        // rows of 8 invocations with 8 V's each (64 V's; 127 at D = 508, 16 invocations),
+        // the backward (4 V's an invocation) one row with subgroups. Two V's an invocation
+        // (D = 512): one row with subgroups.
+        for k in [Kernel::LayerNorm, Kernel::RmsNorm] {
+            let v = Variant::for_row(k, 256, true, true, false, 1024);
+            assert_eq!((v.wg, v.row_wg, v.cache), (64, 8, 8), "{v:?}");
+            assert!(!v.subgroups, "{v:?}");
+            let v = Variant::for_row(k, 508, true, true, false, 1024);
+            assert_eq!((v.wg, v.row_wg, v.cache), (64, 16, 8), "{v:?}");
+            let v = Variant::for_row(k, 512, true, true, false, 1024);
+            assert!(v.row_wg == v.wg && v.subgroups, "{v:?}");
+        }
+        let v = Variant::for_row(Kernel::LayerNormBackward, 256, true, true, false, 1024);
         assert!(v.row_wg == v.wg && v.subgroups, "{v:?}");
         // Written over an input: one row at a time.
         let v = Variant::for_row(Kernel::RmsNorm, 128, true, true, true, 1024);

@@ -12,7 +12,8 @@ const HALVES: [DType; 2] = [DType::F16, DType::Bf16];
 
 /// Many rows with small D, few with large: vec4 (D % 4 == 0, even offsets) and strided
 /// paths (odd D: paired V's, whole words inside a row and per-element stores at its ends),
-/// the cache and the streamed path.
+/// the cache and the streamed path; short rows side by side up to the forward's 127 `V`s
+/// (D = 507, paired).
 const SHAPES: &[(usize, usize)] = &[
     (70000, 1),
     (257, 2),
@@ -21,6 +22,7 @@ const SHAPES: &[(usize, usize)] = &[
     (257, 7),
     (257, 31),
     (100, 256),
+    (65, 507),
     (33, 1000),
     (33, 1024),
     (33, 1025),

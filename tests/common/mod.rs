@@ -377,7 +377,8 @@ pub fn check(gpu: &Gpu, case: &Case) -> Out {
 
 /// Many rows with small D, few rows with large D: every D of the grid at least once, rows past
 /// 65535 (the grid's one-dimension limit), D = 1, D below and above the workgroup size and the
-/// register cache, D not a multiple of 4.
+/// register cache, D not a multiple of 4, short rows side by side (the forward's up to 127
+/// `V`s: D = 507).
 pub const GRID: &[(usize, usize)] = &[
     (70000, 1),
     (70000, 5),
@@ -389,6 +390,7 @@ pub const GRID: &[(usize, usize)] = &[
     (257, 31),
     (257, 127),
     (257, 256),
+    (257, 507),
     (257, 1000),
     (257, 1024),
     (257, 1025),
