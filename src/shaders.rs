@@ -414,11 +414,7 @@ impl Variant {
                 let per_row = dim.div_ceil(lanes);
                 // A row of fewer V's than the smallest workgroup has invocations would leave
                 // the rest of it idle: the workgroup takes several such rows side by side
-                // instead, forward and backward. The forward also takes rows of fewer than
-                // two V's an invocation so: on lavapipe (2026-11-29) one V an invocation at
-                // D = 256 ran 1.4-2.0× faster side by side, two at D = 512 from 0.96× to
-                // 1.26×, four at 1024 0.85-0.95×; the backward, which adds each slot's column
-                // sums after its rows, ran 0.75-0.93× side by side at D = 256. Their reductions are trees over each row's
+                // instead, forward and backward. Their reductions are trees over each row's
                 // invocations in workgroup memory (a subgroup may span several rows, and its
                 // size is not known here); the backward adds its slots' column sums into the
                 // workgroup's one partial row after its rows (rows out of f32's range then add
@@ -426,6 +422,11 @@ impl Variant {
                 // input (`shared`), a row out of f32's range is retried at once behind
                 // workgroup-wide barriers, which needs the whole workgroup on one row. Longer
                 // rows, whose invocations all have work, keep the shape measured on GPUs.
+                // But the forward takes rows of fewer than two V's an invocation side by
+                // side too: on lavapipe (2026-11-29) one V an invocation at D = 256 ran 1.4-2.0×
+                // faster so, two at D = 512 0.96-1.26×, four at 1024 0.85-0.95×; the
+                // backward, which adds each slot's column sums after its rows, ran
+                // 0.75-0.93× side by side at D = 256.
                 let short = if forward { 2 } else { 1 } * MIN_WORKGROUP_SIZE;
                 let side_by_side = !shared && !kernel.is_split() && per_row < short;
                 let row_wg = if side_by_side {
