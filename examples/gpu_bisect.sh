@@ -37,11 +37,14 @@
 # (the reverse of main's per-invocation pivots, three D in f32 and bf16 at 64 MiB, forward
 # only: about a minute, estimated), paired-param-words and
 # partial-batch (about 4 minutes together), pow2-shapes (the reverse of main's workgroup
-# shape, three D in f32 and bf16 at 64 MiB: about 2 minutes, estimated), two-reductions (the
+# shape, three D in f32 and bf16 at 64 MiB: about 2 minutes, estimated), short-rows-alone
+# (the reverse of main's forward rows of fewer than two V's an invocation side by side, four
+# D in f32 and bf16 at 64 MiB, forward only: about a minute, estimated), two-reductions (the
 # reverse of main's one-reduction LayerNorm forward, three D in f32 and bf16 at 64 MiB,
 # forward only: about a minute, estimated; since the per-invocation pivots it goes back past
-# them too). With all seven the call may pass 10 minutes: BISECT_EXPERIMENTS="first-element-pivot
-# two-reductions pow2-shapes backward-unpaired cache-in-place" takes the newest first. The whole
+# them too). With all eight the call may pass 10 minutes: BISECT_EXPERIMENTS="short-rows-alone
+# first-element-pivot two-reductions pow2-shapes backward-unpaired cache-in-place" takes the
+# newest first. The whole
 # call should stay under the device tool's 10 minutes; each run's figures are packed as it
 # ends, so a call cut short still returns what it measured.
 set -uo pipefail
