@@ -189,9 +189,9 @@ pub enum Error {
     BadTuning(String),
 
     /// The device's limits are below what the kernels need: 64 invocations per workgroup, as
-    /// many storage buffers per shader stage as a kernel binds, and
-    /// [`crate::shaders::MAX_WORKGROUP_BYTES`] of workgroup memory (every device wgpu opens
-    /// for compute has them unless asked for less).
+    /// many storage buffers per shader stage as the largest kernel binds (wgpu's downlevel
+    /// limits, 4, are too few), and [`crate::shaders::MAX_WORKGROUP_BYTES`] of
+    /// workgroup memory (every device wgpu opens for compute has it unless asked for less).
     #[error("the device cannot run these kernels: {0}")]
     UnsupportedDevice(String),
 

@@ -38,9 +38,10 @@ pub const MAX_WORKGROUP_SIZE: u32 = 1024;
 /// overruns a device. wgpu 30 does not check a pipeline's workgroup memory against the
 /// device's limit (a browser does), so tests/shaders.rs measures every variant with naga
 /// against this figure, and a device reporting less is refused ([`crate::Error::UnsupportedDevice`]).
-/// The largest, at 1024 invocations (2026-11-29): 12304 bytes, the LayerNorm kernels
-/// (with subgroups the backward's moments in two halves and its three sums; without, the
-/// tree's `red` of 3 · 1024 f32).
+/// The largest, at 1024 invocations (2026-11-29, every variable declared, each rounded to
+/// 16 bytes): 14352 bytes, the LayerNorm backward with subgroups (`wg_sum`'s halves, the
+/// moments' halves and the three sums); without subgroups 12304, the tree's `red` of
+/// 3 · 1024 f32.
 pub const MAX_WORKGROUP_BYTES: u32 = 16352;
 
 /// Row elements (`V`s of four elements) each invocation aims to handle, at least (fewer than
@@ -423,7 +424,7 @@ impl Variant {
                 // workgroup-wide barriers, which needs the whole workgroup on one row. Longer
                 // rows, whose invocations all have work, keep the shape measured on GPUs.
                 // But the forward takes rows of fewer than two V's an invocation side by
-                // side too: on lavapipe (2026-11-29) one V an invocation at D = 256 ran 1.4-2.0×
+                // side too: on lavapipe (2026-11-29) one V an invocation at D = 256 ran 1.35-2.05×
                 // faster so, two at D = 512 0.96-1.26×, four at 1024 0.85-0.95×; the
                 // backward, which adds each slot's column sums after its rows, ran
                 // 0.75-0.93× side by side at D = 256.

@@ -497,7 +497,8 @@ pub const EXTREME_ROWS: [(f64, f64, f32); 6] = [
 /// tolerance, rstd to 1e-5 relative, and the mean to 1e-5 of the row's own spread.
 pub fn extreme_magnitudes(op: Op) {
     for (k, &(center, spread, _)) in EXTREME_ROWS.iter().enumerate() {
-        for dim in [7, 4096, 65536] {
+        // 7, 256, 507: rows side by side (forward: 1, 8 and 16 invocations a row).
+        for dim in [7, 256, 507, 4096, 65536] {
             let mut case = Case::new(op, 3, dim, 60 + k as u64);
             case.extreme_middle_row(k);
             let r = case.reference();
