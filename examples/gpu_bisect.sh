@@ -44,9 +44,8 @@
 # forward only: about a minute, estimated; since the per-invocation pivots it goes back past
 # them too). With all eight the call may pass 10 minutes: BISECT_EXPERIMENTS="short-rows-alone
 # first-element-pivot two-reductions pow2-shapes backward-unpaired cache-in-place" takes the
-# newest first. The whole
-# call should stay under the device tool's 10 minutes; each run's figures are packed as it
-# ends, so a call cut short still returns what it measured.
+# newest first. The whole call should stay under the device tool's 10 minutes; each run's
+# figures are packed as it ends, so a call cut short still returns what it measured.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

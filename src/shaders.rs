@@ -32,12 +32,12 @@ pub const MIN_WORKGROUP_SIZE: u32 = 64;
 /// Largest workgroup the kernels use, where the device allows it.
 pub const MAX_WORKGROUP_SIZE: u32 = 1024;
 
-/// Most bytes of workgroup memory any kernel declares for its entry point: wgpu's smallest
-/// compute limit (`Limits::downlevel_defaults().max_compute_workgroup_storage_size`, which
-/// every device with compute shaders meets), so that no workgroup size the plan may pick
-/// overruns a device. wgpu 30 does not check a pipeline's workgroup memory against the
-/// device's limit (a browser does), so tests/shaders.rs measures every variant with naga
-/// against this figure, and a device reporting less is refused ([`crate::Error::UnsupportedDevice`]).
+/// Most bytes of workgroup memory any kernel declares: wgpu's smallest compute limit
+/// (`Limits::downlevel_defaults().max_compute_workgroup_storage_size`, which every device
+/// with compute shaders meets), so that no workgroup size the plan may pick overruns a
+/// device. wgpu 30 does not check a pipeline's workgroup memory against the device's limit
+/// (a browser does), so tests/shaders.rs measures every variant with naga against this
+/// figure, and a device reporting less is refused ([`crate::Error::UnsupportedDevice`]).
 /// The largest, at 1024 invocations (2026-11-29, every variable declared, each rounded to
 /// 16 bytes): 14352 bytes, the LayerNorm backward with subgroups (`wg_sum`'s halves, the
 /// moments' halves and the three sums); without subgroups 12304, the tree's `red` of
@@ -129,6 +129,18 @@ const CACHE_BUDGET: u32 = 8192;
 const _: () = assert!(MIN_WORKGROUP_SIZE.is_power_of_two() && MAX_WORKGROUP_SIZE.is_power_of_two());
 const _: () = assert!(MAX_CACHE.is_power_of_two() && V_PER_INVOCATION.is_power_of_two());
 const _: () = assert!(LANES.is_power_of_two());
+
+/// Rows of fewer `V`s than this go side by side with others ([`Variant::row_wg`]): fewer than
+/// the smallest workgroup has invocations, and in the forward fewer than two each
+/// (`Variant::for_row_with` says why).
+fn side_by_side_below(forward: bool) -> u32 {
+    if forward {
+        2
+    } else {
+        1
+    }
+    *MIN_WORKGROUP_SIZE
+}
 
 /// The workgroup size for a row of `lanes`-wide elements on a device that allows `max_wg`
 /// invocations (a power of two). The one source of truth for the WGSL constant `WG`.
@@ -428,8 +440,8 @@ impl Variant {
                 // faster so, two at D = 512 0.96-1.26×, four at 1024 0.85-0.95×; the
                 // backward, which adds each slot's column sums after its rows, ran
                 // 0.75-0.93× side by side at D = 256.
-                let short = if forward { 2 } else { 1 } * MIN_WORKGROUP_SIZE;
-                let side_by_side = !shared && !kernel.is_split() && per_row < short;
+                let side_by_side =
+                    !shared && !kernel.is_split() && per_row < side_by_side_below(forward);
                 let row_wg = if side_by_side {
                     // At most MAX_CACHE V's each, so that the row stays in registers.
                     per_row
@@ -1306,10 +1318,8 @@ mod tests {
                                 v.wg == MIN_WORKGROUP_SIZE && v.cache > 0 && !v.subgroups,
                                 "{v:?}"
                             );
-                            // The forward's rows of fewer than two V's an invocation too.
                             let forward = matches!(kernel.def().shape, Shape::Rows { .. });
-                            let short = if forward { 2 } else { 1 } * MIN_WORKGROUP_SIZE;
-                            assert!(dim.div_ceil(lanes) < short, "{v:?}");
+                            assert!(dim.div_ceil(lanes) < side_by_side_below(forward), "{v:?}");
                         }
                         let fits = |arrays: u32| MAX_CACHE.min(CACHE_BUDGET / v.wg / arrays);
                         if v.tail() {
