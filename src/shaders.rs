@@ -134,12 +134,8 @@ const _: () = assert!(LANES.is_power_of_two());
 /// the smallest workgroup has invocations, and in the forward fewer than two each
 /// (`Variant::for_row_with` says why).
 fn side_by_side_below(forward: bool) -> u32 {
-    if forward {
-        2
-    } else {
-        1
-    }
-    *MIN_WORKGROUP_SIZE
+    let per_invocation = if forward { 2 } else { 1 };
+    per_invocation * MIN_WORKGROUP_SIZE
 }
 
 /// The workgroup size for a row of `lanes`-wide elements on a device that allows `max_wg`
