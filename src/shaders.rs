@@ -36,8 +36,9 @@ pub const MAX_WORKGROUP_SIZE: u32 = 1024;
 /// (`Limits::downlevel_defaults().max_compute_workgroup_storage_size`, which every device
 /// with compute shaders meets), so that no workgroup size the plan may pick overruns a
 /// device. wgpu 30 does not check a pipeline's workgroup memory against the device's limit
-/// (gfx-rs/wgpu#8946; a browser does), so tests/shaders.rs measures every variant with naga against this
-/// figure, and a device reporting less is refused ([`crate::Error::UnsupportedDevice`]).
+/// (gfx-rs/wgpu#8946; a browser does), so tests/shaders.rs measures every variant with naga
+/// against this figure, and a device reporting less is refused
+/// ([`crate::Error::UnsupportedDevice`]).
 /// The largest, at 1024 invocations (2026-11-29, every variable declared, each rounded to
 /// 16 bytes): 14352 bytes, the LayerNorm backward with subgroups (`wg_sum`'s halves, the
 /// moments' halves and the three sums); without subgroups 12304, the tree's `red` of
