@@ -17,8 +17,8 @@
 // One reduction combines the shares (wg_moments in reduce.wgsl: one workgroup barrier a row
 // with subgroups, a tree in workgroup memory without) into the mean as r + c, r near it (a
 // rounding of it with subgroups, the pivot of the part nearest it in the tree) and c the
-// rest, and y takes (x - r) - c: exact near the mean, whatever lies far from it. A row whose squares leave f32's range is normalized again, scaled by a power
-// of two (scale.wgsl).
+// rest, and y takes (x - r) - c: exact near the mean, whatever lies far from it. A row whose
+// squares leave f32's range is normalized again, scaled by a power of two (scale.wgsl).
 
 @compute @workgroup_size(WG)
 fn main(g: Group, ids: Ids) {

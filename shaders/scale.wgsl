@@ -11,10 +11,10 @@
 // retries its marked rows after all its rows (mark_retry), and the loop over rows carries
 // none of the retry's weight (inside it, the retry slowed a CPU adapter by a tenth); only the
 // backward's short rows side by side, whose slots add to one partial row, take their
-// retries in turns behind barriers (workgroup_retries). In
-// `shared` variants an output may be written over an input, which would then be gone: there
-// a row is retried at once, its test made uniform by wg_sum_decide (wg_moments_decide in LayerNorm), its reads of the whole
-// row bracketed by storage barriers. Rows holding inf or NaN are taken unscaled (NO_SCALE):
+// retries in turns behind barriers (workgroup_retries). In `shared` variants an output may be
+// written over an input, which would then be gone: there a row is retried at once, its test
+// made uniform by wg_sum_decide (wg_moments_decide in LayerNorm), its reads of the whole row
+// bracketed by storage barriers. Rows holding inf or NaN are taken unscaled (NO_SCALE):
 // scaling cannot mend them.
 
 // Rows this invocation works on marked for the retry, by the workgroup's step that took them
