@@ -107,8 +107,9 @@ pub struct RmsNorm<'a> {
 }
 
 impl<'a> RmsNorm<'a> {
-    /// PyTorch's default when `eps=None`: the machine epsilon of f32 (`torch.finfo(torch.float32).eps`).
-    /// ONNX `RMSNormalization` defaults to 1e-5 instead; pass it with [`RmsNorm::eps`].
+    /// PyTorch's default when `eps=None`: the machine epsilon of f32
+    /// (`torch.finfo(torch.float32).eps`). ONNX `RMSNormalization` defaults to 1e-5 instead;
+    /// pass it with [`RmsNorm::eps`].
     pub const DEFAULT_EPS: f32 = f32::EPSILON;
 
     pub fn new(

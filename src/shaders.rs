@@ -333,8 +333,9 @@ pub struct Variant {
     /// first `cache * row_wg` V's; the rest (the tail, the WGSL flag `tail`, [`TAIL_SHARE`]) is
     /// streamed from memory for each pass. False elsewhere.
     pub streamed: bool,
-    /// Strided `V`s in pairs of 16-bit elements that share a 32-bit word ([`Variant::pairs`]): chosen by the
-    /// plan where every row tensor's rows start on the same half of their words.
+    /// Strided `V`s in pairs of 16-bit elements that share a 32-bit word
+    /// ([`Variant::pairs`]): chosen by the plan where every row tensor's rows start on the
+    /// same half of their words.
     pub paired: bool,
     /// ParamGrad: slices of the partial rows per column (the WGSL constant `SLICES`); 1
     /// elsewhere.
