@@ -26,26 +26,35 @@
 #
 # Then the experiments: each examples/experiments/NAME.patch (a kernel change not on main, for
 # want of a GPU to measure it) is applied to HEAD in a worktree by --build and packed as
-# "exp-NAME"; the run times it against the tree at the shape its first line names
-# ("# bench: ARGS"), in turns (tree, exp, exp, tree), after the bisect's rounds.
+# "exp-NAME"; each NAME.args is a setting of the tree's own tool instead (its "# tool: ARGS"
+# line, a tuning knob: nothing to build). The run times each against the tree at the shape
+# its "# bench: ARGS" line names, in turns (tree, exp, exp, tree), after the bisect's rounds.
 # BISECT_EXPERIMENTS=0 skips them; BISECT_EXPERIMENTS="NAME ..." runs those, in that order
-# (BISECT_ROUNDS=0 skips the bisect's rounds before them). By default they run in the
-# patches' name order: backward-unpaired
-# (the reverse of main's paired 16-bit backward at odd D, one D in two 16-bit types at
-# 64 MiB: about a minute), cache-in-place (the reverse of main's register diet, two D in f32
-# and bf16, forward and backward at 64 MiB: about a minute, estimated), first-element-pivot
-# (the reverse of main's per-invocation pivots, three D in f32 and bf16 at 64 MiB, forward
-# only: about a minute, estimated), paired-param-words and
-# partial-batch (about 4 minutes together), pow2-shapes (the reverse of main's workgroup
-# shape, three D in f32 and bf16 at 64 MiB: about 2 minutes, estimated), short-rows-alone
-# (the reverse of main's forward rows of fewer than two V's an invocation side by side, four
-# D in f32 and bf16 at 64 MiB, forward only: about a minute, estimated), two-reductions (the
-# reverse of main's one-reduction LayerNorm forward, three D in f32 and bf16 at 64 MiB,
-# forward only: about a minute, estimated; since the per-invocation pivots it goes back past
-# them too). With all eight the call may pass 10 minutes: BISECT_EXPERIMENTS="short-rows-alone
-# first-element-pivot two-reductions pow2-shapes backward-unpaired cache-in-place" takes the
-# newest first. The whole call should stay under the device tool's 10 minutes; each run's
-# figures are packed as it ends, so a call cut short still returns what it measured.
+# (BISECT_ROUNDS=0 skips the bisect's rounds before them). By default the patches run in
+# name order, then the settings:
+# - backward-unpaired: the reverse of main's paired 16-bit backward at odd D, one D in two
+#   16-bit types at 64 MiB: about a minute.
+# - cache-in-place: the reverse of main's register diet, two D in f32 and bf16, forward and
+#   backward at 64 MiB: about a minute, estimated.
+# - first-element-pivot: the reverse of main's per-invocation pivots, three D in f32 and bf16
+#   at 64 MiB, forward only: about a minute, estimated.
+# - paired-param-words and partial-batch: about 4 minutes together.
+# - pow2-shapes: the reverse of main's workgroup shape, three D in f32 and bf16 at 64 MiB:
+#   about 2 minutes, estimated.
+# - two-reductions: the reverse of main's one-reduction LayerNorm forward, three D in f32 and
+#   bf16 at 64 MiB, forward only: about a minute, estimated; since the per-invocation pivots
+#   it goes back past them too.
+# - short-rows-alone (a setting): `--side-by-side-below 1`, main's forward rows of fewer than
+#   two V's an invocation alone again, as until 2026-11-29; four D in f32 and bf16 at 64 MiB,
+#   forward only: about a minute, estimated.
+# - short-rows-4 and short-rows-8 (settings): `--side-by-side-below 4` and `8`, the
+#   backward's rows of one (and two) V's an invocation side by side too, and the forward's
+#   longer ones; forward and backward at 64 MiB, about a minute each, estimated.
+# With all of them the call would pass 10 minutes: BISECT_EXPERIMENTS="short-rows-alone
+# short-rows-4 first-element-pivot two-reductions pow2-shapes short-rows-8 backward-unpaired
+# cache-in-place" takes the newest and likeliest first. The whole call should stay under the
+# device tool's 10 minutes; each run's figures are packed as it ends, so a call cut short
+# still returns what it measured.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -143,6 +152,15 @@ if [[ -n ${exe[tree]:-} ]]; then
     order+=(tree tree-v16)
     exe[tree-v16]=${exe[tree]}
     extra[tree-v16]="--v-per-invocation 16"
+    # Experiments that are a setting of the tree's own tool (NAME.args: its "# tool: ARGS"
+    # line) rather than a patch: nothing to build.
+    for a in examples/experiments/*.args; do
+        [[ -e $a ]] || continue
+        n=exp-$(basename "$a" .args)
+        names+=("$n")
+        exe[$n]=${exe[tree]}
+        extra[$n]=$(sed -n 's/^# tool: //p' "$a" | head -1)
+    done
 fi
 
 status=0
@@ -187,6 +205,7 @@ if [[ ${BISECT_EXPERIMENTS:-1} != 0 && -n ${exe[tree]:-} ]]; then
         [[ $n == exp-* ]] || continue
         [[ -n ${exe[$n]:-} ]] || { echo "gpu_bisect: no $n built" >&2; continue; }
         patch=examples/experiments/${n#exp-}.patch
+        [[ -e $patch ]] || patch=examples/experiments/${n#exp-}.args
         read -r -a eargs <<<"$(sed -n 's/^# bench: //p' "$patch" | head -1 |
             sed -E "${BISECT_EXP_MIB:+s/--mib [0-9]+/--mib $BISECT_EXP_MIB/}")"
         [[ ${#eargs[@]} -gt 0 ]] || eargs=("${args[@]}")
@@ -195,8 +214,9 @@ if [[ ${BISECT_EXPERIMENTS:-1} != 0 && -n ${exe[tree]:-} ]]; then
         for m in tree "$n" "$n" tree; do
             i=$((i + 1))
             log="$out/exp-$n-$i-$m.txt"
-            echo "[experiment $n] $m: bench ${eargs[*]}" >&2
-            if ! "${exe[$m]}" bench "${eargs[@]}" >"$log" 2>&1; then
+            read -r -a more <<<"${extra[$m]}"
+            echo "[experiment $n] $m: bench ${eargs[*]} ${more[*]}" >&2
+            if ! "${exe[$m]}" bench "${eargs[@]}" "${more[@]}" >"$log" 2>&1; then
                 status=1
                 echo "$m FAILED (see bisect.tgz)" >>"$summary"
             fi

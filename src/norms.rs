@@ -81,6 +81,23 @@ pub struct Tuning {
     /// sums, then the normalization; deterministic). 0 never splits. Not where the op saves
     /// its per-row statistics or writes over an input.
     pub split_groups: u32,
+    /// How short a forward row must be to share a workgroup with others, side by side
+    /// ([`crate::shaders::Variant::row_wg`]): fewer `V`s than this many per invocation of the
+    /// smallest workgroup ([`crate::shaders::MIN_WORKGROUP_SIZE`]). Side by side, a row takes
+    /// a power of two of invocations with about `v_per_invocation` `V`s each (so a row of
+    /// more than 4 · 64 `V`s never does) and is reduced with a tree in workgroup memory;
+    /// alone, it takes the whole workgroup, fewer `V`s each, and subgroup operations where the
+    /// device has them. The default (2: f32 rows up to D = 508) is lavapipe's: there the
+    /// forward at D = 256 ran 1.35–2.05× faster side by side, at 512 0.96–1.33×, at 1024
+    /// 0.80–0.95× (2026-11-29). A power of two from 1 to 64.
+    pub side_by_side_below: u32,
+    /// The same for the backward's rows, in the same `V`s (its kernels take half the
+    /// forward's per invocation). The default (1: f32 rows up to D = 252) is lavapipe's:
+    /// there the LayerNorm backward at D = 256 ran 0.75–0.93× side by side; the H200's f32
+    /// backward read 55–59 % of a copy at D = 256 alone, one `V` an invocation, against
+    /// 83–90 % at D = 128 side by side (2026-11-27), which the autotune measures on each
+    /// device. A power of two from 1 to 64.
+    pub side_by_side_below_backward: u32,
 }
 
 impl Tuning {
@@ -122,6 +139,8 @@ impl Default for Tuning {
             v_per_invocation_strided: crate::shaders::V_PER_INVOCATION,
             bytes_per_group: crate::shaders::BYTES_PER_GROUP,
             split_groups: crate::shaders::SPLIT_GROUPS,
+            side_by_side_below: crate::shaders::SIDE_BY_SIDE_BELOW,
+            side_by_side_below_backward: crate::shaders::SIDE_BY_SIDE_BELOW_BACKWARD,
         }
     }
 }

@@ -13,8 +13,8 @@ use crate::kernel::{Class, Extent, Kernel, Shape, Slot};
 use crate::norms::{NormsOptions, Tuning};
 use crate::op::{Launch, Op, Operands};
 use crate::shaders::{
-    LANES, MAX_WORKGROUP_BYTES, MIN_WORKGROUP_SIZE, Params, Variant, row_groups, rows_per_group,
-    split_parts,
+    LANES, MAX_WORKGROUP_BYTES, MIN_WORKGROUP_SIZE, Params, RowTuning, Variant, row_groups,
+    rows_per_group, split_parts,
 };
 use crate::tensor::TensorRef;
 
@@ -86,14 +86,17 @@ impl Caps {
             t.v_per_invocation,
             t.v_per_invocation_16bit,
             t.v_per_invocation_strided,
+            t.side_by_side_below,
+            t.side_by_side_below_backward,
         ]
         .into_iter()
         .all(v_ok)
             || t.bytes_per_group < 4
         {
             return Err(Error::BadTuning(format!(
-                "{t:?}: v_per_invocation, v_per_invocation_16bit and v_per_invocation_strided \
-                 must be powers of two from 1 to 64 and bytes_per_group at least 4"
+                "{t:?}: v_per_invocation, v_per_invocation_16bit, v_per_invocation_strided, \
+                 side_by_side_below and side_by_side_below_backward must be powers of two from \
+                 1 to 64 and bytes_per_group at least 4"
             )));
         }
         Ok(Caps {
@@ -201,6 +204,11 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
     // The row kernels' variant, for this device's tuning and the op's storage.
     let strided_forward =
         crate::shaders::is_strided(l.kernel, c.vec4) && matches!(def.shape, Shape::Rows { .. });
+    let row_tuning = |v_per_invocation| RowTuning {
+        v_per_invocation,
+        side_by_side_below: caps.tuning.side_by_side_below,
+        side_by_side_below_backward: caps.tuning.side_by_side_below_backward,
+    };
     let v_per_invocation = caps.tuning.v_per_invocation_for(c.act, strided_forward);
     let row_variant = || {
         let v = Variant::for_row_with(
@@ -210,7 +218,7 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
             caps.subgroups,
             shared,
             caps.max_wg,
-            v_per_invocation,
+            row_tuning(v_per_invocation),
         )
         .with_storage(c.act, c.param);
         Variant {
@@ -259,7 +267,7 @@ pub(crate) fn plan_launch(caps: &Caps, l: &Launch) -> Result<Plan> {
                         caps.subgroups,
                         false,
                         caps.max_wg,
-                        caps.tuning.v_per_invocation_for(c.act, false),
+                        row_tuning(caps.tuning.v_per_invocation_for(c.act, false)),
                     )
                     .with_storage(c.act, c.param);
                     // The parts' sums, then the normalization.

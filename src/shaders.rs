@@ -131,12 +131,35 @@ const _: () = assert!(MIN_WORKGROUP_SIZE.is_power_of_two() && MAX_WORKGROUP_SIZE
 const _: () = assert!(MAX_CACHE.is_power_of_two() && V_PER_INVOCATION.is_power_of_two());
 const _: () = assert!(LANES.is_power_of_two());
 
-/// Rows of fewer `V`s than this go side by side with others ([`Variant::row_wg`]): fewer than
-/// the smallest workgroup has invocations, and in the forward fewer than two each
-/// (`Variant::for_row_with` says why).
-fn side_by_side_below(forward: bool) -> u32 {
-    let per_invocation = if forward { 2 } else { 1 };
-    per_invocation * MIN_WORKGROUP_SIZE
+/// A forward row goes side by side with others in one workgroup ([`Variant::row_wg`]) when it
+/// has fewer `V`s than this many per invocation of the smallest workgroup: the default of
+/// [`crate::Tuning::side_by_side_below`] (`Variant::for_row_with` says what was measured).
+pub const SIDE_BY_SIDE_BELOW: u32 = 2;
+
+/// The same for the backward, whose kernels take half the forward's `V`s per invocation: the
+/// default of [`crate::Tuning::side_by_side_below_backward`].
+pub const SIDE_BY_SIDE_BELOW_BACKWARD: u32 = 1;
+
+/// What a device's [`crate::Tuning`] says of one row kernel's launch shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowTuning {
+    /// `V`s per forward invocation aimed for, the backward taking half as many
+    /// ([`crate::Tuning::v_per_invocation_for`]).
+    pub v_per_invocation: u32,
+    /// [`crate::Tuning::side_by_side_below`].
+    pub side_by_side_below: u32,
+    /// [`crate::Tuning::side_by_side_below_backward`].
+    pub side_by_side_below_backward: u32,
+}
+
+impl Default for RowTuning {
+    fn default() -> Self {
+        RowTuning {
+            v_per_invocation: V_PER_INVOCATION,
+            side_by_side_below: SIDE_BY_SIDE_BELOW,
+            side_by_side_below_backward: SIDE_BY_SIDE_BELOW_BACKWARD,
+        }
+    }
 }
 
 /// The workgroup size for a row of `lanes`-wide elements on a device that allows `max_wg`
@@ -379,12 +402,11 @@ impl Variant {
             subgroups,
             shared,
             max_wg,
-            V_PER_INVOCATION,
+            RowTuning::default(),
         )
     }
 
-    /// [`Variant::for_row`] with `v_per_invocation` `V`s per invocation aimed for (a device's
-    /// [`crate::Tuning`]; the backward kernels take half as many).
+    /// [`Variant::for_row`] with a device's [`crate::Tuning`] for this kernel.
     pub fn for_row_with(
         kernel: Kernel,
         dim: u32,
@@ -392,8 +414,9 @@ impl Variant {
         subgroups: bool,
         shared: bool,
         max_wg: u32,
-        v_per_invocation: u32,
+        tuning: RowTuning,
     ) -> Self {
+        let v_per_invocation = tuning.v_per_invocation;
         let strided = is_strided(kernel, vec4);
         let lanes = if vec4 || strided { LANES } else { 1 };
         let mut subgroups = subgroups && kernel.reduces();
@@ -433,13 +456,23 @@ impl Variant {
                 // input (`shared`), a row out of f32's range is retried at once behind
                 // workgroup-wide barriers, which needs the whole workgroup on one row. Longer
                 // rows, whose invocations all have work, keep the shape measured on GPUs.
-                // But the forward takes rows of fewer than two V's an invocation side by
-                // side too: on lavapipe (2026-11-29) one V an invocation at D = 256 ran 1.35-2.05×
-                // faster so, two at D = 512 0.96-1.26×, four at 1024 0.85-0.95×; the
-                // backward, which adds each slot's column sums after its rows, ran
-                // 0.75-0.93× side by side at D = 256.
-                let side_by_side =
-                    !shared && !kernel.is_split() && per_row < side_by_side_below(forward);
+                // How short is the tuning's `side_by_side_below` (forward) and
+                // `side_by_side_below_backward`. By default the forward takes rows of fewer
+                // than two V's an invocation side by side too: on lavapipe (2026-11-29) one V
+                // an invocation at D = 256 ran 1.35-2.05× faster so, two at D = 512
+                // 0.96-1.33×, four at 1024 0.80-0.95×; the backward, which adds each slot's
+                // column sums after its rows, ran 0.75-0.93× side by side at D = 256. The
+                // H200's backward (2026-11-27) read 83-90 % of a copy at D = 128 (side by
+                // side, four V's an invocation) against 55-59 % at 256 (one V) and 73-78 % at
+                // 512 (two): the autotune times other thresholds on each device.
+                let below = if forward {
+                    tuning.side_by_side_below
+                } else {
+                    tuning.side_by_side_below_backward
+                };
+                let side_by_side = !shared
+                    && !kernel.is_split()
+                    && u64::from(per_row) < u64::from(below) * u64::from(MIN_WORKGROUP_SIZE);
                 let row_wg = if side_by_side {
                     // At most MAX_CACHE V's each, so that the row stays in registers.
                     per_row
@@ -1277,27 +1310,29 @@ mod tests {
 
     #[test]
     fn cache_covers_the_row_within_the_register_budget() {
-        let all = Variant::all();
-        // Every tuning's V's per invocation (plan.rs accepts powers of two up to 64).
-        for (max_wg, per_invocation) in [256, 1024]
+        let all: std::collections::BTreeSet<Variant> = Variant::all().into_iter().collect();
+        // Every tuning's V's per invocation and side-by-side threshold (plan.rs accepts
+        // powers of two up to 64 for both).
+        let pow2 = || (0..=6).map(|b| 1u32 << b);
+        let tunings = pow2().flat_map(|v| {
+            pow2().map(move |s| RowTuning {
+                v_per_invocation: v,
+                side_by_side_below: s,
+                side_by_side_below_backward: s,
+            })
+        });
+        for (max_wg, tuning) in [256, 1024]
             .into_iter()
-            .flat_map(|m| (0..=6).map(move |b| (m, 1 << b)))
+            .flat_map(|m| tunings.clone().map(move |t| (m, t)))
         {
             for dim in [
-                1, 4, 7, 17, 63, 68, 128, 252, 255, 256, 257, 1024, 1025, 4096, 4097, 8192, 16384,
-                16385, 65536,
+                1, 4, 7, 17, 63, 68, 128, 252, 255, 256, 257, 508, 512, 1000, 1024, 1025, 2044,
+                4096, 4097, 8192, 16384, 16385, 65536,
             ] {
                 for vec4 in [false, true] {
                     for kernel in Kernel::ALL {
-                        let v = Variant::for_row_with(
-                            kernel,
-                            dim,
-                            vec4,
-                            false,
-                            false,
-                            max_wg,
-                            per_invocation,
-                        );
+                        let v =
+                            Variant::for_row_with(kernel, dim, vec4, false, false, max_wg, tuning);
                         let lanes = if v.wide() { LANES } else { 1 };
                         assert!(v.wg.is_power_of_two() && v.wg <= max_wg, "{v:?}");
                         assert!(v.wg >= MIN_WORKGROUP_SIZE, "{v:?}");
@@ -1316,8 +1351,8 @@ mod tests {
                                 v.wg == MIN_WORKGROUP_SIZE && v.cache > 0 && !v.subgroups,
                                 "{v:?}"
                             );
-                            let forward = matches!(kernel.def().shape, Shape::Rows { .. });
-                            assert!(dim.div_ceil(lanes) < side_by_side_below(forward), "{v:?}");
+                            let below = tuning.side_by_side_below * MIN_WORKGROUP_SIZE;
+                            assert!(dim.div_ceil(lanes) < below, "{v:?}");
                         }
                         let fits = |arrays: u32| MAX_CACHE.min(CACHE_BUDGET / v.wg / arrays);
                         if v.tail() {
@@ -1369,6 +1404,35 @@ mod tests {
         }
         let v = Variant::for_row(Kernel::LayerNormBackward, 256, true, true, false, 1024);
         assert!(v.row_wg == v.wg && v.subgroups, "{v:?}");
+        // A tuning's thresholds move that line, the forward's and the backward's apart (the
+        // other one at 64, which would take every row side by side that can be).
+        let with = |kernel: Kernel, dim, below| {
+            let (forward, backward) = if kernel.stage2().is_some() {
+                (64, below)
+            } else {
+                (below, 64)
+            };
+            let t = RowTuning {
+                side_by_side_below: forward,
+                side_by_side_below_backward: backward,
+                ..RowTuning::default()
+            };
+            let v = Variant::for_row_with(kernel, dim, true, true, false, 1024, t);
+            (v.wg, v.row_wg, v.cache)
+        };
+        assert_eq!(with(Kernel::RmsNorm, 256, 1), (64, 64, 1));
+        assert_eq!(with(Kernel::RmsNorm, 252, 1), (64, 8, 8));
+        assert_eq!(with(Kernel::RmsNorm, 512, 4), (64, 16, 8));
+        assert_eq!(with(Kernel::RmsNorm, 1024, 4), (64, 64, 4));
+        assert_eq!(with(Kernel::RmsNorm, 1024, 8), (64, 32, 8));
+        // Past 256 V's a row takes 64 invocations, a whole workgroup, whatever the threshold.
+        assert_eq!(with(Kernel::RmsNorm, 1028, 64), (64, 64, 5));
+        assert_eq!(with(Kernel::LayerNormBackward, 252, 1), (64, 16, 4));
+        assert_eq!(with(Kernel::LayerNormBackward, 256, 1), (64, 64, 1));
+        assert_eq!(with(Kernel::LayerNormBackward, 256, 2), (64, 16, 4));
+        assert_eq!(with(Kernel::RmsNormBackward, 512, 2), (64, 64, 2));
+        assert_eq!(with(Kernel::RmsNormBackward, 512, 4), (64, 32, 4));
+        assert_eq!(with(Kernel::RmsNormBackward, 516, 64), (64, 64, 3));
         // Written over an input: one row at a time.
         let v = Variant::for_row(Kernel::RmsNorm, 128, true, true, true, 1024);
         assert_eq!(v.row_wg, v.wg);

@@ -10,7 +10,10 @@
 //! split over several workgroups and without, and keeps the split unless whole rows beat it
 //! by the margin; then the forward's `V`s per invocation in rows that cannot be read four
 //! consecutive elements at a time (strided `V`s, timed at the grid's D % 4 != 0), where a CPU
-//! adapter wants another shape than for the others; last, it times rows stored in bf16 with
+//! adapter wants another shape than for the others; then how short a row must be to share a
+//! workgroup with others, forward and backward apart ([`Tuning::side_by_side_below`] and
+//! [`Tuning::side_by_side_below_backward`], timed at short rows of their own,
+//! [`Grid::side_by_side_dims`]); last, it times rows stored in bf16 with
 //! twice as many `V`s per invocation as f32 rows (the same bytes in flight) against as many
 //! (half the registers, the default), over the whole grid. The backward's strided rows
 //! follow the main shape, which is chosen without them (in f32: they enter only the bf16
@@ -22,6 +25,7 @@
 //! measuring or reading the cache); `WGPU_NORM_CACHE_DIR` moves the cache (default:
 //! `$XDG_CACHE_HOME/wgpu-norm`, else `~/.cache/wgpu-norm`).
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::dtype::DType;
@@ -60,6 +64,17 @@ pub fn candidates() -> Vec<Tuning> {
 /// `v_per_invocation` is one of them).
 pub const STRIDED_CANDIDATES: [u32; 4] = [4, 8, 16, 32];
 
+/// The candidates for [`Tuning::side_by_side_below`]: the default (2), one (the forward's
+/// rows of one `V` an invocation alone, as until 2026-11-29: f32 D = 256-508), four (rows of
+/// up to four side by side too: D = 512-1020) and eight (D = 1024 too: past 256 `V`s a row
+/// takes the whole workgroup anyway).
+pub const SIDE_BY_SIDE_CANDIDATES: [u32; 4] = [1, 2, 4, 8];
+
+/// The candidates for [`Tuning::side_by_side_below_backward`]: the default (1), two (the
+/// backward's rows of one `V` an invocation side by side too: f32 D = 256-508) and four
+/// (D = 512 too: past 128 `V`s a backward row takes the whole workgroup anyway).
+pub const SIDE_BY_SIDE_BACKWARD_CANDIDATES: [u32; 3] = [1, 2, 4];
+
 /// What [`tuning_for`] decided, and how.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tuned {
@@ -69,6 +84,8 @@ pub struct Tuned {
     /// Each candidate's score (below 1 is faster), when measured: its time over the default's,
     /// then whole rows' decode step over split rows' with the shape chosen, then, where the
     /// grid has a D % 4 != 0, each other candidate for the forward's strided rows over the
+    /// shape chosen, then, where the grid has side-by-side dims, each other of
+    /// [`SIDE_BY_SIDE_CANDIDATES`] and then of [`SIDE_BY_SIDE_BACKWARD_CANDIDATES`] over the
     /// shape chosen, then 16-bit rows with twice as many `V`s as f32 rows over as many.
     pub scores: Vec<(Tuning, f64)>,
     /// The cache file, when one is used.
@@ -145,12 +162,15 @@ pub fn tuning_cached_in(
     let text = format!(
         "# wgpu-norm's launch shape for this adapter, measured by wgpu_norm::tune::autotune\n\
          key={key}\nv_per_invocation={}\nv_per_invocation_16bit={}\n\
-         v_per_invocation_strided={}\nbytes_per_group={}\nsplit_groups={}\n",
+         v_per_invocation_strided={}\nbytes_per_group={}\nsplit_groups={}\n\
+         side_by_side_below={}\nside_by_side_below_backward={}\n",
         tuning.v_per_invocation,
         tuning.v_per_invocation_16bit,
         tuning.v_per_invocation_strided,
         tuning.bytes_per_group,
-        tuning.split_groups
+        tuning.split_groups,
+        tuning.side_by_side_below,
+        tuning.side_by_side_below_backward
     );
     let _ = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text));
     Ok(Tuned {
@@ -163,7 +183,7 @@ pub fn tuning_cached_in(
 
 /// How the autotune measures ([`GPU_BYTES`], the yardstick it beats, its stages): a choice
 /// measured another way is measured again. Raise it when the method changes.
-const METHOD: u32 = 2;
+const METHOD: u32 = 3;
 
 /// What identifies a measurement: the adapter, its driver, the crate version, the kernels
 /// themselves, the options that change them, and how it was measured.
@@ -225,6 +245,8 @@ fn parse(text: &str, key: &str) -> Option<Tuning> {
         v_per_invocation_strided: value("v_per_invocation_strided")?.trim().parse().ok()?,
         bytes_per_group: value("bytes_per_group")?.trim().parse().ok()?,
         split_groups: value("split_groups")?.trim().parse().ok()?,
+        side_by_side_below: value("side_by_side_below")?.trim().parse().ok()?,
+        side_by_side_below_backward: value("side_by_side_below_backward")?.trim().parse().ok()?,
     };
     is_candidate(&tuning).then_some(tuning)
 }
@@ -249,6 +271,10 @@ pub struct Grid {
     /// Bytes of x (f32) at each D; `None`: 1 MiB on a CPU adapter, [`GPU_BYTES`] on a GPU
     /// (less where the device's binding or buffer size limit is lower).
     pub bytes: Option<u64>,
+    /// Row lengths that [`Tuning::side_by_side_below`]'s candidates are timed at (forward)
+    /// and [`Tuning::side_by_side_below_backward`]'s (backward): by default 256 and 512,
+    /// where the candidates differ; empty skips that stage.
+    pub side_by_side_dims: Vec<usize>,
 }
 
 /// Bytes of x the autotune times on a GPU: rows in and out must not fit the GPU's last cache
@@ -266,6 +292,7 @@ impl Default for Grid {
         Grid {
             dims: vec![128, 1024, 4097, 8192],
             bytes: None,
+            side_by_side_dims: vec![256, 512],
         }
     }
 }
@@ -298,9 +325,17 @@ pub fn autotune(
     if wide_dims.is_empty() {
         wide_dims.clone_from(dims);
     }
-    if dims.is_empty() || dims.contains(&0) || dims.iter().any(|&d| d as u64 * 4 > bytes) {
+    // Every D timed, for the buffers' sizes.
+    let every_dim: Vec<usize> = dims
+        .iter()
+        .chain(&grid.side_by_side_dims)
+        .copied()
+        .collect();
+    if dims.is_empty() || every_dim.iter().any(|&d| d == 0 || d as u64 * 4 > bytes) {
         return Err(crate::Error::BadTuning(format!(
-            "autotune grid: each D must be at least 1 and fit {bytes} bytes, got {dims:?}"
+            "autotune grid: each D must be at least 1 and fit {bytes} bytes, got {dims:?} \
+             and {:?}",
+            grid.side_by_side_dims
         )));
     }
     let timer = Timer::new(device, queue);
@@ -326,8 +361,13 @@ pub fn autotune(
     );
     queue.write_buffer(&dy, 0, bytemuck::cast_slice(&words));
     let max_dim = dims.iter().max().copied().unwrap_or(1) as u64;
-    let w = storage("wgpu-norm autotune weight", max_dim * 4);
-    queue.write_buffer(&w, 0, bytemuck::cast_slice(&vec![1.0f32; max_dim as usize]));
+    let param_len = every_dim.iter().max().copied().unwrap_or(1) as u64;
+    let w = storage("wgpu-norm autotune weight", param_len * 4);
+    queue.write_buffer(
+        &w,
+        0,
+        bytemuck::cast_slice(&vec![1.0f32; param_len as usize]),
+    );
     // The same values in bf16 (the top half of each f32), for the 16-bit stage; y and dx are
     // written into the f32 buffers, which are large enough.
     let bf16 = |f: f32| (f.to_bits() >> 16) as u16;
@@ -337,17 +377,17 @@ pub fn autotune(
     queue.write_buffer(&x16, 0, bytemuck::cast_slice(&halves));
     let dy16 = storage("wgpu-norm autotune dy (bf16)", halves.len() as u64 * 2);
     queue.write_buffer(&dy16, 0, bytemuck::cast_slice(&halves));
-    let ones = vec![bf16(1.0); (max_dim as usize).next_multiple_of(2)];
+    let ones = vec![bf16(1.0); (param_len as usize).next_multiple_of(2)];
     let w16 = storage("wgpu-norm autotune weight (bf16)", ones.len() as u64 * 2);
     queue.write_buffer(&w16, 0, bytemuck::cast_slice(&ones));
     // The statistics buffers are shared by all ops: the RMSNorm backward reads what the
     // LayerNorm forward last wrote, which changes nothing for timing.
-    let stats_len = bytes / 4 / dims.iter().min().copied().unwrap_or(1) as u64 * 4;
+    let stats_len = bytes / 4 / every_dim.iter().min().copied().unwrap_or(1) as u64 * 4;
     let (mean, rstd) = (
         storage("wgpu-norm autotune mean", stats_len),
         storage("wgpu-norm autotune rstd", stats_len),
     );
-    let dw = storage("wgpu-norm autotune dweight", max_dim * 4);
+    let dw = storage("wgpu-norm autotune dweight", param_len * 4);
 
     // Each candidate's time for each (D, op), taken twice in alternating order so that a
     // drift in the device's clocks does not favour the candidates measured first.
@@ -376,7 +416,7 @@ pub fn autotune(
     // forward, then backward where `ops` is 4 (2: the forward alone), rows stored as `dtype`
     // (f32, or bf16 with a bf16 weight).
     let time_grid =
-        |norms: &Norms, dtype: DType, dims: &[usize], ops: usize, out: &mut [f64]| -> Result<()> {
+        |norms: &Norms, dtype: DType, dims: &[usize], ops: Range<usize>, out: &mut [f64]| {
             let (x, dy, w) = match dtype {
                 DType::F32 => (&x, &dy, &w),
                 _ => (&x16, &dy16, &w16),
@@ -405,11 +445,12 @@ pub fn autotune(
                     &|e| norms.rms_norm_backward(e, &rms_bwd),
                     &|e| norms.layer_norm_backward(e, &ln_bwd),
                 ];
-                for (o, op) in all_ops[..ops].iter().enumerate() {
-                    out[k * ops + o] += best_time(op)?;
+                let per_dim = ops.len();
+                for (o, op) in all_ops[ops.clone()].iter().enumerate() {
+                    out[k * per_dim + o] += best_time(op)?;
                 }
             }
-            Ok(())
+            Ok::<_, crate::Error>(())
         };
     // The geometric mean of `times` over `base` (below 1: faster).
     let ratio = |times: &[f64], base: &[f64]| {
@@ -420,44 +461,46 @@ pub fn autotune(
         .iter()
         .map(|&tuning| norms_for(tuning))
         .collect::<Result<Vec<_>>>()?;
-    // Each of `norms` timed over `dims` in `dtype` (the first `ops` of each D's ops), twice,
-    // in alternating order; then the geometric mean of each one's time over the first's,
-    // and the best of them, which must beat the first by the margin.
-    let contest = |norms: &[&Norms], tunings: &[Tuning], dtype: DType, dims: &[usize], ops| {
-        let mut times = vec![vec![0.0f64; dims.len() * ops]; norms.len()];
-        for round in 0..2 {
-            let order: Vec<usize> = if round == 0 {
-                (0..norms.len()).collect()
-            } else {
-                (0..norms.len()).rev().collect()
-            };
-            for c in order {
-                time_grid(norms[c], dtype, dims, ops, &mut times[c])?;
+    // Each of `norms` timed over `dims` in `dtype` (`ops` of each D's: RMSNorm, LayerNorm,
+    // their backward passes), twice, in alternating order; then the geometric mean of each
+    // one's time over the first's, and the best of them, which must beat the first by the
+    // margin.
+    let contest =
+        |norms: &[&Norms], tunings: &[Tuning], dtype: DType, dims: &[usize], ops: Range<usize>| {
+            let mut times = vec![vec![0.0f64; dims.len() * ops.len()]; norms.len()];
+            for round in 0..2 {
+                let order: Vec<usize> = if round == 0 {
+                    (0..norms.len()).collect()
+                } else {
+                    (0..norms.len()).rev().collect()
+                };
+                for c in order {
+                    time_grid(norms[c], dtype, dims, ops.clone(), &mut times[c])?;
+                }
             }
-        }
-        let scores: Vec<(Tuning, f64)> = tunings
-            .iter()
-            .zip(&times)
-            .map(|(&t, ts)| (t, ratio(ts, &times[0])))
-            .collect();
-        let best = scores
-            .iter()
-            .map(|&(_, s)| s)
-            .enumerate()
-            // A zero time (a clock that did not tick) would score 0 and win: such a
-            // candidate is out.
-            .filter(|&(_, s)| s.is_finite() && s > 0.0)
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .filter(|&(_, s)| s < 1.0 - MARGIN)
-            .map_or(0, |(c, _)| c);
-        Ok::<_, crate::Error>((best, scores))
-    };
+            let scores: Vec<(Tuning, f64)> = tunings
+                .iter()
+                .zip(&times)
+                .map(|(&t, ts)| (t, ratio(ts, &times[0])))
+                .collect();
+            let best = scores
+                .iter()
+                .map(|&(_, s)| s)
+                .enumerate()
+                // A zero time (a clock that did not tick) would score 0 and win: such a
+                // candidate is out.
+                .filter(|&(_, s)| s.is_finite() && s > 0.0)
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .filter(|&(_, s)| s < 1.0 - MARGIN)
+                .map_or(0, |(c, _)| c);
+            Ok::<_, crate::Error>((best, scores))
+        };
     let (best, scores) = contest(
         &norms_of.iter().collect::<Vec<_>>(),
         &all,
         DType::F32,
         &wide_dims,
-        4,
+        0..4,
     )?;
     let best = all[best];
 
@@ -506,16 +549,17 @@ pub fn autotune(
         (best, split_norms)
     };
 
-    // Rows of strided `V`s (the grid's D % 4 != 0), f32, with the shape chosen: each
-    // candidate for their `V`s per invocation against the shape chosen's own, forward only
-    // (the knob's only user).
-    if !strided_dims.is_empty() {
+    // One knob's `values` against the shape chosen (`best`, whose Norms is `best_norms`), in
+    // f32 over `dims` and `ops`: the best of them where it beats the shape chosen by the
+    // margin, each one's score added to `scores`.
+    let knob = |best: Tuning,
+                best_norms: Norms,
+                values: &[Tuning],
+                dims: &[usize],
+                ops: Range<usize>,
+                scores: &mut Vec<(Tuning, f64)>| {
         let mut tunings = vec![best];
-        for v in STRIDED_CANDIDATES {
-            let t = Tuning {
-                v_per_invocation_strided: v,
-                ..best
-            };
+        for &t in values {
             if !tunings.contains(&t) {
                 tunings.push(t);
             }
@@ -524,13 +568,43 @@ pub fn autotune(
             .iter()
             .map(|&t| norms_for(t))
             .collect::<Result<Vec<_>>>()?;
-        let all_norms: Vec<&Norms> = std::iter::once(&best_norms).chain(&others).collect();
-        let (chosen, strided_scores) = contest(&all_norms, &tunings, DType::F32, &strided_dims, 2)?;
-        scores.extend(strided_scores.into_iter().skip(1));
-        if chosen > 0 {
-            best = tunings[chosen];
-            best_norms = others.swap_remove(chosen - 1);
-        }
+        let (chosen, knob_scores) = {
+            let all_norms: Vec<&Norms> = std::iter::once(&best_norms).chain(&others).collect();
+            contest(&all_norms, &tunings, DType::F32, dims, ops)?
+        };
+        scores.extend(knob_scores.into_iter().skip(1));
+        Ok::<_, crate::Error>(if chosen > 0 {
+            (tunings[chosen], others.swap_remove(chosen - 1))
+        } else {
+            (best, best_norms)
+        })
+    };
+
+    // Rows of strided `V`s (the grid's D % 4 != 0), with the shape chosen: each candidate for
+    // their `V`s per invocation, forward only (the knob's only user).
+    if !strided_dims.is_empty() {
+        let values = STRIDED_CANDIDATES.map(|v| Tuning {
+            v_per_invocation_strided: v,
+            ..best
+        });
+        (best, best_norms) = knob(best, best_norms, &values, &strided_dims, 0..2, &mut scores)?;
+    }
+
+    // How short a row must be to share a workgroup, at the stage's own short rows (the main
+    // grid's D = 128 is side by side under every candidate): the forward's threshold timed
+    // on the forward, then the backward's on the backward.
+    if !grid.side_by_side_dims.is_empty() {
+        let dims = &grid.side_by_side_dims;
+        let values = SIDE_BY_SIDE_CANDIDATES.map(|below| Tuning {
+            side_by_side_below: below,
+            ..best
+        });
+        (best, best_norms) = knob(best, best_norms, &values, dims, 0..2, &mut scores)?;
+        let values = SIDE_BY_SIDE_BACKWARD_CANDIDATES.map(|below| Tuning {
+            side_by_side_below_backward: below,
+            ..best
+        });
+        (best, best_norms) = knob(best, best_norms, &values, dims, 2..4, &mut scores)?;
     }
 
     // Rows stored in 16 bits, with the shape chosen: twice as many `V`s per invocation as f32
@@ -549,7 +623,7 @@ pub fn autotune(
         &[best, twice],
         DType::Bf16,
         dims,
-        4,
+        0..4,
     )?;
     scores.extend(half_scores.into_iter().skip(1));
     Ok(([best, twice][chosen], scores))
@@ -562,11 +636,14 @@ fn twice_16bit(v: u32) -> u32 {
 }
 
 /// Whether the autotune may choose `t`: one of [`candidates`], rows split or not, with 16-bit
-/// rows taking the number of f32 rows' `V`s or twice it, and strided rows one of
-/// [`STRIDED_CANDIDATES`].
+/// rows taking the number of f32 rows' `V`s or twice it, strided rows one of
+/// [`STRIDED_CANDIDATES`], and short rows side by side below one of
+/// [`SIDE_BY_SIDE_CANDIDATES`] forward and of [`SIDE_BY_SIDE_BACKWARD_CANDIDATES`] backward.
 pub fn is_candidate(t: &Tuning) -> bool {
     let base = Tuning {
         split_groups: crate::shaders::SPLIT_GROUPS,
+        side_by_side_below: crate::shaders::SIDE_BY_SIDE_BELOW,
+        side_by_side_below_backward: crate::shaders::SIDE_BY_SIDE_BELOW_BACKWARD,
         ..*t
     }
     .with_v_per_invocation(t.v_per_invocation);
@@ -574,6 +651,8 @@ pub fn is_candidate(t: &Tuning) -> bool {
         && [base.v_per_invocation_16bit, twice_16bit(t.v_per_invocation)]
             .contains(&t.v_per_invocation_16bit)
         && STRIDED_CANDIDATES.contains(&t.v_per_invocation_strided)
+        && SIDE_BY_SIDE_CANDIDATES.contains(&t.side_by_side_below)
+        && SIDE_BY_SIDE_BACKWARD_CANDIDATES.contains(&t.side_by_side_below_backward)
         && candidates().contains(&base)
 }
 
@@ -586,9 +665,24 @@ mod tests {
         let key = "some adapter | Vulkan";
         let text = format!(
             "# comment\nkey={key}\nv_per_invocation=4\nv_per_invocation_16bit=4\n\
-             v_per_invocation_strided=32\nbytes_per_group=65536\nsplit_groups=128\n"
+             v_per_invocation_strided=32\nbytes_per_group=65536\nsplit_groups=128\n\
+             side_by_side_below=4\nside_by_side_below_backward=2\n"
         );
         let t = parse(&text, key).unwrap();
+        assert_eq!(
+            (t.side_by_side_below, t.side_by_side_below_backward),
+            (4, 2)
+        );
+        // A file from before the side-by-side knobs is measured again; each knob takes one of
+        // its candidates.
+        let old = text.replace("side_by_side_below=4\n", "");
+        assert_eq!(parse(&old, key), None);
+        let old = text.replace("side_by_side_below_backward=2\n", "");
+        assert_eq!(parse(&old, key), None);
+        let odd = text.replace("side_by_side_below=4", "side_by_side_below=16");
+        assert_eq!(parse(&odd, key), None);
+        let odd = text.replace("backward=2", "backward=8");
+        assert_eq!(parse(&odd, key), None);
         assert_eq!(
             (
                 t.v_per_invocation,

@@ -1083,6 +1083,69 @@ fn sixteen_bit_rows_take_as_many_vs_as_f32_rows_or_tuned_twice() {
 }
 
 #[test]
+fn side_by_side_below_moves_the_short_rows_line() {
+    let caps = caps_named("large GPU");
+    // (invocations a row, rows side by side) of the forward and the backward (both norms)
+    // at `dim` in f32 (vec4).
+    let shape = |caps: &Caps, dim: u64| {
+        let t = Tensors::new(64, dim, DType::F32, DType::F32, 0);
+        let (x, y) = (t.rows_of(&t.x), t.rows_of(&t.y));
+        let rms = RmsNorm::new(64, dim as usize, x, y);
+        let ln = LayerNorm::new(64, dim as usize, x, y);
+        let rms_bwd = rms.backward(y, t.rows_of(&t.s)).unwrap();
+        let ln_bwd = ln.backward(y, t.rows_of(&t.s)).unwrap();
+        let shapes = [
+            plan(caps, &rms).unwrap(),
+            plan(caps, &ln).unwrap(),
+            plan(caps, &rms_bwd).unwrap(),
+            plan(caps, &ln_bwd).unwrap(),
+        ]
+        .map(|p| {
+            let v = p.steps[0].variant;
+            (v.row_wg, v.rows_side_by_side())
+        });
+        assert_eq!(shapes[0], shapes[1], "D = {dim}");
+        assert_eq!(shapes[2], shapes[3], "D = {dim}");
+        [shapes[0], shapes[2]]
+    };
+    let below = |side_by_side_below, side_by_side_below_backward| Caps {
+        tuning: wgpu_norm::Tuning {
+            side_by_side_below,
+            side_by_side_below_backward,
+            ..Default::default()
+        },
+        ..caps.clone()
+    };
+    // The default: the forward's rows of fewer than two V's an invocation of 64 side by
+    // side (D = 256: 8 rows of 8 invocations with 8 V's each), the backward's of fewer than
+    // one (D = 128); D = 512 alone both ways.
+    assert_eq!(shape(&caps, 256), [(8, 8), (64, 1)]);
+    assert_eq!(shape(&caps, 128), [(4, 16), (8, 8)]);
+    assert_eq!(shape(&caps, 512), [(64, 1), (64, 1)]);
+    assert_eq!(shape(&below(2, 1), 256), shape(&caps, 256));
+    // Forward 1: D = 256 alone, as before 2026-11-29; D = 128 still side by side.
+    assert_eq!(shape(&below(1, 1), 256), [(64, 1), (64, 1)]);
+    assert_eq!(shape(&below(1, 1), 128), [(4, 16), (8, 8)]);
+    // Backward 2: D = 256 side by side (4 rows of 16 invocations with 4 V's each), the
+    // forward's line where it was.
+    assert_eq!(shape(&below(2, 2), 256), [(8, 8), (16, 4)]);
+    assert_eq!(shape(&below(2, 2), 512), [(64, 1), (64, 1)]);
+    // Forward 4: D = 512 side by side (4 rows of 16 with 8 each); backward 4: D = 512 (2 rows
+    // of 32 with 4 each).
+    assert_eq!(shape(&below(4, 1), 512), [(16, 4), (64, 1)]);
+    assert_eq!(shape(&below(4, 4), 512), [(16, 4), (32, 2)]);
+    // Forward 8: D = 1024 too. Past 256 V's (128 backward) a row takes the whole workgroup
+    // whatever the threshold.
+    assert_eq!(shape(&below(8, 4), 1024), [(32, 2), (64, 1)]);
+    assert_eq!(shape(&below(64, 64), 1028), [(64, 1), (64, 1)]);
+    // An output written over its input keeps one row a workgroup whatever the knob.
+    let t = Tensors::new(64, 256, DType::F32, DType::F32, 0);
+    let x = t.rows_of(&t.x);
+    let p = plan(&below(8, 4), &RmsNorm::new(64, 256, x, x)).unwrap();
+    assert_eq!(p.steps[0].variant.rows_side_by_side(), 1);
+}
+
+#[test]
 fn strided_rows_take_their_own_v_per_invocation() {
     let caps = caps_named("large GPU");
     // (strided, workgroup, cached V's, tail) of the forward and the backward of `rows` x `dim`

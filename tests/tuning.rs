@@ -7,7 +7,8 @@ use wgpu_norm::{DType, Error, NormsOptions, SliceOptions, Tuning, reference};
 
 /// The extremes and a middle of each knob, the 16-bit and strided rows' `V`s apart from the
 /// f32 rows' (split_groups: never, every row of the grid's few long ones as many parts as it
-/// may have, the default, a few).
+/// may have, the default, a few; forward rows side by side below every V an invocation, one,
+/// eight, four, the backward's below two, every one, four, one).
 const TUNINGS: [Tuning; 4] = [
     Tuning {
         v_per_invocation: 1,
@@ -15,6 +16,8 @@ const TUNINGS: [Tuning; 4] = [
         v_per_invocation_strided: 64,
         bytes_per_group: 4,
         split_groups: 0,
+        side_by_side_below: 64,
+        side_by_side_below_backward: 2,
     },
     Tuning {
         v_per_invocation: 2,
@@ -22,6 +25,8 @@ const TUNINGS: [Tuning; 4] = [
         v_per_invocation_strided: 1,
         bytes_per_group: 65536,
         split_groups: u32::MAX,
+        side_by_side_below: 1,
+        side_by_side_below_backward: 64,
     },
     Tuning {
         v_per_invocation: 64,
@@ -29,6 +34,8 @@ const TUNINGS: [Tuning; 4] = [
         v_per_invocation_strided: 4,
         bytes_per_group: 1 << 30,
         split_groups: wgpu_norm::shaders::SPLIT_GROUPS,
+        side_by_side_below: 8,
+        side_by_side_below_backward: 4,
     },
     Tuning {
         v_per_invocation: 16,
@@ -36,6 +43,8 @@ const TUNINGS: [Tuning; 4] = [
         v_per_invocation_strided: 32,
         bytes_per_group: 1000,
         split_groups: 5,
+        side_by_side_below: 4,
+        side_by_side_below_backward: 1,
     },
 ];
 
@@ -49,12 +58,28 @@ fn every_tuning_matches_the_reference_forward_and_backward() {
                 ..Default::default()
             },
         );
-        for (rows, dim) in [(70, 1), (33, 7), (45, 128), (3, 4097), (2, 9000)] {
+        // D = 300 and 1000: rows side by side under some of the tunings' thresholds and
+        // alone under others (75 and 250 V's).
+        for (rows, dim) in [
+            (70, 1),
+            (33, 7),
+            (45, 128),
+            (37, 300),
+            (9, 1000),
+            (3, 4097),
+            (2, 9000),
+        ] {
             // Without saved statistics, few long rows are split as split_groups says.
             for op in [common::Op::LayerNorm, common::Op::RmsNorm] {
                 let mut case = common::Case::new(op, rows, dim, (rows * dim) as u64);
                 case.stats = false;
-                let split = tuning.split_groups as usize > rows && dim >= 512;
+                // In V's: four elements where D % 4 == 0, else one (a part's are single).
+                let per_row = if dim % 4 == 0 { dim / 4 } else { dim } as u32;
+                let parts =
+                    wgpu_norm::shaders::split_parts(rows as u64, per_row, tuning.split_groups);
+                let split = parts > 1;
+                // The shapes below that split do so under every tuning but split_groups = 0.
+                assert_eq!(split, tuning.split_groups > rows as u32 && dim >= 4097);
                 assert_eq!(
                     common::splits(&gpu, &case),
                     split,
@@ -163,6 +188,26 @@ fn a_bad_tuning_is_an_error() {
             v_per_invocation_strided: 12,
             ..Default::default()
         },
+        Tuning {
+            side_by_side_below: 0,
+            ..Default::default()
+        },
+        Tuning {
+            side_by_side_below: 6,
+            ..Default::default()
+        },
+        Tuning {
+            side_by_side_below: 128,
+            ..Default::default()
+        },
+        Tuning {
+            side_by_side_below_backward: 0,
+            ..Default::default()
+        },
+        Tuning {
+            side_by_side_below_backward: 3,
+            ..Default::default()
+        },
     ] {
         let options = NormsOptions {
             tuning,
@@ -183,6 +228,7 @@ fn autotune_measures_once_then_reads_the_cache() {
     let grid = wgpu_norm::tune::Grid {
         dims: vec![7, 1024, 4097],
         bytes: Some(64 << 10),
+        side_by_side_dims: vec![256],
     };
     let tune = || {
         wgpu_norm::tune::tuning_cached_in(&dir, &gpu.device, &gpu.queue, options, &grid).unwrap()
@@ -193,12 +239,44 @@ fn autotune_measures_once_then_reads_the_cache() {
     assert!(wgpu_norm::tune::is_candidate(&first.tuning), "{first:?}");
     // Every candidate (timed at D = 1024 alone), then whole rows against split ones for a
     // decode step, then the other candidates for strided rows (timed at D = 7 and 4097),
-    // then 16-bit rows with twice as many V's as f32 ones against as many.
+    // then the other thresholds for rows side by side (timed at D = 256), forward and then
+    // backward, then 16-bit rows with twice as many V's as f32 ones against as many.
     let strided = wgpu_norm::tune::STRIDED_CANDIDATES.len() - 1;
+    let short = wgpu_norm::tune::SIDE_BY_SIDE_CANDIDATES.len() - 1;
+    let short_backward = wgpu_norm::tune::SIDE_BY_SIDE_BACKWARD_CANDIDATES.len() - 1;
     assert_eq!(
         first.scores.len(),
-        candidates.len() + 1 + strided + 1,
+        candidates.len() + 1 + strided + short + short_backward + 1,
         "{first:?}"
+    );
+    let thresholds = &first.scores[candidates.len() + 1 + strided..][..short + short_backward];
+    let (forward, backward) = thresholds.split_at(short);
+    // Each stage tries every other candidate of its knob once, and that knob alone differs
+    // from the shape chosen before it, which had the default's.
+    let stage = |scores: &[(Tuning, f64)], knob: fn(&mut Tuning) -> &mut u32, all: &[u32]| {
+        let default = *knob(&mut Tuning::default());
+        let mut tried: Vec<u32> = scores.iter().map(|s| *knob(&mut s.0.clone())).collect();
+        tried.sort_unstable();
+        let others: Vec<u32> = all.iter().copied().filter(|&c| c != default).collect();
+        assert_eq!(tried, others, "{first:?}");
+        let without = |t: &Tuning| {
+            let mut t = *t;
+            *knob(&mut t) = 0;
+            t
+        };
+        for (t, _) in scores {
+            assert_eq!(without(t), without(&scores[0].0), "{first:?}");
+        }
+    };
+    stage(
+        forward,
+        |t| &mut t.side_by_side_below,
+        &wgpu_norm::tune::SIDE_BY_SIDE_CANDIDATES,
+    );
+    stage(
+        backward,
+        |t| &mut t.side_by_side_below_backward,
+        &wgpu_norm::tune::SIDE_BY_SIDE_BACKWARD_CANDIDATES,
     );
     let whole = &first.scores[candidates.len()];
     assert_eq!(whole.0.split_groups, 0);

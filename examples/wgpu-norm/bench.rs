@@ -68,6 +68,13 @@ pub struct BenchArgs {
     /// several (default 128; 0 never splits).
     #[arg(long)]
     split_groups: Option<u32>,
+    /// Tuning: forward rows share a workgroup, side by side, below this many V's per
+    /// invocation of a 64-invocation workgroup, a power of two (default 2: up to D = 508).
+    #[arg(long)]
+    side_by_side_below: Option<u32>,
+    /// Tuning: the same for the backward's rows (default 1: up to D = 252).
+    #[arg(long)]
+    side_by_side_below_backward: Option<u32>,
     /// Tuning: largest workgroup (default: the device's, 256 on OpenGL).
     #[arg(long)]
     max_workgroup_size: Option<u32>,
@@ -240,6 +247,10 @@ pub fn bench(adapter: Option<&str>, a: &BenchArgs) -> Result<(), Failure> {
             .unwrap_or(base.v_per_invocation_strided),
         bytes_per_group: a.bytes_per_group.unwrap_or(base.bytes_per_group),
         split_groups: a.split_groups.unwrap_or(base.split_groups),
+        side_by_side_below: a.side_by_side_below.unwrap_or(base.side_by_side_below),
+        side_by_side_below_backward: a
+            .side_by_side_below_backward
+            .unwrap_or(base.side_by_side_below_backward),
         ..base
     };
     if options.tuning != Tuning::default() {
@@ -804,6 +815,8 @@ fn write_json(
             "v_per_invocation_strided": tuning.v_per_invocation_strided,
             "bytes_per_group": tuning.bytes_per_group,
             "split_groups": tuning.split_groups,
+            "side_by_side_below": tuning.side_by_side_below,
+            "side_by_side_below_backward": tuning.side_by_side_below_backward,
             "max_workgroup_size": gpu.norms.caps().max_wg,
         },
         "iters_per_batch": iters,

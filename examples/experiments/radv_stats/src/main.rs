@@ -19,7 +19,8 @@
 //! Needs Debian's `mesa-vulkan-drivers` (RADV). From the repository root:
 //!     cargo run --release --manifest-path examples/experiments/radv_stats/Cargo.toml \
 //!         --target-dir target/radv-stats -- [--dims 128,4096] [--dtypes f32,bf16] \
-//!         [--ops ln,rms,lnb,rmsb] [--v N] [--recomputed] [--family navi21]
+//!         [--ops ln,rms,lnb,rmsb] [--v N] [--below N] [--below-backward N] [--recomputed]
+//!         [--family navi21]
 //!         [--dump DIR]
 //! One line a variant: op, dtype, D, VGPRs, spilled VGPRs, waves a SIMD, instructions, label.
 
@@ -38,6 +39,8 @@ struct Args {
     dtypes: Vec<DType>,
     ops: Vec<String>,
     v: Option<u32>,
+    below: Option<u32>,
+    below_backward: Option<u32>,
     recomputed: bool,
     family: String,
     dump: Option<String>,
@@ -49,6 +52,8 @@ fn args() -> Args {
         dtypes: vec![DType::F32, DType::F16, DType::Bf16],
         ops: ["ln", "rms", "lnb", "rmsb"].map(String::from).to_vec(),
         v: None,
+        below: None,
+        below_backward: None,
         recomputed: false,
         family: "navi21".into(),
         dump: None,
@@ -76,6 +81,10 @@ fn args() -> Args {
             }
             "--ops" => a.ops = value().split(',').map(String::from).collect(),
             "--v" => a.v = Some(value().parse().expect("--v")),
+            "--below" => a.below = Some(value().parse().expect("--below")),
+            "--below-backward" => {
+                a.below_backward = Some(value().parse().expect("--below-backward"))
+            }
             "--recomputed" => a.recomputed = true,
             "--family" => a.family = value(),
             "--dump" => a.dump = Some(value()),
@@ -388,6 +397,12 @@ fn main() {
     let mut options = NormsOptions::default();
     if let Some(v) = a.v {
         options.tuning = Tuning::default().with_v_per_invocation(v);
+    }
+    if let Some(below) = a.below {
+        options.tuning.side_by_side_below = below;
+    }
+    if let Some(below) = a.below_backward {
+        options.tuning.side_by_side_below_backward = below;
     }
     let caps = Caps::new(&big, wgpu::Features::SUBGROUP, options).expect("caps");
     let radv = Radv::new();
