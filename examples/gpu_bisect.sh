@@ -47,14 +47,17 @@
 # - short-rows-alone (a setting): `--side-by-side-below 1`, main's forward rows of fewer than
 #   two V's an invocation alone again, as until 2026-11-29; four D in f32 and bf16 at 64 MiB,
 #   forward only: about a minute, estimated.
-# - short-rows-4 and short-rows-8 (settings): `--side-by-side-below 4` and `8`, the
-#   backward's rows of one (and two) V's an invocation side by side too, and the forward's
-#   longer ones; forward and backward at 64 MiB, about a minute each, estimated.
+# - backward-side-by-side (a setting): `--side-by-side-below-backward 4`, the backward's rows
+#   of one and two V's an invocation side by side too (D = 256-512); four D, f32 and bf16,
+#   forward and backward at 64 MiB: about a minute and a half, estimated.
+# - forward-side-by-side (a setting): `--side-by-side-below 8`, the forward's rows of two to
+#   four V's an invocation side by side too (D = 512-1024); three D, forward only: about a
+#   minute, estimated.
 # With all of them the call would pass 10 minutes: BISECT_EXPERIMENTS="short-rows-alone
-# short-rows-4 first-element-pivot two-reductions pow2-shapes short-rows-8 backward-unpaired
-# cache-in-place" takes the newest and likeliest first. The whole call should stay under the
-# device tool's 10 minutes; each run's figures are packed as it ends, so a call cut short
-# still returns what it measured.
+# backward-side-by-side first-element-pivot two-reductions forward-side-by-side pow2-shapes
+# backward-unpaired cache-in-place" takes the newest and likeliest first. The whole call
+# should stay under the device tool's 10 minutes; each run's figures are packed as it ends,
+# so a call cut short still returns what it measured.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -14,12 +14,12 @@
 # GRID_SECONDS=N skips the steps that would start after N seconds, so that a call with a time
 # limit still ends with the merged files of what it measured (the steps it skipped are listed).
 # GRID_STEPS=a,b,... runs only the steps named (torch grid few few-whole vstrided32 autotune
-# v16bit-16 sbs4 sbs8 sbs1 variants burn v4 v16 b4k b64k wg256; an unknown name is an
+# v16bit-16 sbs-bwd4 sbs-fwd8 sbs-fwd1 variants burn v4 v16 b4k b64k wg256; an unknown name is an
 # error): on an H200 the grid alone took 383 s of a 458 s call (2026-11-27), so a 10-minute
 # call holds the grid or the rest, not both (few-whole then runs without PyTorch beside it,
 # which `torch` times):
 #     GRID_SECONDS=430 examples/gpu_grid.sh "$OUT"                  # first call
-#     GRID_STEPS=few-whole,vstrided32,autotune,v16bit-16,sbs4,sbs8,sbs1,variants,burn,v4,v16,b4k,b64k,wg256 \
+#     GRID_STEPS=few-whole,vstrided32,autotune,v16bit-16,sbs-bwd4,sbs-fwd8,sbs-fwd1,variants,burn,v4,v16,b4k,b64k,wg256 \
 #         examples/gpu_grid.sh "$OUT"                                 # second call
 # examples/gpu_bisect.sh (the f32 forward's regression, about 3 minutes) goes first, in a
 # call of its own, while the f32 forward's loss since 4b24641 is unexplained.
@@ -93,7 +93,7 @@ mib_n=${mib[1]}
 failed=()
 skipped=()
 started=$SECONDS
-steps=" torch grid few few-whole vstrided32 autotune v16bit-16 sbs4 sbs8 sbs1 variants burn v4 v16 b4k b64k wg256 "
+steps=" torch grid few few-whole vstrided32 autotune v16bit-16 sbs-bwd4 sbs-fwd8 sbs-fwd1 variants burn v4 v16 b4k b64k wg256 "
 wanted=${GRID_STEPS:-}
 for s in ${wanted//,/ }; do
     [[ $steps == *" $s "* ]] || { echo "GRID_STEPS: no step named $s (steps:$steps)" >&2; exit 2; }
@@ -177,12 +177,13 @@ WGPU_NORM_CACHE_DIR="$out/tune-cache" sweep autotune --autotune
 # 16-bit rows with twice as many V's as f32 rows (the bytes of f32 rows in flight, twice the
 # cached registers) against the default of as many: the grid's bf16 columns above.
 sweep v16bit-16 --dtypes bf16 --v-per-invocation-16bit 16
-# Short rows side by side up to 4 and 8 V's an invocation (the backward's D = 256-512 too),
-# and up to 1 (the forward's D = 256-508 alone, as until 2026-11-29), against the default's 2
-# in the grid above (examples/experiments/short-rows-*.args time them in turns).
-sweep sbs4 --at "$short_dims" --dtypes f32,bf16 --side-by-side-below 4
-sweep sbs8 --at "$short_dims" --dtypes f32,bf16 --side-by-side-below 8
-sweep sbs1 --at "$short_dims" --dtypes f32,bf16 --side-by-side-below 1
+# Short rows side by side: the backward's of up to 4 V's an invocation (D = 256-512), the
+# forward's of up to 8 (D = 512-1024), and the forward's alone from one (D = 256-508, as until
+# 2026-11-29), against the defaults in the grid above (examples/experiments/*-side-by-side.args
+# and short-rows-alone.args time them in turns with the default).
+sweep sbs-bwd4 --at "$short_dims" --dtypes f32,bf16 --side-by-side-below-backward 4
+sweep sbs-fwd8 --at "$short_dims" --dtypes f32,bf16 --side-by-side-below 8
+sweep sbs-fwd1 --at "$short_dims" --dtypes f32,bf16 --side-by-side-below 1
 
 # 3. The forward option variants (criterion, D = 4096), and burn's norms against ours.
 crit=(--warm-up-time 0.3 --measurement-time 1 --noplot)
