@@ -160,6 +160,8 @@ if [[ -n ${exe[tree]:-} ]]; then
     for a in examples/experiments/*.args; do
         [[ -e $a ]] || continue
         n=exp-$(basename "$a" .args)
+        # A patch of the same name (or a leftover build of one) keeps its own binary.
+        [[ -n ${exe[$n]:-} ]] && continue
         names+=("$n")
         exe[$n]=${exe[tree]}
         extra[$n]=$(sed -n 's/^# tool: //p' "$a" | head -1)

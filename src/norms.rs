@@ -84,8 +84,9 @@ pub struct Tuning {
     /// How short a forward row must be to share a workgroup with others, side by side
     /// ([`crate::shaders::Variant::row_wg`]): fewer `V`s than this many per invocation of the
     /// smallest workgroup ([`crate::shaders::MIN_WORKGROUP_SIZE`]). Side by side, a row takes
-    /// a power of two of invocations with about `v_per_invocation` `V`s each (so a row of
-    /// more than 4 · 64 `V`s never does) and is reduced with a tree in workgroup memory;
+    /// a power of two of invocations with about `v_per_invocation` `V`s each (at most 16), so
+    /// a row of more than 32 · min(`v_per_invocation`, 16) `V`s never does (256 at the
+    /// default 8, whatever this says); it is reduced with a tree in workgroup memory;
     /// alone, it takes the whole workgroup, fewer `V`s each, and subgroup operations where the
     /// device has them. The default (2: f32 rows up to D = 508) is lavapipe's: there the
     /// forward at D = 256 ran 1.35–2.05× faster side by side, at 512 0.96–1.33×, at 1024

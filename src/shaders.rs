@@ -1315,10 +1315,11 @@ mod tests {
         // powers of two up to 64 for both).
         let pow2 = || (0..=6).map(|b| 1u32 << b);
         let tunings = pow2().flat_map(|v| {
+            // The backward's threshold runs the other way, so that the two are told apart.
             pow2().map(move |s| RowTuning {
                 v_per_invocation: v,
                 side_by_side_below: s,
-                side_by_side_below_backward: s,
+                side_by_side_below_backward: 64 / s,
             })
         });
         for (max_wg, tuning) in [256, 1024]
@@ -1351,8 +1352,12 @@ mod tests {
                                 v.wg == MIN_WORKGROUP_SIZE && v.cache > 0 && !v.subgroups,
                                 "{v:?}"
                             );
-                            let below = tuning.side_by_side_below * MIN_WORKGROUP_SIZE;
-                            assert!(dim.div_ceil(lanes) < below, "{v:?}");
+                            let below = if kernel.stage2().is_some() {
+                                tuning.side_by_side_below_backward
+                            } else {
+                                tuning.side_by_side_below
+                            };
+                            assert!(dim.div_ceil(lanes) < below * MIN_WORKGROUP_SIZE, "{v:?}");
                         }
                         let fits = |arrays: u32| MAX_CACHE.min(CACHE_BUDGET / v.wg / arrays);
                         if v.tail() {
@@ -1425,7 +1430,8 @@ mod tests {
         assert_eq!(with(Kernel::RmsNorm, 512, 4), (64, 16, 8));
         assert_eq!(with(Kernel::RmsNorm, 1024, 4), (64, 64, 4));
         assert_eq!(with(Kernel::RmsNorm, 1024, 8), (64, 32, 8));
-        // Past 256 V's a row takes 64 invocations, a whole workgroup, whatever the threshold.
+        // Past 256 V's (32 invocations of 8) a row takes 64 invocations, a whole workgroup,
+        // whatever the threshold.
         assert_eq!(with(Kernel::RmsNorm, 1028, 64), (64, 64, 5));
         assert_eq!(with(Kernel::LayerNormBackward, 252, 1), (64, 16, 4));
         assert_eq!(with(Kernel::LayerNormBackward, 256, 1), (64, 64, 1));

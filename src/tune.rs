@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::norms::{Norms, NormsOptions, Tuning};
+use crate::plan::plan;
 use crate::timing::Timer;
 use crate::{LayerNorm, RmsNorm, TensorRef};
 
@@ -66,13 +67,16 @@ pub const STRIDED_CANDIDATES: [u32; 4] = [4, 8, 16, 32];
 
 /// The candidates for [`Tuning::side_by_side_below`]: the default (2), one (the forward's
 /// rows of one `V` an invocation alone, as until 2026-11-29: f32 D = 256-508), four (rows of
-/// up to four side by side too: D = 512-1020) and eight (D = 1024 too: past 256 `V`s a row
-/// takes the whole workgroup anyway).
+/// up to four side by side too: D = 512-1020) and eight (D = 1024 too, at 8 `V`s an
+/// invocation: past 256 `V`s a row takes the whole workgroup anyway; with more `V`s an
+/// invocation, D = 1024-2044). A value whose kernels are another's at the grid's D is not
+/// timed.
 pub const SIDE_BY_SIDE_CANDIDATES: [u32; 4] = [1, 2, 4, 8];
 
 /// The candidates for [`Tuning::side_by_side_below_backward`]: the default (1), two (the
 /// backward's rows of one `V` an invocation side by side too: f32 D = 256-508) and four
-/// (D = 512 too: past 128 `V`s a backward row takes the whole workgroup anyway).
+/// (D = 512 too, at 8 `V`s an invocation: past 128 `V`s a backward row takes the whole
+/// workgroup anyway).
 pub const SIDE_BY_SIDE_BACKWARD_CANDIDATES: [u32; 3] = [1, 2, 4];
 
 /// What [`tuning_for`] decided, and how.
@@ -272,8 +276,8 @@ pub struct Grid {
     /// (less where the device's binding or buffer size limit is lower).
     pub bytes: Option<u64>,
     /// Row lengths that [`Tuning::side_by_side_below`]'s candidates are timed at (forward)
-    /// and [`Tuning::side_by_side_below_backward`]'s (backward): by default 256 and 512,
-    /// where the candidates differ; empty skips that stage.
+    /// and [`Tuning::side_by_side_below_backward`]'s (backward): by default 256, 512 and
+    /// 1024, where the candidates differ; empty skips that stage.
     pub side_by_side_dims: Vec<usize>,
 }
 
@@ -292,7 +296,7 @@ impl Default for Grid {
         Grid {
             dims: vec![128, 1024, 4097, 8192],
             bytes: None,
-            side_by_side_dims: vec![256, 512],
+            side_by_side_dims: vec![256, 512, 1024],
         }
     }
 }
@@ -412,33 +416,37 @@ pub fn autotune(
             .into_iter()
             .fold(f64::INFINITY, f64::min))
     };
-    // Adds the time of each (D, op) of `dims` with `norms` to `out`: RMSNorm and LayerNorm,
-    // forward, then backward where `ops` is 4 (2: the forward alone), rows stored as `dtype`
-    // (f32, or bf16 with a bf16 weight).
+    // The four ops timed at `dim`, rows stored as `dtype` (f32, or bf16 with a bf16 weight):
+    // RMSNorm and LayerNorm forward, then their backward passes.
+    let ops_at = |dtype: DType, dim: usize| {
+        let (x, dy, w) = match dtype {
+            DType::F32 => (&x, &dy, &w),
+            _ => (&x16, &dy16, &w16),
+        };
+        let rows = (bytes / 4) as usize / dim;
+        let n = (rows * dim) as u64 * dtype.size();
+        let t = |b| TensorRef::new(b, 0, n);
+        let wt = TensorRef::new(w, 0, dim as u64 * dtype.size());
+        let stat = |b| TensorRef::new(b, 0, rows as u64 * 4);
+        let rms = RmsNorm::new(rows, dim, t(x), t(&y))
+            .dtype(dtype)
+            .weight(wt)
+            .rrms(stat(&rstd));
+        let ln = LayerNorm::new(rows, dim, t(x), t(&y))
+            .dtype(dtype)
+            .weight(wt)
+            .mean(stat(&mean))
+            .rstd(stat(&rstd));
+        let dwt = TensorRef::new(&dw, 0, dim as u64 * 4);
+        let rms_bwd = rms.backward(t(dy), t(&dx))?.grad_weight(dwt);
+        let ln_bwd = ln.backward(t(dy), t(&dx))?.grad_weight(dwt);
+        Ok::<_, crate::Error>((rms, ln, rms_bwd, ln_bwd))
+    };
+    // Adds the time of `ops` of each D of `dims` with `norms` to `out`.
     let time_grid =
         |norms: &Norms, dtype: DType, dims: &[usize], ops: Range<usize>, out: &mut [f64]| {
-            let (x, dy, w) = match dtype {
-                DType::F32 => (&x, &dy, &w),
-                _ => (&x16, &dy16, &w16),
-            };
             for (k, &dim) in dims.iter().enumerate() {
-                let rows = (bytes / 4) as usize / dim;
-                let n = (rows * dim) as u64 * dtype.size();
-                let t = |b| TensorRef::new(b, 0, n);
-                let wt = TensorRef::new(w, 0, dim as u64 * dtype.size());
-                let stat = |b| TensorRef::new(b, 0, rows as u64 * 4);
-                let rms = RmsNorm::new(rows, dim, t(x), t(&y))
-                    .dtype(dtype)
-                    .weight(wt)
-                    .rrms(stat(&rstd));
-                let ln = LayerNorm::new(rows, dim, t(x), t(&y))
-                    .dtype(dtype)
-                    .weight(wt)
-                    .mean(stat(&mean))
-                    .rstd(stat(&rstd));
-                let dwt = TensorRef::new(&dw, 0, dim as u64 * 4);
-                let rms_bwd = rms.backward(t(dy), t(&dx))?.grad_weight(dwt);
-                let ln_bwd = ln.backward(t(dy), t(&dx))?.grad_weight(dwt);
+                let (rms, ln, rms_bwd, ln_bwd) = ops_at(dtype, dim)?;
                 let all_ops: [&Record; 4] = [
                     &|e| norms.rms_norm(e, &rms),
                     &|e| norms.layer_norm(e, &ln),
@@ -452,6 +460,25 @@ pub fn autotune(
             }
             Ok::<_, crate::Error>(())
         };
+    // The kernels `norms` runs for `ops` of each D of `dims`, in f32: two tunings that give
+    // the same run the same code, and need not both be timed.
+    let variants = |norms: &Norms, dims: &[usize], ops: Range<usize>| {
+        let mut out = Vec::new();
+        for &dim in dims {
+            let (rms, ln, rms_bwd, ln_bwd) = ops_at(DType::F32, dim)?;
+            let caps = norms.caps();
+            let plans = [
+                plan(caps, &rms)?,
+                plan(caps, &ln)?,
+                plan(caps, &rms_bwd)?,
+                plan(caps, &ln_bwd)?,
+            ];
+            for p in &plans[ops.clone()] {
+                out.extend(p.steps.iter().map(|s| s.variant));
+            }
+        }
+        Ok::<_, crate::Error>(out)
+    };
     // The geometric mean of `times` over `base` (below 1: faster).
     let ratio = |times: &[f64], base: &[f64]| {
         let logs: f64 = times.iter().zip(base).map(|(a, b)| (a / b).ln()).sum();
@@ -551,23 +578,28 @@ pub fn autotune(
 
     // One knob's `values` against the shape chosen (`best`, whose Norms is `best_norms`), in
     // f32 over `dims` and `ops`: the best of them where it beats the shape chosen by the
-    // margin, each one's score added to `scores`.
+    // margin, the score of each that runs other kernels than those before it added to
+    // `scores`.
     let knob = |best: Tuning,
                 best_norms: Norms,
                 values: &[Tuning],
                 dims: &[usize],
                 ops: Range<usize>,
                 scores: &mut Vec<(Tuning, f64)>| {
+        // Each value whose kernels differ from every one's before it (the shape chosen's
+        // first): where two give the same kernels at these D, the first stands for both.
         let mut tunings = vec![best];
+        let mut others = Vec::new();
+        let mut seen = vec![variants(&best_norms, dims, ops.clone())?];
         for &t in values {
-            if !tunings.contains(&t) {
+            let norms = norms_for(t)?;
+            let v = variants(&norms, dims, ops.clone())?;
+            if !seen.contains(&v) {
+                seen.push(v);
                 tunings.push(t);
+                others.push(norms);
             }
         }
-        let mut others = tunings[1..]
-            .iter()
-            .map(|&t| norms_for(t))
-            .collect::<Result<Vec<_>>>()?;
         let (chosen, knob_scores) = {
             let all_norms: Vec<&Norms> = std::iter::once(&best_norms).chain(&others).collect();
             contest(&all_norms, &tunings, DType::F32, dims, ops)?

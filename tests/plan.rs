@@ -1134,8 +1134,8 @@ fn side_by_side_below_moves_the_short_rows_line() {
     // of 32 with 4 each).
     assert_eq!(shape(&below(4, 1), 512), [(16, 4), (64, 1)]);
     assert_eq!(shape(&below(4, 4), 512), [(16, 4), (32, 2)]);
-    // Forward 8: D = 1024 too. Past 256 V's (128 backward) a row takes the whole workgroup
-    // whatever the threshold.
+    // Forward 8: D = 1024 too. Past 256 V's (128 backward: 32 invocations of 8 or 4) a row
+    // takes the whole workgroup whatever the threshold.
     assert_eq!(shape(&below(8, 4), 1024), [(32, 2), (64, 1)]);
     assert_eq!(shape(&below(64, 64), 1028), [(64, 1), (64, 1)]);
     // An output written over its input keeps one row a workgroup whatever the knob.

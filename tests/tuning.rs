@@ -228,7 +228,7 @@ fn autotune_measures_once_then_reads_the_cache() {
     let grid = wgpu_norm::tune::Grid {
         dims: vec![7, 1024, 4097],
         bytes: Some(64 << 10),
-        side_by_side_dims: vec![256],
+        side_by_side_dims: vec![256, 512],
     };
     let tune = || {
         wgpu_norm::tune::tuning_cached_in(&dir, &gpu.device, &gpu.queue, options, &grid).unwrap()
@@ -239,69 +239,68 @@ fn autotune_measures_once_then_reads_the_cache() {
     assert!(wgpu_norm::tune::is_candidate(&first.tuning), "{first:?}");
     // Every candidate (timed at D = 1024 alone), then whole rows against split ones for a
     // decode step, then the other candidates for strided rows (timed at D = 7 and 4097),
-    // then the other thresholds for rows side by side (timed at D = 256), forward and then
-    // backward, then 16-bit rows with twice as many V's as f32 ones against as many.
-    let strided = wgpu_norm::tune::STRIDED_CANDIDATES.len() - 1;
-    let short = wgpu_norm::tune::SIDE_BY_SIDE_CANDIDATES.len() - 1;
-    let short_backward = wgpu_norm::tune::SIDE_BY_SIDE_BACKWARD_CANDIDATES.len() - 1;
-    assert_eq!(
-        first.scores.len(),
-        candidates.len() + 1 + strided + short + short_backward + 1,
-        "{first:?}"
-    );
-    let thresholds = &first.scores[candidates.len() + 1 + strided..][..short + short_backward];
-    let (forward, backward) = thresholds.split_at(short);
-    // Each stage tries every other candidate of its knob once, and that knob alone differs
-    // from the shape chosen before it, which had the default's.
-    let stage = |scores: &[(Tuning, f64)], knob: fn(&mut Tuning) -> &mut u32, all: &[u32]| {
-        let default = *knob(&mut Tuning::default());
-        let mut tried: Vec<u32> = scores.iter().map(|s| *knob(&mut s.0.clone())).collect();
+    // then the other thresholds for rows side by side (timed at D = 256 and 512), forward
+    // and then backward, then 16-bit rows with twice as many V's as f32 ones against as
+    // many. A knob's value that runs the same kernels as one before it at its stage's D is
+    // not timed: each of the three knob stages has at least one score and at most one for
+    // each other candidate.
+    let whole = &first.scores[candidates.len()];
+    assert_eq!(whole.0.split_groups, 0);
+    let knobs = &first.scores[candidates.len() + 1..first.scores.len() - 1];
+    let defaults = Tuning::default();
+    // The stage an entry belongs to: the strided rows' (0), then each side-by-side knob's
+    // (the stages before leave them at their defaults, and a value equal to the shape
+    // chosen's is never timed).
+    let stage_of = |t: &Tuning| {
+        if t.side_by_side_below_backward != defaults.side_by_side_below_backward {
+            2
+        } else if t.side_by_side_below != defaults.side_by_side_below {
+            1
+        } else {
+            0
+        }
+    };
+    let stages: Vec<usize> = knobs.iter().map(|s| stage_of(&s.0)).collect();
+    assert!(stages.is_sorted(), "{first:?}");
+    type Knob = fn(&mut Tuning) -> &mut u32;
+    let all: [(Knob, &[u32]); 3] = [
+        (
+            |t| &mut t.v_per_invocation_strided,
+            &wgpu_norm::tune::STRIDED_CANDIDATES,
+        ),
+        (
+            |t| &mut t.side_by_side_below,
+            &wgpu_norm::tune::SIDE_BY_SIDE_CANDIDATES,
+        ),
+        (
+            |t| &mut t.side_by_side_below_backward,
+            &wgpu_norm::tune::SIDE_BY_SIDE_BACKWARD_CANDIDATES,
+        ),
+    ];
+    for (stage, (knob, values)) in all.into_iter().enumerate() {
+        let scores: Vec<Tuning> = knobs
+            .iter()
+            .filter(|s| stage_of(&s.0) == stage)
+            .map(|s| s.0)
+            .collect();
+        assert!(
+            !scores.is_empty() && scores.len() < values.len(),
+            "stage {stage}: {first:?}"
+        );
+        let mut tried: Vec<u32> = scores.iter().map(|t| *knob(&mut t.clone())).collect();
         tried.sort_unstable();
-        let others: Vec<u32> = all.iter().copied().filter(|&c| c != default).collect();
-        assert_eq!(tried, others, "{first:?}");
+        tried.dedup();
+        assert_eq!(tried.len(), scores.len(), "stage {stage}: {first:?}");
+        assert!(tried.iter().all(|v| values.contains(v)), "{first:?}");
+        // The knob alone differs from one entry of the stage to the next.
         let without = |t: &Tuning| {
             let mut t = *t;
             *knob(&mut t) = 0;
             t
         };
-        for (t, _) in scores {
-            assert_eq!(without(t), without(&scores[0].0), "{first:?}");
+        for t in &scores {
+            assert_eq!(without(t), without(&scores[0]), "stage {stage}: {first:?}");
         }
-    };
-    stage(
-        forward,
-        |t| &mut t.side_by_side_below,
-        &wgpu_norm::tune::SIDE_BY_SIDE_CANDIDATES,
-    );
-    stage(
-        backward,
-        |t| &mut t.side_by_side_below_backward,
-        &wgpu_norm::tune::SIDE_BY_SIDE_BACKWARD_CANDIDATES,
-    );
-    let whole = &first.scores[candidates.len()];
-    assert_eq!(whole.0.split_groups, 0);
-    let others = &first.scores[candidates.len() + 1..][..strided];
-    let mut tried: Vec<u32> = others
-        .iter()
-        .map(|s| s.0.v_per_invocation_strided)
-        .collect();
-    tried.sort_unstable();
-    tried.dedup();
-    assert_eq!(tried.len(), strided, "{first:?}");
-    for (t, _) in others {
-        assert!(wgpu_norm::tune::STRIDED_CANDIDATES.contains(&t.v_per_invocation_strided));
-        // The knob alone differs from the shape chosen before it.
-        let base = Tuning {
-            v_per_invocation_strided: 0,
-            ..*t
-        };
-        assert_eq!(
-            base,
-            Tuning {
-                v_per_invocation_strided: 0,
-                ..others[0].0
-            }
-        );
     }
     let twice = first.scores.last().unwrap();
     assert_eq!(
