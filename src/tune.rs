@@ -194,7 +194,7 @@ const METHOD: u32 = 3;
 fn cache_key(info: &wgpu::AdapterInfo, caps: &crate::Caps) -> String {
     format!(
         "{} | {:?} | {:?} | {:04x}:{:04x} | {} {} | wgpu-norm {} kernels {:016x} | \
-         subgroups={} max_wg={} | method {METHOD} {GPU_BYTES} {:?}",
+         subgroups={} max_wg={} | method {METHOD} {GPU_BYTES} {CPU_BYTES} {:?}",
         info.name,
         info.backend,
         info.device_type,
@@ -272,14 +272,21 @@ pub struct Grid {
     /// D % 4 == 0 choose the main shape (all of them if none is), the others the shape of
     /// strided rows.
     pub dims: Vec<usize>,
-    /// Bytes of x (f32) at each D; `None`: 1 MiB on a CPU adapter, [`GPU_BYTES`] on a GPU
-    /// (less where the device's binding or buffer size limit is lower).
+    /// Bytes of x (f32) at each D; `None`: [`CPU_BYTES`] on a CPU adapter, [`GPU_BYTES`] on a
+    /// GPU (less where the device's binding or buffer size limit is lower).
     pub bytes: Option<u64>,
     /// Row lengths that [`Tuning::side_by_side_below`]'s candidates are timed at (forward)
     /// and [`Tuning::side_by_side_below_backward`]'s (backward): by default 256, 512 and
     /// 1024, where the candidates differ; empty skips that stage.
     pub side_by_side_dims: Vec<usize>,
 }
+
+/// Bytes of x the autotune times on a CPU adapter: the size the benches report for one
+/// (`WGPU_NORM_BENCH_MIB`'s default there). At 1 MiB, as until 2026-11-29, lavapipe ranked
+/// the backward's short rows side by side 1.15-1.20× faster than alone at D = 256 (with 32
+/// `V`s an invocation), where at 8 MiB they ran 0.70-0.75× as fast: a CPU's caches, which
+/// hold most of a megabyte's rows, are not what the op meets in a model.
+pub const CPU_BYTES: u64 = 8 << 20;
 
 /// Bytes of x the autotune times on a GPU: rows in and out must not fit the GPU's last cache
 /// level, or the candidates are ranked by how they use that cache, not memory. At 32 MiB
@@ -302,8 +309,7 @@ impl Default for Grid {
 }
 
 /// Measures every candidate on this device over `grid` and returns the best with every
-/// score (half a minute to a minute on lavapipe, most of it compiling each candidate's
-/// pipelines; seconds on a GPU).
+/// score (about a minute on lavapipe, with its pipelines compiled; seconds on a GPU).
 pub fn autotune(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
@@ -315,7 +321,10 @@ pub fn autotune(
     let gpu_bytes = GPU_BYTES
         .min(limits.max_storage_buffer_binding_size)
         .min(limits.max_buffer_size);
-    let bytes = grid.bytes.unwrap_or(if cpu { 1 << 20 } else { gpu_bytes }) & !3;
+    let bytes = grid
+        .bytes
+        .unwrap_or(if cpu { CPU_BYTES } else { gpu_bytes })
+        & !3;
     // On a GPU, batches of about 20 ops' worth of 32 MiB (the size timed before GPU_BYTES),
     // so that each batch is long enough for the clock's resolution whatever the size.
     let iters = if cpu {
